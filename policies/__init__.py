@@ -1,0 +1,1 @@
+"""Test-time compute strategies and the selector that picks among them."""

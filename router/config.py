@@ -1,0 +1,322 @@
+"""The service's configuration: one pydantic model tree, read from YAML, overridden by env.
+
+Precedence (highest first): ``ACR_*`` environment variables, the YAML file, defaults.
+Environment names are ``ACR_<SECTION>_<FIELD>``, e.g. ``ACR_REDIS_URL`` or
+``ACR_SERVER_PORT``; list and dict values are given as JSON. The same model validates the
+Helm chart's ConfigMap (``helm/``), so there is one source of truth.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ACR_"
+STRATEGY_NAMES = ("single_pass", "bounded_reasoning", "best_of_n", "self_consistency", "beam_search")
+Effort = Literal["low", "medium", "high"]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names each bad field and what is valid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerConfig(_Section):
+    """HTTP server and request-level limits."""
+
+    host: str = Field(default="127.0.0.1", description="Address the HTTP proxy binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="HTTP port.")
+    request_timeout_ms: PositiveInt = Field(
+        default=30_000, le=600_000, description="Default deadline of a request."
+    )
+    max_request_timeout_ms: PositiveInt = Field(
+        default=120_000, le=3_600_000, description="Largest deadline a request may ask for."
+    )
+    max_body_bytes: PositiveInt = Field(
+        default=1_048_576, le=64 * 1_048_576, description="Largest request body accepted."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty turns CORS off."
+    )
+    log_prompts: bool = Field(default=False, description="Write prompt text to logs.")
+
+    @model_validator(mode="after")
+    def _timeouts_ordered(self) -> ServerConfig:
+        if self.request_timeout_ms > self.max_request_timeout_ms:
+            raise ValueError(
+                f"request_timeout_ms ({self.request_timeout_ms}) must be <= "
+                f"max_request_timeout_ms ({self.max_request_timeout_ms})"
+            )
+        return self
+
+
+class RedisConfig(_Section):
+    """Where decisions, outcomes and policy state live."""
+
+    url: str | None = Field(
+        default=None,
+        description="redis:// URL; empty starts an embedded redis-server for the process.",
+    )
+    embedded_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the embedded redis-server; 0 picks a free one (never 6379).",
+    )
+    key_prefix: str = Field(default="acr", min_length=1, max_length=64)
+    outcomes_stream: str = Field(default="acr:outcomes", min_length=1, max_length=256)
+    stream_maxlen: PositiveInt = Field(
+        default=1_000_000, description="Approximate cap of the outcome stream's length."
+    )
+    buffer_max_outcomes: PositiveInt = Field(
+        default=10_000, description="Outcomes held in memory while Redis is unreachable."
+    )
+    socket_timeout_ms: PositiveInt = Field(default=500, le=60_000)
+    reconnect_backoff_max_ms: PositiveInt = Field(default=5_000, le=600_000)
+
+
+class AutoscalingConfig(_Section):
+    """Ray Serve autoscaling of a deployment."""
+
+    min_replicas: NonNegativeInt = 1
+    max_replicas: PositiveInt = 1
+    target_ongoing_requests: float = Field(default=8.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
+            )
+        return self
+
+
+class ModelConfig(_Section):
+    """The model backend the router forwards to."""
+
+    name: str = Field(default="acr-bundled", min_length=1, description="Model id in the API.")
+    kind: Literal["transformers", "openai"] = Field(
+        default="transformers",
+        description="'transformers': a local causal LM run by Ray Serve replicas; "
+        "'openai': an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp).",
+    )
+    path: str | None = Field(
+        default=None, description="Local checkpoint directory; empty uses the bundled model."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
+    )
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (0 = CPU).")
+    torch_threads: NonNegativeInt = Field(default=0, description="0 lets torch decide.")
+    max_batch_size: PositiveInt = Field(default=8, le=256, description="Requests per batch.")
+    batch_wait_timeout_ms: float = Field(default=5.0, ge=0, le=1000)
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
+    base_url: str | None = Field(default=None, description="For kind 'openai': server URL.")
+    api_key_env: str | None = Field(
+        default=None, description="For kind 'openai': env var holding the server's API key."
+    )
+    http_timeout_ms: PositiveInt = Field(default=60_000, le=600_000)
+    max_retries: NonNegativeInt = Field(default=1, le=10)
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self) -> ModelConfig:
+        if self.kind == "openai" and not self.base_url:
+            raise ValueError("model.kind 'openai' needs model.base_url (e.g. http://vllm:8000/v1)")
+        return self
+
+
+class StrategyBudgetConfig(_Section):
+    """Default budget of one strategy (see ``policies.base.Budget``)."""
+
+    max_tokens: PositiveInt = Field(default=96, le=32768)
+    samples: PositiveInt = Field(default=1, le=256)
+    batch_size: PositiveInt = Field(default=4, le=256)
+    beam_width: PositiveInt = Field(default=1, le=64)
+    expansions: PositiveInt = Field(default=1, le=64)
+    max_steps: PositiveInt = Field(default=8, le=64)
+    temperature: float = Field(default=0.8, ge=0, le=5)
+
+
+def _default_budgets() -> dict[str, StrategyBudgetConfig]:
+    return {
+        "single_pass": StrategyBudgetConfig(samples=1, temperature=0.0),
+        "bounded_reasoning": StrategyBudgetConfig(samples=1, temperature=0.0, max_tokens=128),
+        "best_of_n": StrategyBudgetConfig(samples=16, batch_size=16),
+        "self_consistency": StrategyBudgetConfig(samples=16, batch_size=4),
+        "beam_search": StrategyBudgetConfig(beam_width=3, expansions=8, max_steps=8),
+    }
+
+
+class StrategiesConfig(_Section):
+    """Strategy budgets and what ``reasoning_effort`` maps to."""
+
+    budgets: dict[str, StrategyBudgetConfig] = Field(default_factory=_default_budgets)
+    effort: dict[Effort, str] = Field(
+        default_factory=lambda: {
+            "low": "single_pass",
+            "medium": "bounded_reasoning",
+            "high": "best_of_n",
+        }
+    )
+
+    @model_validator(mode="after")
+    def _known_names(self) -> StrategiesConfig:
+        for where, names in (("budgets", self.budgets.keys()), ("effort", self.effort.values())):
+            for name in names:
+                if name not in STRATEGY_NAMES:
+                    raise ValueError(
+                        f"strategies.{where} names unknown strategy {name!r}; "
+                        f"valid: {', '.join(STRATEGY_NAMES)}"
+                    )
+        return self
+
+
+class PolicyConfig(_Section):
+    """How the router chooses a strategy and learns from outcomes."""
+
+    version: str = Field(default="v1", pattern=r"^[A-Za-z0-9._-]{1,32}$")
+    latency_slo_ms: PositiveInt = Field(default=10_000, le=3_600_000)
+    cost_cap_tokens: PositiveInt = Field(default=4096, le=1_000_000)
+    lambda_per_1k_tokens: float = Field(
+        default=0.05, ge=0, description="Success probability traded for 1,000 tokens."
+    )
+    exploration_rate: float = Field(
+        default=0.05, ge=0, le=1, description="Largest share of requests that explore."
+    )
+    decision_cache_ttl_s: NonNegativeInt = Field(default=300, le=86_400)
+    classifier_path: str | None = Field(
+        default=None, description="A trained router model (.skops); empty uses the bundled one."
+    )
+    probe_tokens: NonNegativeInt = Field(
+        default=24, le=512, description="Greedy tokens of the entropy probe (0 disables it)."
+    )
+
+
+class LimitsConfig(_Section):
+    """Bounds every request field is validated against."""
+
+    max_n: PositiveInt = Field(default=16, le=256)
+    max_tokens: PositiveInt = Field(default=2048, le=32768)
+    max_messages: PositiveInt = Field(default=64, le=4096)
+    max_message_chars: PositiveInt = Field(default=32_000, le=4_000_000)
+    max_prompt_chars: PositiveInt = Field(default=64_000, le=8_000_000)
+    max_stop: PositiveInt = Field(default=4, le=16)
+    max_stop_chars: PositiveInt = Field(default=64, le=1024)
+
+
+class AuthConfig(_Section):
+    """API keys and per-key limits (all off by default)."""
+
+    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys.")
+    api_keys_file: str | None = Field(
+        default=None, description="File with one key per line (e.g. a mounted Secret)."
+    )
+    requests_per_minute: NonNegativeInt = Field(default=0, description="Per key; 0 = no limit.")
+    tokens_per_minute: NonNegativeInt = Field(default=0, description="Per key; 0 = no limit.")
+
+
+class AppConfig(BaseSettings):
+    """The whole configuration; see ``config.example.yaml`` for every field documented."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    strategies: StrategiesConfig = Field(default_factory=StrategiesConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the YAML file (passed as init kwargs), which beats defaults.
+        return (env_settings, init_settings)
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  {loc}: {err['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> AppConfig:
+    """Read ``path`` (YAML, optional), apply ``ACR_*`` overrides and validate.
+
+    Returns the validated ``AppConfig``; raises ``ConfigError`` naming every bad field.
+    ``env`` defaults to ``os.environ``; tests pass their own mapping.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = loaded
+        source = str(p)
+    environ = os.environ if env is None else env
+    saved = None
+    if env is not None:
+        # pydantic-settings reads os.environ; swap in the given mapping for this call only.
+        saved = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}
+        for k in saved:
+            del os.environ[k]
+        os.environ.update({k: v for k, v in environ.items() if k.startswith(ENV_PREFIX)})
+    try:
+        return AppConfig(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from exc
+    finally:
+        if saved is not None:
+            for k in [k for k in os.environ if k.startswith(ENV_PREFIX)]:
+                del os.environ[k]
+            os.environ.update(saved)
+
+
+def config_to_yaml(config: AppConfig) -> str:
+    """The config as YAML (what ``acr config --show`` prints and the chart renders)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
