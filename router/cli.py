@@ -1,0 +1,96 @@
+"""The ``acr`` command line: serve, train the bundled model and the router, benchmark.
+
+Every command imports its heavy dependencies lazily so that ``acr --help`` is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="acr",
+    help="Adaptive compute router: an OpenAI-compatible service that decides how much "
+    "inference-time compute each request gets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_GAME24_CSV = Path("../shared/data/game24.csv")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=True)
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (overrides config).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (overrides config).")] = None,
+) -> None:
+    """Start a local Ray instance, Redis (embedded unless configured) and the service."""
+    from router.serve_local import serve_forever
+
+    raise typer.Exit(serve_forever(config, host=host, port=port))
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Path | None, typer.Option("--config", "-c", exists=True)] = None,
+) -> None:
+    """Print the effective configuration (file + ACR_* environment) as YAML."""
+    from router.config import ConfigError, config_to_yaml, load_config
+
+    try:
+        typer.echo(config_to_yaml(load_config(config)))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("train-model")
+def train_model(
+    output_dir: Annotated[Path, typer.Option(help="Where to write the checkpoint.")] = Path(
+        "runs/bundled-model"
+    ),
+    data_csv: Annotated[
+        Path, typer.Option(help="game24.csv (rows 0-99 and 900-999 are held out).")
+    ] = DEFAULT_GAME24_CSV,
+    seed: Annotated[int, typer.Option(help="Seed that fixes data, init and sampling.")] = 0,
+    steps: Annotated[int | None, typer.Option(help="Override the number of steps.")] = None,
+    tiny: Annotated[bool, typer.Option(help="A few steps on a tiny config (smoke test).")] = False,
+) -> None:
+    """Train the bundled reasoning model from scratch and write it with its model card."""
+    from backends.bundled.train import train_model as _train
+
+    metrics = _train(output_dir, data_csv, seed=seed, steps=steps, tiny=tiny, progress=True)
+    typer.echo(f"wrote {output_dir}: {metrics}")
+
+
+@app.command("bench-model")
+def bench_model(
+    model_dir: Annotated[Path | None, typer.Option(help="Checkpoint; default bundled.")] = None,
+    data_csv: Annotated[Path, typer.Option(help="game24.csv")] = DEFAULT_GAME24_CSV,
+    out_json: Annotated[Path, typer.Option(help="Where to write results.")] = Path(
+        "bench-out/model.json"
+    ),
+    samples: Annotated[int, typer.Option(help="Samples per item.")] = 32,
+) -> None:
+    """Measure the bundled model: accuracy vs samples, confidence AUROC, sampling speed."""
+    from backends.bundled.benchmark import run_model_benchmark
+    from backends.bundled.paths import bundled_model_path
+
+    result = run_model_benchmark(
+        model_dir or bundled_model_path(), data_csv, out_json, samples=samples
+    )
+    typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
+
+
+def main() -> None:
+    """Entry point of the ``acr`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
