@@ -1,0 +1,398 @@
+"""A local transformers/torch causal LM as a ``Backend``.
+
+The decode loop is written here (not ``model.generate``) because the router needs three
+things ``generate`` does not give together: ``n`` samples of one prompt from one shared
+prefill (the prompt's KV cache is computed once and copied to its ``n`` rows), several
+requests with different sampling parameters, seeds and stop strings in one batch, and the
+entropy of every sampled position (the difficulty probe's signal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+from backends.base import (
+    Backend,
+    BackendError,
+    ChatMessage,
+    Completion,
+    GenerationRequest,
+    GenerationResult,
+)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when a GPU is visible, else CPU; explicit ``cuda`` without one fails."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendError("model.device is 'cuda' but no CUDA device is visible", retryable=False)
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA (half the memory, tensor cores) and float32 on CPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+@dataclass
+class _Row:
+    """Decode state of one sampled continuation."""
+
+    request: int
+    tokens: list[int]
+    logprobs: list[float]
+    entropies: list[float]
+    done: bool = False
+    finish_reason: str = "length"
+    text: str | None = None
+
+
+class TransformersBackend(Backend):
+    """Runs any ``AutoModelForCausalLM`` checkpoint; the bundled model is the default.
+
+    Use ``from_pretrained(path)``; ``generate`` is async (it runs the decode loop in a worker
+    thread so the event loop stays free) and ``generate_batch_sync`` serves a whole batch of
+    requests, which is what the Ray Serve replica's ``@serve.batch`` method calls.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        name: str = "model",
+        max_rows: int = 512,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.max_rows = max_rows
+        self.device = next(model.parameters()).device
+        self.eos_id: int | None = tokenizer.eos_token_id
+        pad = tokenizer.pad_token_id
+        self.pad_id: int = pad if pad is not None else (self.eos_id or 0)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        torch_threads: int = 0,
+        name: str | None = None,
+    ) -> TransformersBackend:
+        """Load a local checkpoint (no hub access) and return a ready backend."""
+        if torch_threads > 0:
+            torch.set_num_threads(torch_threads)
+        hf_logging.disable_progress_bar()
+        dev = resolve_device(device)
+        p = Path(path)
+        if not p.is_dir():
+            raise BackendError(f"model path {str(p)!r} is not a directory", retryable=False)
+        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            p, local_files_only=True, dtype=resolve_dtype(dtype, dev)
+        ).to(dev)
+        return cls(model, tokenizer, name=name or p.name)
+
+    # -- Backend interface -------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Serve one request in a worker thread; see ``generate_batch_sync``."""
+        results = await asyncio.to_thread(self.generate_batch_sync, [request])
+        return results[0]
+
+    async def render_chat(self, messages: list[ChatMessage]) -> str:
+        """The checkpoint's chat template applied to ``messages`` with a generation prompt."""
+        return self.render_chat_sync(messages)
+
+    def render_chat_sync(self, messages: list[ChatMessage]) -> str:
+        """Synchronous ``render_chat``; raises ``BackendError`` if there is no template."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            # A base model without a template: plain concatenation is the honest fallback.
+            return "\n".join(m.content for m in messages) + "\n"
+        rendered = self.tokenizer.apply_chat_template(
+            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+        )
+        return str(rendered)
+
+    # -- batching ----------------------------------------------------------------------------
+
+    def generate_batch_sync(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Serve several requests in as few forward passes as possible.
+
+        Requests are grouped so that no forward pass holds more than ``max_rows`` sampled
+        rows; within a group every distinct prompt is prefilled once and its KV cache is
+        copied to the rows that sample from it. Returns one result per request, in order.
+        """
+        out: list[GenerationResult | None] = [None] * len(requests)
+        group: list[int] = []
+        rows = 0
+        for i, req in enumerate(requests):
+            if group and rows + req.n > self.max_rows:
+                self._serve_group(requests, group, out)
+                group, rows = [], 0
+            group.append(i)
+            rows += req.n
+        if group:
+            self._serve_group(requests, group, out)
+        return [r for r in out if r is not None]
+
+    def _serve_group(
+        self,
+        requests: list[GenerationRequest],
+        indices: list[int],
+        out: list[GenerationResult | None],
+    ) -> None:
+        group = [requests[i] for i in indices]
+        with self._lock:
+            try:
+                results = self._decode([self._prompt_ids(r) for r in group], group)
+            except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
+                raise BackendError(f"out of GPU memory for {len(group)} requests") from exc
+        for i, res in zip(indices, results, strict=True):
+            out[i] = res
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            text = self.render_chat_sync(request.messages)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(request.prompt or "")["input_ids"]
+        if not ids:
+            ids = [self.eos_id if self.eos_id is not None else self.pad_id]
+        limit = getattr(self.model.config, "n_positions", None) or getattr(
+            self.model.config, "max_position_embeddings", None
+        )
+        if limit is not None and len(ids) + 1 > limit:
+            raise BackendError(
+                f"prompt is {len(ids)} tokens; this model's context is {limit} tokens",
+                retryable=False,
+            )
+        return list(ids)
+
+    # -- the decode loop -----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: list[list[int]], requests: list[GenerationRequest]
+    ) -> list[GenerationResult]:
+        t0 = time.perf_counter()
+        device = self.device
+        # One prefill per distinct prompt: siblings (n samples, beam states with equal
+        # prefixes across requests) share it.
+        unique: dict[tuple[int, ...], int] = {}
+        for p in prompts:
+            unique.setdefault(tuple(p), len(unique))
+        uniq = list(unique)
+        width = max(len(p) for p in uniq)
+        input_ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(uniq), width), dtype=torch.long)
+        for j, p in enumerate(uniq):
+            input_ids[j, width - len(p) :] = torch.tensor(p)
+            mask[j, width - len(p) :] = 1
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        pre = self.model(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True
+        )
+        t_prefill = time.perf_counter()
+
+        # Row r samples from prompt row_src[r]; copy the cache rows accordingly.
+        row_src: list[int] = []
+        rows: list[_Row] = []
+        for ri, (req, p) in enumerate(zip(requests, prompts, strict=True)):
+            for _ in range(req.n):
+                row_src.append(unique[tuple(p)])
+                rows.append(_Row(request=ri, tokens=[], logprobs=[], entropies=[]))
+        src = torch.tensor(row_src, device=device)
+        cache = pre.past_key_values
+        cache.reorder_cache(src)
+        logits = pre.logits[:, -1, :].float().index_select(0, src)
+        attn = mask.index_select(0, src)
+        pos = positions[:, -1].index_select(0, src)
+
+        gens = [self._generator(req, device) for req in requests]
+        temps = torch.tensor([requests[r.request].temperature for r in rows], device=device)
+        top_ps = torch.tensor([requests[r.request].top_p for r in rows], device=device)
+        max_new = max(req.max_tokens for req in requests)
+        active = list(range(len(rows)))  # row index of each live batch position
+
+        for _step in range(max_new):
+            next_ids, logp, ent = self._sample(logits, temps, top_ps, active, rows, gens)
+            keep: list[int] = []
+            for b, row_i in enumerate(active):
+                row = rows[row_i]
+                tok = int(next_ids[b])
+                row.tokens.append(tok)
+                row.logprobs.append(float(logp[b]))
+                row.entropies.append(float(ent[b]))
+                if self._finished(row, requests[row.request]):
+                    row.done = True
+                else:
+                    keep.append(b)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                idx = torch.tensor(keep, device=device)
+                cache.reorder_cache(idx)
+                attn, pos, next_ids = attn[idx], pos[idx], next_ids[idx]
+                temps, top_ps = temps[idx], top_ps[idx]
+                active = [active[b] for b in keep]
+            attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
+            pos = pos + 1
+            step = self.model(
+                input_ids=next_ids.view(-1, 1),
+                attention_mask=attn,
+                position_ids=pos.view(-1, 1),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = step.past_key_values
+            logits = step.logits[:, -1, :].float()
+        t_end = time.perf_counter()
+        return self._results(prompts, requests, rows, t0, t_prefill, t_end)
+
+    def _generator(self, req: GenerationRequest, device: torch.device) -> torch.Generator:
+        g = torch.Generator(device=device)
+        if req.seed is not None:
+            g.manual_seed(req.seed)
+        else:
+            g.seed()
+        return g
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        temps: torch.Tensor,
+        top_ps: torch.Tensor,
+        active: list[int],
+        rows: list[_Row],
+        gens: list[torch.Generator],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pick one token per live row; returns ids, their log-probs and the entropies.
+
+        Log-probs and entropies are of the model's own distribution (temperature 1), which
+        is what confidence signals are calibrated on, whatever temperature sampled the token.
+        """
+        logp_all = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        greedy = logits.argmax(-1)
+        chosen = greedy.clone()
+        sampled_rows = (temps > 0).nonzero().flatten()
+        if sampled_rows.numel():
+            scaled = logits[sampled_rows] / temps[sampled_rows, None]
+            probs = torch.softmax(scaled, dim=-1)
+            probs = _top_p_filter(probs, top_ps[sampled_rows])
+            # Each request samples with its own generator so that a seed reproduces its
+            # samples whatever else shares the batch.
+            by_request: dict[int, list[int]] = {}
+            for k, b in enumerate(sampled_rows.tolist()):
+                by_request.setdefault(rows[active[b]].request, []).append(k)
+            for req_i, ks in by_request.items():
+                sel = torch.tensor(ks, device=logits.device)
+                draws = torch.multinomial(probs[sel], 1, generator=gens[req_i]).flatten()
+                chosen[sampled_rows[sel]] = draws
+        logp = logp_all.gather(-1, chosen.view(-1, 1)).flatten()
+        return chosen, logp, entropy
+
+    def _finished(self, row: _Row, req: GenerationRequest) -> bool:
+        if self.eos_id is not None and row.tokens[-1] == self.eos_id:
+            row.finish_reason = "stop"
+            return True
+        if req.stop:
+            tail_chars = max(len(s) for s in req.stop)
+            # Decoding only the last few tokens keeps stop checks O(1) per step.
+            tail = self.tokenizer.decode(row.tokens[-(tail_chars + 2) :], skip_special_tokens=True)
+            if any(s in tail for s in req.stop):
+                row.finish_reason = "stop"
+                return True
+        if len(row.tokens) >= req.max_tokens:
+            row.finish_reason = "length"
+            return True
+        return False
+
+    def _results(
+        self,
+        prompts: list[list[int]],
+        requests: list[GenerationRequest],
+        rows: list[_Row],
+        t0: float,
+        t_prefill: float,
+        t_end: float,
+    ) -> list[GenerationResult]:
+        per_req: list[list[Completion]] = [[] for _ in requests]
+        for row in rows:
+            req = requests[row.request]
+            toks = row.tokens
+            if self.eos_id is not None and toks and toks[-1] == self.eos_id:
+                toks = toks[:-1]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            text = _cut_at_stop(text, req.stop)
+            per_req[row.request].append(
+                Completion(
+                    text=text,
+                    tokens=len(row.tokens),
+                    finish_reason="stop" if row.finish_reason == "stop" else "length",
+                    token_logprobs=row.logprobs if req.logprobs else None,
+                    token_entropies=row.entropies if req.logprobs else None,
+                )
+            )
+        timings = {
+            "prefill_ms": (t_prefill - t0) * 1000,
+            "decode_ms": (t_end - t_prefill) * 1000,
+        }
+        return [
+            GenerationResult(
+                completions=comps, prompt_tokens=len(p), model=self.name, timings_ms=timings
+            )
+            for comps, p in zip(per_req, prompts, strict=True)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """Device, dtype and size, for logs and ``/v1/models``."""
+        params = sum(p.numel() for p in self.model.parameters())
+        dtype = next(self.model.parameters()).dtype
+        return {"device": str(self.device), "dtype": str(dtype), "parameters": params}
+
+
+def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Zero the tail outside each row's nucleus ``top_p`` (the top token always stays)."""
+    if bool((top_p >= 1.0).all()):
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p
+    sorted_p = torch.where(before < top_p[:, None], sorted_p, torch.zeros_like(sorted_p))
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return filtered / filtered.sum(-1, keepdim=True)
+
+
+def _cut_at_stop(text: str, stops: list[str]) -> str:
+    """Text up to (not including) the earliest stop string, as OpenAI's API returns it."""
+    cut = len(text)
+    for s in stops:
+        i = text.find(s)
+        if i != -1:
+            cut = min(cut, i)
+    return text[:cut]
+
+
+def tokens_per_second(result: GenerationResult) -> float:
+    """Generated tokens per second of decode time (0 when nothing was timed)."""
+    ms = result.timings_ms.get("prefill_ms", 0.0) + result.timings_ms.get("decode_ms", 0.0)
+    return result.completion_tokens / (ms / 1000) if ms > 0 else math.inf
