@@ -107,7 +107,8 @@ class TransformersBackend(Backend):
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(
             p, local_files_only=True, dtype=resolve_dtype(dtype, dev)
-        ).to(dev)
+        )
+        model = model.to(dev)  # type: ignore[arg-type]
         return cls(model, tokenizer, name=name or p.name)
 
     # -- Backend interface -------------------------------------------------------------------
@@ -160,13 +161,36 @@ class TransformersBackend(Backend):
         out: list[GenerationResult | None],
     ) -> None:
         group = [requests[i] for i in indices]
+        prompts = [self._prompt_ids(r) for r in group]
+        limit = self.context_limit()
+        if limit is not None:
+            # Absolute position embeddings end at the context size: cap generation there.
+            group = [
+                r
+                if len(p) + r.max_tokens <= limit
+                else r.model_copy(update={"max_tokens": max(1, limit - len(p))})
+                for r, p in zip(group, prompts, strict=True)
+            ]
         with self._lock:
             try:
-                results = self._decode([self._prompt_ids(r) for r in group], group)
+                results = self._decode(prompts, group)
             except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
                 raise BackendError(f"out of GPU memory for {len(group)} requests") from exc
         for i, res in zip(indices, results, strict=True):
             out[i] = res
+
+    def context_limit(self) -> int | None:
+        """The model's context size in tokens, when its config declares one."""
+        cfg = self.model.config
+        limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        return int(limit) if limit else None
+
+    def check_request(self, request: GenerationRequest) -> int:
+        """Prompt length in tokens; raises ``BackendError`` (not retryable) if it cannot fit.
+
+        The Serve replica calls this before batching so one bad request cannot fail a batch.
+        """
+        return len(self._prompt_ids(request))
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
@@ -176,9 +200,7 @@ class TransformersBackend(Backend):
             ids = self.tokenizer(request.prompt or "")["input_ids"]
         if not ids:
             ids = [self.eos_id if self.eos_id is not None else self.pad_id]
-        limit = getattr(self.model.config, "n_positions", None) or getattr(
-            self.model.config, "max_position_embeddings", None
-        )
+        limit = self.context_limit()
         if limit is not None and len(ids) + 1 > limit:
             raise BackendError(
                 f"prompt is {len(ids)} tokens; this model's context is {limit} tokens",
@@ -200,12 +222,12 @@ class TransformersBackend(Backend):
         for p in prompts:
             unique.setdefault(tuple(p), len(unique))
         uniq = list(unique)
-        width = max(len(p) for p in uniq)
+        width = max(len(u) for u in uniq)
         input_ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(uniq), width), dtype=torch.long)
-        for j, p in enumerate(uniq):
-            input_ids[j, width - len(p) :] = torch.tensor(p)
-            mask[j, width - len(p) :] = 1
+        for j, u in enumerate(uniq):
+            input_ids[j, width - len(u) :] = torch.tensor(u)
+            mask[j, width - len(u) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         pre = self.model(
@@ -342,8 +364,9 @@ class TransformersBackend(Backend):
             toks = row.tokens
             if self.eos_id is not None and toks and toks[-1] == self.eos_id:
                 toks = toks[:-1]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            text = _cut_at_stop(text, req.stop)
+            text = _cut_at_stop(
+                str(self.tokenizer.decode(toks, skip_special_tokens=True)), req.stop
+            )
             per_req[row.request].append(
                 Completion(
                     text=text,

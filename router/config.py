@@ -26,7 +26,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "ACR_"
-STRATEGY_NAMES = ("single_pass", "bounded_reasoning", "best_of_n", "self_consistency", "beam_search")
+STRATEGY_NAMES = (
+    "single_pass",
+    "bounded_reasoning",
+    "best_of_n",
+    "self_consistency",
+    "beam_search",
+)
 Effort = Literal["low", "medium", "high"]
 
 
@@ -144,6 +150,18 @@ class ModelConfig(_Section):
         return self
 
 
+class VerifierConfig(_Section):
+    """An optional learned reward model served by its own replicas (exact checkers need none)."""
+
+    reward_model_path: str | None = Field(
+        default=None, description="Local transformers sequence-classification checkpoint."
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
+    num_replicas: PositiveInt = Field(default=1, le=64)
+
+
 class StrategyBudgetConfig(_Section):
     """Default budget of one strategy (see ``policies.base.Budget``)."""
 
@@ -171,7 +189,7 @@ class StrategiesConfig(_Section):
 
     budgets: dict[str, StrategyBudgetConfig] = Field(default_factory=_default_budgets)
     effort: dict[Effort, str] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "low": "single_pass",
             "medium": "bounded_reasoning",
             "high": "best_of_n",
@@ -248,6 +266,7 @@ class AppConfig(BaseSettings):
     server: ServerConfig = Field(default_factory=ServerConfig)
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     strategies: StrategiesConfig = Field(default_factory=StrategiesConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
@@ -276,9 +295,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(
-    path: str | Path | None = None, env: Mapping[str, str] | None = None
-) -> AppConfig:
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> AppConfig:
     """Read ``path`` (YAML, optional), apply ``ACR_*`` overrides and validate.
 
     Returns the validated ``AppConfig``; raises ``ConfigError`` naming every bad field.

@@ -20,7 +20,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> TransformersBackend:
 def test_greedy_decode_matches_transformers_generate(backend: TransformersBackend) -> None:
     ids = backend.tokenizer("12+3=", return_tensors="pt")
     ref = backend.model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
-    expected = backend.tokenizer.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    expected = backend.tokenizer.decode(
+        ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True
+    )
     got = backend.generate_batch_sync([GenerationRequest(prompt="12+3=", max_tokens=12)])
     assert got[0].completions[0].text == expected
 
@@ -64,9 +66,9 @@ def test_stop_strings_are_cut_from_text_but_their_tokens_are_counted(
     text = base.completions[0].text
     assert len(text) >= 4
     stop = text[2]
-    res = backend.generate_batch_sync(
-        [GenerationRequest(prompt="5", max_tokens=30, stop=[stop])]
-    )[0].completions[0]
+    res = backend.generate_batch_sync([GenerationRequest(prompt="5", max_tokens=30, stop=[stop])])[
+        0
+    ].completions[0]
     assert res.text == text[: text.index(stop)]
     assert res.finish_reason == "stop"
     assert res.tokens == text.index(stop) + 1
@@ -75,9 +77,9 @@ def test_stop_strings_are_cut_from_text_but_their_tokens_are_counted(
 def test_logprobs_and_entropies_are_returned_per_token_when_asked(
     backend: TransformersBackend,
 ) -> None:
-    res = backend.generate_batch_sync(
-        [GenerationRequest(prompt="7", max_tokens=6, logprobs=True)]
-    )[0].completions[0]
+    res = backend.generate_batch_sync([GenerationRequest(prompt="7", max_tokens=6, logprobs=True)])[
+        0
+    ].completions[0]
     assert res.token_logprobs is not None and res.token_entropies is not None
     assert len(res.token_logprobs) == len(res.token_entropies) == res.tokens
     assert all(lp <= 0 for lp in res.token_logprobs)
@@ -118,10 +120,23 @@ def test_rows_over_the_cap_are_split_into_several_passes(tmp_path: Path) -> None
     path = build_tiny_checkpoint(tmp_path / "m")
     small = TransformersBackend.from_pretrained(path, device="cpu")
     small.max_rows = 3
-    reqs = [GenerationRequest(prompt=str(i), n=2, max_tokens=4, seed=i, temperature=1.0) for i in range(4)]
+    reqs = [
+        GenerationRequest(prompt=str(i), n=2, max_tokens=4, seed=i, temperature=1.0)
+        for i in range(4)
+    ]
     split = small.generate_batch_sync(reqs)
     small.max_rows = 512
     whole = small.generate_batch_sync(reqs)
     assert [[c.text for c in r.completions] for r in split] == [
         [c.text for c in r.completions] for r in whole
     ]
+
+
+def test_generation_stops_at_the_context_size_instead_of_crashing(
+    backend: TransformersBackend,
+) -> None:
+    limit = backend.context_limit()
+    assert limit is not None
+    prompt = "1" * (limit - 3)
+    res = backend.generate_batch_sync([GenerationRequest(prompt=prompt, max_tokens=50)])[0]
+    assert res.completions[0].tokens <= 3
