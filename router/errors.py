@@ -52,6 +52,10 @@ def validation_error_to_api(errors: list[dict[str, Any]]) -> APIError:
     if not errors:
         return bad_request("invalid request body")
     first = errors[0]
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        detail = ctx.get("error") or first.get("msg", "")
+        return bad_request(f"request body is not valid JSON: {detail}", code="json_invalid")
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
     msg = str(first.get("msg", "invalid value"))

@@ -32,8 +32,14 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     )
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=len(vocab), n_positions=256, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=1, eos_token_id=1, pad_token_id=0,
+        vocab_size=len(vocab),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
     )
     model = GPT2LMHeadModel(cfg)
     model.save_pretrained(path)
