@@ -87,6 +87,25 @@ def bench_model(
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
 
 
+@app.command("bench-serving")
+def bench_serving(
+    url: Annotated[
+        str | None, typer.Option(help="A running service; default: start one locally.")
+    ] = None,
+    out_json: Annotated[Path, typer.Option(help="Where to write results.")] = Path(
+        "bench-out/serving.json"
+    ),
+    requests: Annotated[int, typer.Option(help="Requests for the latency percentiles.")] = 200,
+) -> None:
+    """Sampling throughput (n=16 in one request vs 16 requests) and ingress overhead."""
+    import json as _json
+
+    from router.bench_serving import run_serving_benchmark
+
+    result = run_serving_benchmark(url, out_json, requests=requests)
+    typer.echo(_json.dumps(result, indent=2))
+
+
 def main() -> None:
     """Entry point of the ``acr`` console script."""
     app()

@@ -353,10 +353,15 @@ class RouterService:
         if temperature is not None and decision.strategy in ("single_pass", "bounded_reasoning"):
             decision.budget = decision.budget.model_copy(update={"temperature": temperature})
         kind, verifier = self.verifier_lookup(problem.text)
-        runs = [
-            self._run_with_fallback(problem, decision, verifier, deadline, copy=i) for i in range(n)
-        ]
-        results = list(await asyncio.gather(*runs))
+        if n > 1 and decision.strategy == "single_pass":
+            # n samples of one prompt: one backend call, one shared prefill.
+            results = await self._sample_n(problem, decision, n, deadline)
+        else:
+            runs = [
+                self._run_with_fallback(problem, decision, verifier, deadline, copy=i)
+                for i in range(n)
+            ]
+            results = list(await asyncio.gather(*runs))
         latency_ms = (self.clock() - start) * 1000
         if all(r.stop_reason == "deadline" and not r.text for r in results):
             await self._log(problem, decision, results, latency_ms, kind, "timeout", api_key_id)
@@ -443,6 +448,73 @@ class RouterService:
             code="backend_unavailable",
             headers={"retry-after": "1"},
         )
+
+    async def _sample_n(
+        self, problem: Problem, decision: Decision, n: int, deadline: float
+    ) -> list[StrategyResult]:
+        """``n`` single-pass samples from one backend call (OpenAI's ``n`` semantics)."""
+        from backends.verifiers.numeric import extract_answer
+
+        from backends.base import GenerationRequest
+
+        b = decision.budget
+        req = GenerationRequest(
+            prompt=problem.prompt,
+            messages=problem.messages,
+            n=n,
+            max_tokens=b.max_tokens,
+            temperature=b.temperature,
+            stop=problem.stop,
+            seed=problem.seed,
+        )
+        t0 = self.clock()
+        res = None
+        for attempt in range(2):
+            remaining = max(0.001, deadline - self.clock())
+            try:
+                res = await asyncio.wait_for(self.backend.generate(req), timeout=remaining)
+                break
+            except TimeoutError as exc:
+                raise APIError(
+                    504,
+                    "no answer within the deadline",
+                    type="timeout_error",
+                    code="deadline_exceeded",
+                ) from exc
+            except BackendError as exc:
+                self.metrics.backend_errors.labels(retryable=str(exc.retryable).lower()).inc()
+                if not exc.retryable:
+                    raise APIError(
+                        400, f"the model refused the request: {exc}", code="backend_refused"
+                    ) from exc
+                if attempt == 1:
+                    raise APIError(
+                        503,
+                        f"the model backend is unavailable: {exc}",
+                        type="server_error",
+                        code="backend_unavailable",
+                        headers={"retry-after": "1"},
+                    ) from exc
+                self.metrics.retries.inc()
+        assert res is not None
+        wall = (self.clock() - t0) * 1000
+        return [
+            StrategyResult(
+                strategy="single_pass",
+                text=c.text,
+                answer=extract_answer(c.text),
+                candidates=[],
+                prompt_tokens=res.prompt_tokens,
+                visible_tokens=c.tokens,
+                hidden_tokens=0,
+                verifier_tokens=0,
+                wall_ms=wall,
+                samples=1,
+                stop_reason="answered",
+                finish_reason=c.finish_reason,
+            )
+            for c in res.completions
+        ]
 
     def _count(self, served: ServedResult) -> None:
         m = self.metrics
