@@ -15,6 +15,7 @@ from router.config import AppConfig
 from router.http_api import build_http_app
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
+from router.rate_limit import RateLimiter
 from router.service import Decider, RouterService
 
 log = logging.getLogger("acr.runtime")
@@ -91,8 +92,19 @@ def build_runtime(
             metrics=metrics,
             backoff_max_s=config.redis.reconnect_backoff_max_ms / 1000,
         )
+    limiter = RateLimiter(
+        redis,
+        prefix=config.redis.key_prefix,
+        requests_per_minute=config.auth.requests_per_minute,
+        tokens_per_minute=config.auth.tokens_per_minute,
+    )
     service = RouterService(
-        config, be, decider=make_decider(config, be, redis), outcomes=outcomes, metrics=metrics
+        config,
+        be,
+        decider=make_decider(config, be, redis),
+        outcomes=outcomes,
+        metrics=metrics,
+        limiter=limiter,
     )
 
     async def health() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from router.config import AppConfig
 from router.errors import APIError, bad_request
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
+from router.rate_limit import RateLimiter
 from router.schemas import (
     BudgetOverride,
     ChatCompletionRequest,
@@ -211,6 +212,7 @@ class RouterService:
         outcomes: OutcomeLog | None = None,
         metrics: Metrics | None = None,
         verifier_lookup: VerifierLookup | None = None,
+        limiter: RateLimiter | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
@@ -220,6 +222,7 @@ class RouterService:
         self.metrics = metrics or Metrics()
         self.verifier_lookup = verifier_lookup or default_verifier_lookup
         self.clock = clock
+        self.limiter = limiter
         self.recent: dict[str, Decision] = {}
 
     # -- validation ----------------------------------------------------------------------------
@@ -347,6 +350,7 @@ class RouterService:
         """Decide, run ``n`` independent copies of the strategy, log the outcome."""
         start = self.clock()
         deadline = start + self.deadline_ms(options) / 1000
+        await self._check_limits(api_key_id)
         decision = await self.decide(problem, effort, options)
         if max_tokens is not None and max_tokens < decision.budget.max_tokens:
             decision.budget = decision.budget.model_copy(update={"max_tokens": max_tokens})
@@ -382,6 +386,8 @@ class RouterService:
             task_kind=kind,
         )
         self._count(served)
+        if self.limiter is not None:
+            await self.limiter.charge(api_key_id, served.completion_tokens + served.prompt_tokens)
         await self._log(problem, decision, results, latency_ms, kind, "ok", api_key_id, served.id)
         self._remember(served.id, decision)
         return served
@@ -448,6 +454,20 @@ class RouterService:
             code="backend_unavailable",
             headers={"retry-after": "1"},
         )
+
+    async def _check_limits(self, api_key_id: str) -> None:
+        if self.limiter is None:
+            return
+        verdict = await self.limiter.check(api_key_id)
+        if not verdict.allowed:
+            self.metrics.rate_limited.labels(limit=verdict.limit).inc()
+            raise APIError(
+                429,
+                f"rate limit reached ({verdict.limit}); retry in {verdict.retry_after_s} s",
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"retry-after": str(verdict.retry_after_s)},
+            )
 
     async def _sample_n(
         self, problem: Problem, decision: Decision, n: int, deadline: float
