@@ -45,15 +45,21 @@ def free_port() -> int:
 
 
 class EmbeddedRedis:
-    """Starts ``redis-server`` on ``port`` (0 = free) with AOF off; ``stop()`` ends it.
+    """Starts ``redis-server`` on ``port`` (0 = free); ``stop()`` ends it.
+
+    ``appendonly=True`` turns on AOF with fsync on every write, so data survives a kill and
+    restart on the same ``data_dir`` (what the chaos tests need).
 
     ``url`` is the ``redis://`` address clients use. Use as a context manager or call
     ``start()``/``stop()``; a stopped server can be started again on the same port with
     the same data directory (the chaos tests restart it that way).
     """
 
-    def __init__(self, port: int = 0, data_dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int = 0, data_dir: Path | None = None, *, appendonly: bool = False
+    ) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="acr-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -76,7 +82,9 @@ class EmbeddedRedis:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
             "--protected-mode",
             "yes",
             "--loglevel",
