@@ -35,6 +35,7 @@ from router.schemas import (
 log = logging.getLogger("acr.service")
 
 FALLBACK_STRATEGY = "single_pass"
+DEADLINE_GRACE_S = 0.5
 
 
 @dataclass
@@ -357,15 +358,15 @@ class RouterService:
         if temperature is not None and decision.strategy in ("single_pass", "bounded_reasoning"):
             decision.budget = decision.budget.model_copy(update={"temperature": temperature})
         kind, verifier = self.verifier_lookup(problem.text)
-        if n > 1 and decision.strategy == "single_pass":
-            # n samples of one prompt: one backend call, one shared prefill.
-            results = await self._sample_n(problem, decision, n, deadline)
-        else:
-            runs = [
-                self._run_with_fallback(problem, decision, verifier, deadline, copy=i)
-                for i in range(n)
-            ]
-            results = list(await asyncio.gather(*runs))
+        try:
+            # Strategies honour the deadline themselves; this outer bound guarantees that a
+            # stuck backend call can never make the client hang past it.
+            results = await asyncio.wait_for(
+                self._run_all(problem, decision, verifier, deadline, n),
+                timeout=max(0.001, deadline - self.clock()) + DEADLINE_GRACE_S,
+            )
+        except TimeoutError:
+            results = []
         latency_ms = (self.clock() - start) * 1000
         if all(r.stop_reason == "deadline" and not r.text for r in results):
             await self._log(problem, decision, results, latency_ms, kind, "timeout", api_key_id)
@@ -391,6 +392,22 @@ class RouterService:
         await self._log(problem, decision, results, latency_ms, kind, "ok", api_key_id, served.id)
         self._remember(served.id, decision)
         return served
+
+    async def _run_all(
+        self,
+        problem: Problem,
+        decision: Decision,
+        verifier: Verifier | None,
+        deadline: float,
+        n: int,
+    ) -> list[StrategyResult]:
+        if n > 1 and decision.strategy == "single_pass":
+            # n samples of one prompt: one backend call, one shared prefill.
+            return await self._sample_n(problem, decision, n, deadline)
+        runs = [
+            self._run_with_fallback(problem, decision, verifier, deadline, copy=i) for i in range(n)
+        ]
+        return list(await asyncio.gather(*runs))
 
     async def _run_with_fallback(
         self,
