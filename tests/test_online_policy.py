@@ -1,0 +1,328 @@
+"""Online learning and the adaptive policy: in memory, and against a real redis-server
+shared by two router replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
+from backends.verifiers.base import Verifier
+from difficulty.model import RouterModel
+from difficulty.synthetic import synthetic_items
+from difficulty.train import fit_router_model, rows_from_item
+from policies.adaptive import AdaptivePolicy, AdaptiveSettings, LoadTracker
+from policies.base import Problem, StrategyResult
+from policies.online import InMemoryPolicyStore, RedisPolicyStore
+from policies.selector import Load
+
+
+class GreedyBackend(Backend):
+    """Answers every prompt with one fixed greedy line; counts calls."""
+
+    name = "fake"
+
+    def __init__(self, text: str = "4*6 = 24", entropy: float = 0.1) -> None:
+        self.text, self.entropy, self.calls = text, entropy, 0
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self.calls += 1
+        n_tok = 12
+        c = Completion(
+            text=self.text,
+            tokens=n_tok,
+            finish_reason="stop",
+            token_logprobs=[-0.1] * n_tok,
+            token_entropies=[self.entropy] * n_tok,
+        )
+        return GenerationResult(completions=[c], prompt_tokens=5)
+
+    async def render_chat(self, messages: list[ChatMessage]) -> str:
+        return messages[-1].content
+
+
+class Is24(Verifier):
+    exact = True
+
+    def score(self, problem: str, candidate: str, reference: str | None = None) -> float:
+        return 1.0 if candidate.strip().endswith("= 24") else 0.0
+
+
+def lookup(text: str) -> tuple[str, Verifier | None]:
+    return ("game24", Is24()) if text[:1].isdigit() else ("open", None)
+
+
+@pytest.fixture(scope="module")
+def model() -> RouterModel:
+    rows = [r for it in synthetic_items(150, seed=11) for r in rows_from_item(it)]
+    return fit_router_model(rows, version="m1", probe_tokens=16, holdout=0.0)
+
+
+def settings(**kw: object) -> AdaptiveSettings:
+    base: dict[str, object] = {"policy_version": "v9", "exploration_rate": 0.0, "probe_tokens": 16}
+    base.update(kw)
+    return AdaptiveSettings(**base)  # type: ignore[arg-type]
+
+
+def result(score: float | None, tokens: int = 400, wall_ms: float = 300.0) -> StrategyResult:
+    return StrategyResult(
+        strategy="self_consistency",
+        text="x",
+        answer=None,
+        candidates=[],
+        prompt_tokens=5,
+        visible_tokens=50,
+        hidden_tokens=tokens - 50,
+        verifier_tokens=0,
+        wall_ms=wall_ms,
+        samples=8,
+        stop_reason="budget",
+        score=score,
+    )
+
+
+def replica(url: str, model: RouterModel, **kw: object) -> AdaptivePolicy:
+    s = settings(**kw)
+    store = RedisPolicyStore.from_url(
+        url, key_prefix="acrtest", version=AdaptivePolicy.version_for(s, model), refresh_s=0.0
+    )
+    return AdaptivePolicy(
+        s, backend=GreedyBackend(), store=store, model=model, verifier_lookup=lookup
+    )
+
+
+# -- in memory -------------------------------------------------------------------------------
+
+
+async def test_cache_entries_expire_by_the_injected_clock() -> None:
+    now = [100.0]
+    store = InMemoryPolicyStore("v", clock=lambda: now[0])
+    await store.cache_put("h", {"a": 1}, ttl_s=10)
+    assert await store.cache_get("h") == {"a": 1}
+    now[0] += 10.5
+    assert await store.cache_get("h") is None
+    await store.cache_put("h", {"a": 1}, ttl_s=0)
+    assert await store.cache_get("h") is None
+
+
+async def test_a_verified_probe_is_served_as_the_single_pass_answer(model: RouterModel) -> None:
+    backend = GreedyBackend("4*6 = 24")
+    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
+    d, probe = await pol.decide_with_probe(Problem(text="4 6 1 1"))
+    assert probe is not None and probe.verifier_score == 1.0
+    assert d.strategy == "single_pass" and d.reuse_probe
+    assert d.probe_tokens == 12 and d.predicted_cost_tokens == 12
+    served = pol.probe_answer(d)
+    assert served is not None
+    assert served.text == "4*6 = 24" and served.completion_tokens == 12
+    assert backend.calls == 1  # the answer was never generated twice
+
+
+async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterModel) -> None:
+    pol = AdaptivePolicy(
+        settings(lambda_per_1k_tokens=0.01),
+        backend=GreedyBackend("4+6 = 10", entropy=1.4),
+        model=model,
+        verifier_lookup=lookup,
+    )
+    d = await pol.decide(Problem(text="4 6 1 1"))
+    assert d.strategy in ("self_consistency", "best_of_n", "beam_search")
+    assert not d.reuse_probe
+    assert d.probe_tokens == 12
+
+
+async def test_reasoning_effort_and_a_named_strategy_force_the_choice(model: RouterModel) -> None:
+    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    high = await pol.decide(Problem(text="4 6 1 1"), effort="high")
+    assert (high.strategy, high.source) == ("best_of_n", "effort")
+    named = await pol.decide(Problem(text="4 6 1 1"), strategy_override="beam_search")
+    assert (named.strategy, named.source) == ("beam_search", "explicit")
+    assert pol.backend is not None and pol.backend.calls == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Why is the sky blue?",
+        "Write a haiku about routers.",
+        "What is the capital of France?",
+        "",
+        "🚀" * 1000,
+        "Explain 2+2 in French, please.",
+    ],
+)
+async def test_out_of_distribution_prompts_are_routed_without_error(
+    model: RouterModel, text: str
+) -> None:
+    pol = AdaptivePolicy(
+        settings(), backend=GreedyBackend("I think so."), model=model, verifier_lookup=lookup
+    )
+    d = await pol.decide(Problem(text=text))
+    assert d.strategy in {a.strategy for a in model.card.arms}
+    assert d.reason
+    if not text[:1].isdigit() and "+" not in text:
+        assert d.difficulty_bin == model.ood_bin
+        assert "unseen in training" in d.reason
+
+
+async def test_a_deep_queue_makes_the_policy_downgrade(model: RouterModel) -> None:
+    pol = AdaptivePolicy(
+        settings(latency_slo_ms=1500, lambda_per_1k_tokens=0.0, capacity_tokens_per_s=2000),
+        backend=None,
+        model=model,
+    )
+    calm = await pol.decide(Problem(text="11 12 13 13"), load=Load(capacity_tokens_per_s=2000))
+    busy = await pol.decide(
+        Problem(text="11 12 13 13"),
+        load=Load(inflight=40, queued_tokens=20_000, capacity_tokens_per_s=2000),
+    )
+    assert (calm.predicted_cost_tokens or 0) > (busy.predicted_cost_tokens or 0)
+    assert busy.downgraded
+
+
+def test_the_load_tracker_counts_inflight_work_and_forgets_expired_requests() -> None:
+    now = [0.0]
+    t = LoadTracker(1000.0, clock=lambda: now[0])
+    t.begin("a", 300, deadline_s=10)
+    t.begin("b", 500, deadline_s=1)
+    snap = t.snapshot()
+    assert (snap.inflight, snap.queued_tokens) == (2, 800)
+    now[0] = 2.0
+    assert t.snapshot().inflight == 1
+    t.end("a", 300)  # 300 tokens in 2 s at concurrency 1: 150 tok/s observed
+    assert t.capacity == pytest.approx(0.9 * 1000 + 0.1 * 150)
+
+
+async def test_decision_latency_without_the_probe_is_about_a_millisecond(
+    model: RouterModel,
+) -> None:
+    pol = AdaptivePolicy(settings(), backend=None, model=model)
+    rng = random.Random(0)
+    prompts = [" ".join(str(rng.randint(1, 13)) for _ in range(4)) for _ in range(300)]
+    times = []
+    for p in prompts:
+        t0 = time.perf_counter()
+        await pol.decide(Problem(text=p), serving=False)
+        times.append(time.perf_counter() - t0)
+    # The target is p99 <= 1 ms on an idle core; a loaded CI box gets slack, not a pass.
+    assert float(np.percentile(times, 99)) < 0.005
+
+
+# -- real Redis, two replicas ----------------------------------------------------------------
+
+
+async def test_outcomes_recorded_by_one_replica_steer_the_other(
+    redis_url: str, model: RouterModel
+) -> None:
+    a, b = replica(redis_url, model), replica(redis_url, model)
+    try:
+        text = "11 12 13 13"
+        d = await a.decide(Problem(text=text), probe=False)
+        before = next(c for c in d.candidates if c.arm == d.arm).p_success
+        for _ in range(60):
+            await a.record(d, result(score=0.0), None)
+        d_b = await b.decide(Problem(text=text + " "), probe=False)  # different cache key
+        after = next(c for c in d_b.candidates if c.arm == d.arm).p_success
+        assert d_b.difficulty_bin == d.difficulty_bin
+        assert after < before - 0.3
+        assert d_b.arm != d.arm
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_every_key_carries_the_prefix_and_the_policy_version(
+    redis_url: str, model: RouterModel
+) -> None:
+    a = replica(redis_url, model)
+    try:
+        d = await a.decide(Problem(text="4 6 1 1"))
+        await a.record(d, result(score=1.0), None)
+        client = Redis.from_url(redis_url)
+        keys = [k.decode() for k in await client.keys("*")]
+        await client.aclose()
+        assert keys
+        assert all(k.startswith("acrtest:v9.m1:") for k in keys), keys
+        assert any(":arm:" in k for k in keys) and any(":dcache:" in k for k in keys)
+    finally:
+        await a.close()
+
+
+async def test_the_decision_cache_is_shared_between_replicas_and_has_a_ttl(
+    redis_url: str, model: RouterModel
+) -> None:
+    a, b = replica(redis_url, model, decision_cache_ttl_s=60), replica(redis_url, model)
+    try:
+        first, probe = await a.decide_with_probe(Problem(text="4 6 1 1"))
+        assert probe is not None and first.source == "auto"
+        second, probe2 = await b.decide_with_probe(Problem(text="  4 6 1 1 "))
+        assert probe2 is None and second.source == "cache"
+        assert second.probe_tokens == 0
+        assert b.backend is not None and b.backend.calls == 0  # type: ignore[attr-defined]
+        client = Redis.from_url(redis_url)
+        keys = await client.keys("acrtest:*:dcache:*")
+        ttl = await client.ttl(keys[0])
+        await client.aclose()
+        assert 0 < ttl <= 300
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_concurrent_updates_from_two_replicas_are_all_counted(
+    redis_url: str, model: RouterModel
+) -> None:
+    a, b = replica(redis_url, model), replica(redis_url, model)
+    try:
+        d = await a.decide(Problem(text="3 3 8 8"), probe=False)
+        await asyncio.gather(
+            *[a.record(d, result(score=1.0), None) for _ in range(50)],
+            *[b.record(d, result(score=0.0), None) for _ in range(50)],
+            *[b.record(d, None, 0.5) for _ in range(20)],
+        )
+        assert d.difficulty_bin is not None
+        stats = (await a.store.arm_stats(d.difficulty_bin, [d.arm]))[d.arm]
+        assert stats.succ == pytest.approx(60) and stats.fail == pytest.approx(60)
+        assert stats.n == 100 and stats.tokens == pytest.approx(100 * 400)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_feedback_moves_only_the_success_posterior(
+    redis_url: str, model: RouterModel
+) -> None:
+    a = replica(redis_url, model)
+    try:
+        d = await a.decide(Problem(text="Why is the sky blue?"), probe=False)
+        await a.record(d, None, 0.25)
+        assert d.difficulty_bin is not None
+        s = (await a.store.arm_stats(d.difficulty_bin, [d.arm]))[d.arm]
+        assert (s.succ, s.fail, s.n) == (pytest.approx(0.25), pytest.approx(0.75), 0)
+    finally:
+        await a.close()
+
+
+async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: RouterModel) -> None:
+    from router.embedded_redis import free_port
+
+    s = settings()
+    store = RedisPolicyStore.from_url(
+        f"redis://127.0.0.1:{free_port()}/0",
+        key_prefix="acrtest",
+        version=AdaptivePolicy.version_for(s, model),
+    )
+    pol = AdaptivePolicy(
+        s, backend=GreedyBackend(), store=store, model=model, verifier_lookup=lookup
+    )
+    d = await pol.decide(Problem(text="4 6 1 1"))
+    await pol.record(d, result(score=1.0), None)
+    d2 = await pol.decide(Problem(text="4 6 1 2"))
+    assert d.reason and d2.reason
+    assert store.fallback.stats  # outcomes kept locally meanwhile
+    await pol.close()
