@@ -525,9 +525,6 @@ class AdaptivePolicy:
                 kind=kind,
                 probe_tokens=probe_result.tokens if probe_result else 0,
             )
-        online = await self.store.arm_stats(est.bin, [a.name for a in self.arms])
-        stats = self.arm_stats(est, online, override)
-        draws = thompson_draws(stats, self.rng, self.settings.exploration_rate)
         now = self.clock()
         elapsed_ms = max(0.0, (now - t0) * 1000)
         ld = (
@@ -535,11 +532,7 @@ class AdaptivePolicy:
             if load
             else self.tracker.snapshot(now, elapsed_ms)
         )
-        decision = select(est, stats, slo, ld, draws=draws, policy_version=self.version)
-        decision.source = source  # type: ignore[assignment]
-        if source == "cache":
-            decision.reason = "cached difficulty estimate; " + decision.reason
-        decision.extra = {"features": est.features, "kind": est.kind}
+        decision = await self.choose(est, slo, ld, override=override, source=source)
         if probe_result is not None:
             self._probes[decision.decision_id] = probe_result
             if len(self._probes) > 4096:
@@ -549,6 +542,37 @@ class AdaptivePolicy:
                 key, {"estimate": est.model_dump(), "arm": decision.arm}, ttl
             )
         return decision, probe_result
+
+    async def choose(
+        self,
+        est: DifficultyEstimate,
+        slo: SLO,
+        load: Load,
+        *,
+        override: dict[str, Any] | None = None,
+        source: str = "auto",
+    ) -> Decision:
+        """Select for an estimate: shared stats of its bin + Thompson gate + ``select``.
+
+        The step after the probe; simulations call it directly with their own load.
+        """
+        online = await self.store.arm_stats(est.bin, [a.name for a in self.arms])
+        stats = self.arm_stats(est, online, override)
+        draws = thompson_draws(stats, self.rng, self.settings.exploration_rate)
+        decision = select(est, stats, slo, load, draws=draws, policy_version=self.version)
+        decision.source = source  # type: ignore[assignment]
+        if source == "cache":
+            decision.reason = "cached difficulty estimate; " + decision.reason
+        decision.extra = {"features": est.features, "kind": est.kind}
+        return decision
+
+    def should_probe(self, slo: SLO, load: Load) -> bool:
+        """Whether a probe is worth running now: enabled, and cheap enough under this load."""
+        if self.backend is None or self.probe_tokens <= 0:
+            return False
+        est_ms = predict_latency_ms(self.probe_tokens * 0.8, 0.0, load)
+        # Under a deep queue the probe alone would eat the SLO: decide on the prompt instead.
+        return est_ms <= slo.latency_budget_ms * self.settings.probe_share_of_slo
 
     def decision_probe(self, decision: Decision, *, pop: bool = True) -> ProbeResult | None:
         """The probe run for ``decision`` (None if none): reuse it when ``reuse_probe``."""
@@ -566,12 +590,8 @@ class AdaptivePolicy:
     async def _maybe_probe(
         self, problem: Problem, kind: str, slo: SLO, load: Load | None, t0: float
     ) -> ProbeResult | None:
-        if self.backend is None or self.probe_tokens <= 0:
+        if self.backend is None or not self.should_probe(slo, load or self.tracker.snapshot(t0)):
             return None
-        ld = load or self.tracker.snapshot(t0)
-        est_ms = predict_latency_ms(self.probe_tokens * 0.8, 0.0, ld)
-        if est_ms > slo.latency_budget_ms * self.settings.probe_share_of_slo:
-            return None  # under this load the probe alone would eat the SLO
         verifier = None
         if self.verifier_lookup is not None:
             try:

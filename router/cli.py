@@ -106,6 +106,47 @@ def bench_serving(
     typer.echo(_json.dumps(result, indent=2))
 
 
+@app.command("train-router")
+def train_router(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Item labels (.jsonl from `python -m difficulty.labels`), outcome-log exports "
+            "(.jsonl) and `acr bench` results (.json).",
+            exists=True,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the router model (.skops).")] = Path(
+        "runs/router.skops"
+    ),
+    version: Annotated[str, typer.Option(help="Model version (part of every Redis key).")] = (
+        "router-v1"
+    ),
+    probe_tokens: Annotated[int, typer.Option(help="Probe length the labels were made with.")] = 64,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Also read the outcome stream from this Redis.")
+    ] = None,
+    stream: Annotated[str, typer.Option(help="Outcome stream key.")] = "acr:outcomes",
+) -> None:
+    """Fit the difficulty/router model from logged outcomes; prints AUROC and Brier score."""
+    import asyncio
+    import json as _json
+    import tempfile
+
+    from difficulty.train import load_stream
+    from difficulty.train import train_router as _train
+
+    paths = list(sources)
+    if redis_url:
+        records = asyncio.run(load_stream(redis_url, stream))
+        tmp = Path(tempfile.mkdtemp(prefix="acr-stream-")) / "stream.jsonl"
+        tmp.write_text("\n".join(_json.dumps(r) for r in records))
+        typer.echo(f"read {len(records)} outcomes from {stream}")
+        paths.append(tmp)
+    metrics = _train(paths, out, version=version, probe_tokens=probe_tokens)
+    typer.echo(_json.dumps(metrics, indent=2))
+
+
 def main() -> None:
     """Entry point of the ``acr`` console script."""
     app()
