@@ -13,6 +13,7 @@ deadline_ms)`` and ``record(decision, result, reward)``) by duck typing, without
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import random
@@ -117,46 +118,77 @@ class LoadTracker:
 
     ``begin`` at decision time, ``end`` when the outcome is recorded; entries whose deadline
     passed are dropped (a request that failed without an outcome must not count forever).
-    Throughput is learned as an EWMA of tokens/s per request times the concurrency it ran at
-    (under processor sharing each of k jobs gets 1/k of the backend).
+    Capacity (aggregate tokens/s of a busy backend) starts from the measured value and is
+    re-measured only while the backend is saturated (``saturated_at`` requests in flight):
+    tokens finished per second of saturated time. A lone greedy decode is slow because it is
+    one row wide, not because the backend is busy, so unsaturated periods teach nothing.
+    Utilisation is the predicted tokens admitted over the last ``window_s`` per second over
+    that capacity.
     """
 
-    def __init__(self, capacity_tokens_per_s: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        capacity_tokens_per_s: float,
+        clock: Callable[[], float],
+        window_s: float = 10.0,
+        saturated_at: int = 8,
+    ) -> None:
         self.capacity = capacity_tokens_per_s
         self.clock = clock
         self.jobs: dict[str, _Inflight] = {}
+        self.window_s = window_s
+        self.saturated_at = saturated_at
+        # (time, predicted tokens) of recent admissions: the offered load.
+        self.recent: collections.deque[tuple[float, float]] = collections.deque()
+        self._last = clock()
+        self._sat_time = 0.0
+        self._sat_tokens = 0.0
 
-    def _expire(self, now: float) -> None:
+    def _advance(self, now: float) -> None:
         for k in [k for k, j in self.jobs.items() if j.expires_at <= now]:
             del self.jobs[k]
+        dt = now - self._last
+        if dt > 0 and len(self.jobs) >= self.saturated_at:
+            self._sat_time += dt
+        self._last = max(self._last, now)
 
     def begin(self, key: str, tokens: float, deadline_s: float, now: float | None = None) -> None:
         """Count a request as in flight with ``tokens`` predicted to generate."""
         t = self.clock() if now is None else now
-        self._expire(t)
+        self._advance(t)
         self.jobs[key] = _Inflight(tokens, t + deadline_s, t, len(self.jobs) + 1)
+        self.recent.append((t, tokens))
 
     def end(self, key: str, tokens: float | None, now: float | None = None) -> None:
-        """The request finished after generating ``tokens``; update the throughput estimate."""
+        """The request finished after generating ``tokens``; re-measure capacity if saturated."""
         t = self.clock() if now is None else now
+        self._advance(t)
         job = self.jobs.pop(key, None)
         if job is None or not tokens or tokens <= 0:
             return
-        wall = t - job.started_at
-        if wall <= 0.005:
-            return  # too short to measure a rate (cached or trivial)
-        observed = tokens / wall * max(1, job.concurrency)
-        self.capacity = 0.9 * self.capacity + 0.1 * observed
+        if len(self.jobs) + 1 >= self.saturated_at:
+            self._sat_tokens += tokens
+        if self._sat_time >= 5.0:
+            observed = self._sat_tokens / self._sat_time
+            self.capacity = 0.8 * self.capacity + 0.2 * observed
+            self._sat_time = self._sat_tokens = 0.0
 
     def snapshot(self, now: float | None = None, elapsed_ms: float = 0.0) -> Load:
         """The load a new request would meet now."""
         t = self.clock() if now is None else now
-        self._expire(t)
+        self._advance(t)
+        while self.recent and self.recent[0][0] < t - self.window_s:
+            self.recent.popleft()
+        # Early in a run the window is short; never divide by less than one second.
+        span = max(1.0, min(self.window_s, t - self.recent[0][0])) if self.recent else 1.0
+        offered = sum(tok for _, tok in self.recent) / span
+        capacity = max(1.0, self.capacity)
         return Load(
             inflight=len(self.jobs),
             queued_tokens=sum(j.tokens for j in self.jobs.values()),
-            capacity_tokens_per_s=max(1.0, self.capacity),
+            capacity_tokens_per_s=capacity,
             elapsed_ms=elapsed_ms,
+            utilization=offered / capacity,
         )
 
 

@@ -78,6 +78,9 @@ class SLO(BaseModel):
     latency_budget_ms: float = Field(gt=0)
     cost_cap_tokens: float = Field(gt=0)
     lambda_per_1k_tokens: float = Field(ge=0)
+    headroom: float = Field(
+        default=0.8, gt=0, le=1, description="Share of the latency budget predictions may use."
+    )
 
 
 class Load(BaseModel):
@@ -95,6 +98,9 @@ class Load(BaseModel):
     capacity_tokens_per_s: float = Field(default=2000.0, gt=0)
     elapsed_ms: float = Field(default=0.0, ge=0)
     overhead_ms: float = Field(default=2.0, ge=0, description="Fixed per-request overhead.")
+    utilization: float = Field(
+        default=0.0, ge=0, description="Offered tokens/s over capacity (recent window)."
+    )
 
 
 class Candidate(BaseModel):
@@ -190,13 +196,15 @@ def predict_latency_ms(cost_tokens: float, unloaded_ms: float, load: Load) -> fl
     """Latency of an arm that generates ``cost_tokens`` under ``load``, in ms.
 
     Processor sharing: a new job of size c finishes after the backend has generated c tokens
-    for it plus up to c tokens for each job ahead, i.e. (min(queued, inflight * c) + c) / rate.
-    Never below the arm's measured unloaded latency.
+    for it plus up to c tokens for each job ahead, i.e. (min(queued, inflight * c) + c) / rate;
+    work that arrives meanwhile shares the backend too, which divides the rate by (1 - rho)
+    for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency.
     """
     if cost_tokens <= 0:
         return 0.0
     shared = min(load.queued_tokens, load.inflight * cost_tokens) + cost_tokens
-    loaded_ms = 1000.0 * shared / load.capacity_tokens_per_s
+    free = 1.0 - min(load.utilization, 0.9)
+    loaded_ms = 1000.0 * shared / (load.capacity_tokens_per_s * free)
     return load.overhead_ms + max(unloaded_ms, loaded_ms)
 
 
@@ -236,7 +244,8 @@ def score_arms(
     draws: Mapping[str, float] | None = None,
 ) -> list[Candidate]:
     """Every arm's predicted success, cost, latency, utility and feasibility (pure)."""
-    remaining_ms = slo.latency_budget_ms - load.elapsed_ms
+    # Predictions are means; keep headroom so that their spread stays inside the SLO.
+    remaining_ms = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
     out: list[Candidate] = []
     for arm in arms:
         p = _p_success(arm, est, None if draws is None else draws.get(arm.name))
@@ -358,7 +367,7 @@ def shrink_budget(
     ``reasoning_effort`` or an explicit strategy forces the arm but the queue would make it
     miss the SLO: the strategy stays, its size goes down.
     """
-    remaining = slo.latency_budget_ms - load.elapsed_ms
+    remaining = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
     cost, lat = tokens_mean, predict_latency_ms(tokens_mean, unloaded_ms, load)
     shrunk = False
     b = budget

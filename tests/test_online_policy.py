@@ -192,10 +192,21 @@ def test_the_load_tracker_counts_inflight_work_and_forgets_expired_requests() ->
     t.begin("b", 500, deadline_s=1)
     snap = t.snapshot()
     assert (snap.inflight, snap.queued_tokens) == (2, 800)
+    assert snap.utilization == pytest.approx(0.8)  # 800 tokens admitted in ~1 s of 1000 tok/s
     now[0] = 2.0
     assert t.snapshot().inflight == 1
-    t.end("a", 300)  # 300 tokens in 2 s at concurrency 1: 150 tok/s observed
-    assert t.capacity == pytest.approx(0.9 * 1000 + 0.1 * 150)
+    t.end("a", 300)  # a lone request is width-limited: it says nothing about capacity
+    assert t.capacity == 1000.0
+
+
+def test_the_load_tracker_remeasures_capacity_only_when_saturated() -> None:
+    now = [0.0]
+    t = LoadTracker(1000.0, clock=lambda: now[0], saturated_at=2)
+    t.begin("a", 3000, deadline_s=60)
+    t.begin("b", 3000, deadline_s=60)
+    now[0] = 6.0
+    t.end("a", 3000)  # 3000 tokens over 6 s of saturation: 500 tok/s
+    assert t.capacity == pytest.approx(0.8 * 1000 + 0.2 * 500)
 
 
 async def test_decision_latency_without_the_probe_is_about_a_millisecond(

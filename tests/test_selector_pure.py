@@ -181,7 +181,7 @@ def test_latency_grows_with_the_tokens_queued_ahead() -> None:
 
 
 def test_a_forced_budget_is_halved_until_it_fits_the_slo() -> None:
-    slo = SLO_LOOSE.model_copy(update={"latency_budget_ms": 600})
+    slo = SLO_LOOSE.model_copy(update={"latency_budget_ms": 600, "headroom": 1.0})
     load = Load(inflight=2, queued_tokens=800, capacity_tokens_per_s=2000, overhead_ms=0)
     b, cost, lat, shrunk = shrink_budget(
         "best_of_n", Budget(samples=16, batch_size=16), 800, 300, slo, load
@@ -202,6 +202,21 @@ def test_the_decision_renders_ascii_headers_and_a_public_object() -> None:
     pub = d.public()
     assert pub["predicted_success"] == pytest.approx(0.9)
     assert {c["arm"] for c in pub["candidates"]} == {a.name for a in ladder(0.3, 0.6, 0.9)}
+
+
+def test_headroom_keeps_predictions_inside_a_share_of_the_budget() -> None:
+    arms = ladder(0.3, 0.6, 0.9)  # self_consistency@16 predicts 602 ms unloaded
+    tight = SLO_LOOSE.model_copy(update={"latency_budget_ms": 700, "headroom": 0.8})
+    loose = tight.model_copy(update={"headroom": 1.0})
+    assert select(est(), arms, tight, IDLE).arm == "self_consistency@4"
+    assert select(est(), arms, loose, IDLE).arm == "self_consistency@16"
+
+
+def test_utilisation_slows_the_predicted_latency_of_new_work() -> None:
+    calm = Load(capacity_tokens_per_s=1000, overhead_ms=0)
+    busy = calm.model_copy(update={"utilization": 0.5})
+    assert predict_latency_ms(1000, 0, calm) == pytest.approx(1000)
+    assert predict_latency_ms(1000, 0, busy) == pytest.approx(2000)
 
 
 def test_ties_go_to_the_cheaper_arm() -> None:
