@@ -11,8 +11,9 @@ verifier is present:
 - ``single_pass``: the greedy probe (it is the same request), if it finished.
 
 Arms that are not "draw samples" (bounded reasoning, beam search) are run for real by an
-injected ``run_arm`` (built on the strategy registry by the caller). Latency of pool-derived arms comes
-from timing calls at each batch size once (``time_batches``); online statistics refine it.
+injected ``run_arm`` (built on the strategy registry by the caller). Latency of pool-derived
+arms comes from timing calls at each batch size once (``time_batches``); online statistics
+refine it.
 Output: one JSON line per prompt (``difficulty.train.rows_from_item`` reads it).
 """
 
