@@ -182,6 +182,7 @@ async def label_chunk(
                 "probe": probe,
                 "probe_text": probe_c.text,
                 "pass_rate": round(sum(v for v, _ in verdicts) / max(1, len(verdicts)), 4),
+                "pool": [[int(v), t] for v, t in verdicts],
                 "arms": arm_out,
             }
         )

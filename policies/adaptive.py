@@ -38,6 +38,7 @@ from policies.selector import (
     DifficultyEstimate,
     Load,
     beta_prior,
+    expected_samples,
     predict_latency_ms,
     select,
     shrink_budget,
@@ -48,6 +49,17 @@ log = logging.getLogger("acr.policy")
 
 VerifierLookup = Callable[[str], tuple[str, Verifier | None]]
 EFFORTS = ("low", "medium", "high")
+
+
+def default_budgets() -> dict[str, Budget]:
+    """The service config's default strategy budgets (``router.config``), for standalone use."""
+    return {
+        "single_pass": Budget(max_tokens=96, samples=1, batch_size=4, temperature=0.0),
+        "bounded_reasoning": Budget(max_tokens=128, samples=1, batch_size=4, temperature=0.0),
+        "best_of_n": Budget(max_tokens=96, samples=16, batch_size=16, temperature=0.8),
+        "self_consistency": Budget(max_tokens=96, samples=16, batch_size=4, temperature=0.8),
+        "beam_search": Budget(max_tokens=96, beam_width=3, expansions=8, max_steps=8),
+    }
 
 
 class AdaptiveSettings(BaseModel):
@@ -62,7 +74,7 @@ class AdaptiveSettings(BaseModel):
     exploration_rate: float = Field(default=0.05, ge=0, le=1)
     decision_cache_ttl_s: int = Field(default=300, ge=0)
     probe_tokens: int = Field(default=64, ge=0)
-    budgets: dict[str, Budget] = Field(default_factory=dict)
+    budgets: dict[str, Budget] = Field(default_factory=default_budgets)
     effort: dict[str, str] = Field(
         default_factory=lambda: {
             "low": "single_pass",
@@ -338,29 +350,49 @@ class AdaptivePolicy:
     ) -> list[ArmStats]:
         """Merge model predictions, training priors and online stats for ``est.bin``."""
         k = self.settings.prior_strength
+        per_sample = self._sample_tokens(est)
         out = []
         for arm in self.arms:
             prior = self.model.bin_stat(arm.name, est.bin)
             prior_p = prior.successes / prior.trials if prior.trials else est.probs[arm.name]
             a0, b0 = beta_prior(prior_p, k)
             on = online.get(arm.name, OnlineStat())
-            tok0 = prior.tokens_mean or self.budget_of(arm.strategy, arm, None).max_tokens
+            budget = self.budget_of(arm.strategy, arm, override)
+            tok0 = prior.tokens_mean or budget.max_tokens * budget.samples
             lat0 = prior.latency_ms_mean or 1000.0 * tok0 / self.settings.capacity_tokens_per_s
             w0 = k if prior.trials else 1.0
+            # Online outcomes correct the training prior multiplicatively (drift in length
+            # or speed), applied to this item's own expected cost.
+            tok_factor = (tok0 * w0 + on.tokens) / (w0 + on.n) / tok0 if tok0 else 1.0
+            lat_factor = (lat0 * w0 + on.latency_ms) / (w0 + on.n) / lat0 if lat0 else 1.0
+            tok_item = tok0
+            if arm.strategy == "self_consistency" and per_sample and est.kind != "open":
+                # With an exact checker the sampler stops at the first verified sample, so
+                # an easy item costs a batch and a hard one the whole budget.
+                tok_item = per_sample * expected_samples(
+                    est.probs[arm.name], budget.samples, budget.batch_size
+                )
             out.append(
                 ArmStats(
                     name=arm.name,
                     strategy=arm.strategy,
-                    budget=self.budget_of(arm.strategy, arm, override),
+                    budget=budget,
                     p_model=est.probs[arm.name],
                     prior_mean=a0 / (a0 + b0),
                     alpha=a0 + on.succ,
                     beta=b0 + on.fail,
-                    tokens_mean=(tok0 * w0 + on.tokens) / (w0 + on.n),
-                    latency_ms_mean=(lat0 * w0 + on.latency_ms) / (w0 + on.n),
+                    tokens_mean=tok_item * tok_factor,
+                    latency_ms_mean=lat0 * (tok_item / tok0 if tok0 else 1.0) * lat_factor,
                 )
             )
         return out
+
+    def _sample_tokens(self, est: DifficultyEstimate) -> float | None:
+        # Tokens of one sample: the best-of-16 arm's bin mean over 16 (it always draws all).
+        stat = self.model.bin_stat("best_of_n@16", est.bin)
+        if stat.trials and stat.tokens_mean:
+            return stat.tokens_mean / 16
+        return None
 
     def slo(
         self,

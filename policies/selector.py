@@ -390,6 +390,24 @@ def shrink_budget(
     return b, cost, lat, shrunk
 
 
+def expected_samples(p_success: float, samples: int, batch: int) -> float:
+    """Samples an early-stopping sampler draws (batches of ``batch``, stop at the first
+    verified one) when P(one of ``samples`` verifies) is ``p_success``.
+
+    Independent samples with per-sample solve rate q = 1 - (1 - p)^(1/N); batch k is drawn
+    only when the k batches before it all failed: sum_k b_k (1 - q)^(b * k).
+    """
+    n, b = max(1, samples), max(1, min(batch, samples))
+    p = min(max(p_success, 0.0), 1 - 1e-9)
+    fail = (1.0 - p) ** (1.0 / n)  # one sample fails
+    total, drawn = 0.0, 0
+    while drawn < n:
+        size = min(b, n - drawn)
+        total += size * fail**drawn
+        drawn += size
+    return total
+
+
 def beta_prior(success_rate: float, strength: float) -> tuple[float, float]:
     """Beta(alpha, beta) with mean ``success_rate`` and ``strength`` pseudo-observations."""
     p = min(max(success_rate, 1e-3), 1 - 1e-3)

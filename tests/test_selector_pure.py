@@ -223,3 +223,12 @@ def test_ties_go_to_the_cheaper_arm() -> None:
     arms = [arm("single_pass", 0.5, 50, 100), arm("self_consistency@4", 0.5, 50, 100, samples=4)]
     d = select(est(), arms, SLO_LOOSE.model_copy(update={"lambda_per_1k_tokens": 0.0}), IDLE)
     assert d.arm == "single_pass"
+
+
+def test_an_early_stopping_sampler_draws_one_batch_when_success_is_certain() -> None:
+    from policies.selector import expected_samples
+
+    assert expected_samples(1.0, 16, 4) == pytest.approx(4, abs=0.05)
+    assert expected_samples(0.0, 16, 4) == pytest.approx(16)
+    # p = 1 - 0.5^16 means q = 0.5 per sample: 4 + 4/16 + 4/256 + 4/4096.
+    assert expected_samples(1 - 0.5**16, 16, 4) == pytest.approx(4 + 4 / 16 + 4 / 256 + 4 / 4096)

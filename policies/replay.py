@@ -1,0 +1,202 @@
+"""Offline evaluation of the router on labelled prompts: auto, fixed arms, oracle, targets.
+
+Given item labels of *benchmark* prompts (``difficulty.labels``: each prompt's greedy probe and
+every arm's correctness and tokens), this replays the adaptive policy prompt by prompt
+(online updates included, no load) and compares it with every fixed arm, fixed-N best-of-N
+(no early stop: N samples always drawn) and the oracle (the cheapest arm that solves each
+prompt, known after the fact). Tokens always include the probe's.
+
+Because the arms' outcomes are fixed per prompt, sweeping lambda costs no model time, which
+is how "accuracy at equal mean tokens" is measured.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from difficulty.probe import ProbeSummary
+from policies.adaptive import AdaptivePolicy, AdaptiveSettings
+from policies.base import StrategyResult
+from policies.selector import SLO, Load
+
+
+def fixed_arm_rows(items: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Accuracy and mean tokens of every arm labelled on all items."""
+    names = set.intersection(*(set(it["arms"]) for it in items)) if items else set()
+    out = {}
+    for name in sorted(names):
+        acc = float(np.mean([bool(it["arms"][name]["correct"]) for it in items]))
+        tok = float(np.mean([float(it["arms"][name]["tokens"]) for it in items]))
+        out[name] = {"accuracy": round(acc, 4), "mean_tokens": round(tok, 1)}
+    return out
+
+
+def best_of_n_curve(
+    items: Sequence[dict[str, Any]], ns: Sequence[int] = (1, 2, 4, 8, 16, 32)
+) -> dict[int, dict[str, float]]:
+    """Fixed-N best-of-N with the exact verifier: N samples always drawn, any verified wins.
+
+    Needs the per-sample verdicts (``pool``) in the labels.
+    """
+    out = {}
+    for n in ns:
+        accs, toks = [], []
+        for it in items:
+            pool = it.get("pool") or []
+            if len(pool) < n:
+                break
+            accs.append(any(ok for ok, _ in pool[:n]))
+            toks.append(sum(t for _, t in pool[:n]))
+        else:
+            out[n] = {
+                "accuracy": round(float(np.mean(accs)), 4),
+                "mean_tokens": round(float(np.mean(toks)), 1),
+            }
+    return out
+
+
+def tokens_for_accuracy(curve: dict[int, dict[str, float]], accuracy: float) -> float | None:
+    """Mean tokens fixed-N best-of-N needs to reach ``accuracy`` (log-linear in N between
+    measured points); None when even the largest N falls short."""
+    pts = sorted((v["accuracy"], v["mean_tokens"]) for v in curve.values())
+    if not pts:
+        return None
+    if accuracy <= pts[0][0]:
+        return pts[0][1]
+    for (a0, t0), (a1, t1) in zip(pts, pts[1:], strict=False):
+        if a0 <= accuracy <= a1:
+            if a1 == a0:
+                return t0
+            f = (accuracy - a0) / (a1 - a0)
+            return math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0)))
+    return None
+
+
+def oracle_row(items: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str, float]:
+    """Cheapest arm that solves each prompt; unsolved prompts cost the cheapest arm."""
+    accs, toks = [], []
+    for it in items:
+        cands = [
+            (float(it["arms"][a]["tokens"]), bool(it["arms"][a]["correct"]))
+            for a in arms
+            if a in it["arms"]
+        ]
+        solved = [t for t, ok in cands if ok]
+        accs.append(bool(solved))
+        toks.append(min(solved) if solved else min(t for t, _ in cands))
+    return {
+        "accuracy": round(float(np.mean(accs)), 4),
+        "mean_tokens": round(float(np.mean(toks)), 1),
+    }
+
+
+def _result(tokens: float, ok: bool) -> StrategyResult:
+    return StrategyResult(
+        strategy="replay",
+        text="",
+        answer=None,
+        candidates=[],
+        prompt_tokens=0,
+        visible_tokens=int(tokens),
+        hidden_tokens=0,
+        verifier_tokens=0,
+        wall_ms=0.0,
+        samples=1,
+        stop_reason="budget",
+        score=1.0 if ok else 0.0,
+    )
+
+
+async def replay_auto(
+    items: Sequence[dict[str, Any]],
+    policy: AdaptivePolicy,
+    *,
+    use_probe: bool = True,
+    shuffle_seed: int | None = 0,
+    learn: bool = True,
+) -> dict[str, Any]:
+    """Auto's accuracy and mean tokens (probe included) over ``items``, in a shuffled order.
+
+    Each prompt: estimate from its labelled probe, ``choose`` (no load, the configured SLO),
+    look up the chosen arm's labelled outcome, and record it (online learning) if ``learn``.
+    """
+    order = list(range(len(items)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    slo = SLO(
+        latency_budget_ms=policy.settings.latency_slo_ms,
+        cost_cap_tokens=policy.settings.cost_cap_tokens,
+        lambda_per_1k_tokens=policy.settings.lambda_per_1k_tokens,
+    )
+    load = Load(capacity_tokens_per_s=policy.settings.capacity_tokens_per_s)
+    correct: list[bool] = []
+    tokens: list[float] = []
+    mix: dict[str, int] = {}
+    explored = 0
+    for i in order:
+        it = items[i]
+        probe = ProbeSummary.model_validate(it["probe"]) if use_probe else None
+        est = policy.estimate(
+            it["text"], probe, kind=it.get("kind"), probe_tokens=probe.tokens if probe else 0
+        )
+        d = await policy.choose(est, slo, load)
+        explored += d.explored
+        if d.reuse_probe:
+            ok, tok = bool((it["probe"].get("verifier_score") or 0) >= 0.5), 0.0
+            if it["probe"].get("verifier_score") is None:
+                ok = bool(it["arms"].get("single_pass", {}).get("correct"))
+        else:
+            arm = it["arms"].get(d.arm) or {"correct": False, "tokens": d.predicted_cost_tokens}
+            ok, tok = bool(arm["correct"]), float(arm["tokens"] or 0.0)
+        correct.append(ok)
+        tokens.append(tok + (probe.tokens if probe else 0))
+        mix[d.arm] = mix.get(d.arm, 0) + 1
+        if learn:
+            await policy.record(d, _result(tok, ok), None)
+    return {
+        "accuracy": round(float(np.mean(correct)), 4),
+        "mean_tokens": round(float(np.mean(tokens)), 1),
+        "explored": explored,
+        "arms": dict(sorted(mix.items(), key=lambda kv: -kv[1])),
+    }
+
+
+async def sweep_lambda(
+    items: Sequence[dict[str, Any]],
+    make_policy: Any,
+    lambdas: Sequence[float],
+) -> list[dict[str, Any]]:
+    """``replay_auto`` at each lambda (a fresh policy and store each time)."""
+    out = []
+    for lam in lambdas:
+        pol = make_policy(lam)
+        row = await replay_auto(items, pol)
+        out.append({"lambda_per_1k_tokens": lam, **row})
+    return out
+
+
+def accuracy_at_tokens(points: Sequence[dict[str, Any]], tokens: float) -> float | None:
+    """Auto's accuracy at a mean-token budget, from the upper envelope of swept points."""
+    pts = sorted((p["mean_tokens"], p["accuracy"]) for p in points)
+    env: list[tuple[float, float]] = []
+    for t, a in pts:
+        if not env or a > env[-1][1]:
+            env.append((t, a))
+    if not env or tokens < env[0][0]:
+        return None
+    for (t0, a0), (t1, a1) in zip(env, env[1:], strict=False):
+        if t0 <= tokens <= t1:
+            return a0 + (a1 - a0) * (tokens - t0) / (t1 - t0) if t1 > t0 else a1
+    return env[-1][1]
+
+
+def default_settings(**kw: Any) -> AdaptiveSettings:
+    """Replay settings: no exploration unless asked, the config's budgets."""
+    base: dict[str, Any] = {"exploration_rate": 0.0}
+    base.update(kw)
+    return AdaptiveSettings(**base)

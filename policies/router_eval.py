@@ -1,0 +1,334 @@
+"""Router training data and evaluation on the bundled model: ``python -m policies.router_eval``.
+
+``label``: item labels (``difficulty.labels``) for a split. ``train`` uses Game of 24 puzzles
+outside rows 0-99 and 900-999 of game24.csv and arithmetic questions from a seed the
+benchmark never uses (the benchmark's held-out questions are excluded too); ``test`` is the
+benchmark mix: rows 0-99 and 900-999 plus the held-out arithmetic questions of 2-8 operands.
+
+``evaluate``: on test labels, every fixed arm, fixed-N best-of-N, the oracle, auto at the
+configured lambda and a lambda sweep, the issue's targets, the in-process decision latency,
+and the SLO load simulation (auto vs always-search at twice what always-search sustains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backends.verifiers.base import Verifier
+from difficulty.labels import LabelItem, label_items
+from difficulty.model import ArmSpec, RouterModel, default_arms
+from policies.adaptive import AdaptivePolicy, AdaptiveSettings
+from policies.base import Budget, Problem
+from policies.replay import (
+    accuracy_at_tokens,
+    best_of_n_curve,
+    fixed_arm_rows,
+    oracle_row,
+    replay_auto,
+    sweep_lambda,
+    tokens_for_accuracy,
+)
+from policies.slo_sim import ReplayBackend, simulate
+
+TEST_ROWS = set(range(0, 100)) | set(range(900, 1000))
+
+
+class BundledTaskVerifier(Verifier):
+    """Exact checker for the bundled tasks (Game of 24 expression, arithmetic value)."""
+
+    name = "bundled-exact"
+    exact = True
+
+    def score(self, problem: str, candidate: str, reference: str | None = None) -> float:
+        """1.0 when ``candidate``'s ``Answer:`` line solves ``problem``, else 0.0."""
+        from backends.bundled.tasks.detect import parse_task
+        from backends.bundled.tasks.game24 import answer_line, check_answer
+
+        task = parse_task(problem)
+        if task.kind == "game24":
+            return 1.0 if check_answer(task.numbers, candidate) else 0.0
+        ans = answer_line(candidate)
+        if ans is None:
+            return 0.0
+        want = str(task.question.answer()) if task.question is not None else reference
+        return 1.0 if want is not None and ans.strip() == str(want).strip() else 0.0
+
+
+def verifier_for(text: str) -> Verifier | None:
+    """The service's verifier for a prompt if the registry exists, else the bundled checker."""
+    try:
+        from backends.bundled.tasks.detect import parse_task
+        from backends.verifiers.registry import verifier_for_task
+
+        v: Verifier | None = verifier_for_task(parse_task(text).kind)
+        if v is not None:
+            return v
+    except ImportError:
+        pass
+    return BundledTaskVerifier()
+
+
+def split_items(
+    split: str, csv: Path, n_game24: int, arith_per_k: int, seed: int
+) -> list[LabelItem]:
+    """Prompts of a split (see the module docstring)."""
+    from backends.bundled.tasks.arithmetic import heldout_questions, random_question
+    from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
+
+    puzzles = read_csv_puzzles(csv)
+    rng = random.Random(seed)
+    if split == "test":
+        g24 = [puzzles[i] for i in sorted(TEST_ROWS) if i < len(puzzles)]
+        qs = heldout_questions(arith_per_k)
+    else:
+        pool = [p for i, p in enumerate(puzzles) if i not in TEST_ROWS]
+        g24 = rng.sample(pool, min(n_game24, len(pool)))
+        held = {q.expression() for q in heldout_questions(50)}
+        qrng = random.Random(seed + 9_000_001)
+        qs = []
+        for k in range(2, 9):
+            got = 0
+            while got < arith_per_k:
+                q = random_question(qrng, k)
+                if q.expression() not in held:
+                    qs.append(q)
+                    got += 1
+    items = [LabelItem(puzzle_text(p), None, "game24", "game24.csv") for p in g24]
+    items += [LabelItem(q.text(), str(q.answer()), "arithmetic", f"arith-{q.operands}") for q in qs]
+    return items
+
+
+def strategy_runner(backend: Any, budgets: dict[str, Budget]) -> Any:
+    """An arm runner on the strategy registry (for arms a sample pool cannot stand for)."""
+    from policies.registry import get_strategy
+
+    async def run(item: LabelItem, arm: ArmSpec) -> tuple[bool, int, float]:
+        from difficulty.labels import messages_for
+
+        data = budgets.get(arm.strategy, Budget()).model_dump()
+        data.update({k: type(data[k])(v) for k, v in arm.budget.items() if k in data})
+        problem = Problem(
+            text=item.text, messages=messages_for(item.text), reference=item.reference
+        )
+        v = verifier_for(item.text)
+        t0 = time.perf_counter()
+        res = await get_strategy(arm.strategy).run(
+            problem, backend, v, Budget(**data), time.monotonic() + 300
+        )
+        wall = (time.perf_counter() - t0) * 1000
+        ok = v is not None and v.score(item.text, res.text, item.reference) >= 0.5
+        return ok, res.completion_tokens + res.verifier_tokens, wall
+
+    return run
+
+
+async def cmd_label(args: argparse.Namespace) -> None:
+    """Label a split with the bundled (or given) model and write JSONL."""
+    from backends.transformers_backend import TransformersBackend
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        from backends.bundled.paths import bundled_model_path
+
+        model_dir = bundled_model_path()
+    backend = TransformersBackend.from_pretrained(
+        model_dir, device=args.device, dtype="float32", torch_threads=args.threads
+    )
+    items = split_items(args.split, args.csv, args.n_game24, args.arith_per_k, args.seed)
+    if args.limit:
+        items = items[: args.limit]
+    arms = [a for a in default_arms() if a.name not in set(args.skip_arms.split(","))]
+    runner = None
+    if any(a.strategy in ("bounded_reasoning", "beam_search") for a in arms):
+        runner = strategy_runner(backend, AdaptiveSettings().budgets)
+    t0 = time.time()
+
+    def progress(done: int, total: int) -> None:
+        print(f"  {done}/{total} labelled ({time.time() - t0:.0f} s)", file=sys.stderr)
+
+    recs = await label_items(
+        backend,
+        items,
+        verifier_for,
+        probe_tokens=args.probe_tokens,
+        samples=args.samples,
+        sample_max_tokens=args.max_tokens,
+        seed=args.seed,
+        chunk=args.chunk,
+        arms=arms,
+        run_arm=runner,
+        progress=progress,
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    print(f"wrote {len(recs)} records to {args.out} in {time.time() - t0:.0f} s")
+
+
+def load_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSONL file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_policy(model: RouterModel, **kw: Any) -> AdaptivePolicy:
+    """A fresh policy (in-memory store, replay backend) for offline evaluation."""
+    settings = AdaptiveSettings(exploration_rate=0.0, **kw)
+    return AdaptivePolicy(settings, backend=ReplayBackend(), model=model, rng=random.Random(0))
+
+
+async def decision_latency(model: RouterModel, texts: list[str], n: int = 2000) -> dict[str, float]:
+    """In-process decision latency without the probe: features + model + selector + store."""
+    pol = make_policy(model)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        await pol.decide(Problem(text=texts[i % len(texts)]), probe=False, serving=False)
+        times.append((time.perf_counter() - t0) * 1000)
+    a = np.asarray(times[100:])
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 4),
+        "p99_ms": round(float(np.percentile(a, 99)), 4),
+        "n": len(a),
+    }
+
+
+async def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Evaluate auto against fixed arms and the oracle on test labels; write JSON."""
+    items = load_jsonl(args.test)
+    model = RouterModel.load(args.model)
+    fixed = fixed_arm_rows(items)
+    curve = best_of_n_curve(items)
+    oracle = oracle_row(items, list(fixed))
+    auto = await replay_auto(items, make_policy(model, lambda_per_1k_tokens=args.lam))
+    lambdas = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+    sweep = await sweep_lambda(
+        items, lambda lam: make_policy(model, lambda_per_1k_tokens=lam), lambdas
+    )
+    best_name = max(fixed, key=lambda k: (fixed[k]["accuracy"], -fixed[k]["mean_tokens"]))
+    best = fixed[best_name]
+    high = fixed.get("best_of_n@16")
+    need = tokens_for_accuracy(curve, auto["accuracy"])
+    at_equal = accuracy_at_tokens(sweep + [auto], best["mean_tokens"])
+    gap = oracle["accuracy"] - best["accuracy"]
+    targets = {
+        "best_fixed": best_name,
+        "auto_accuracy_minus_best_fixed": round(auto["accuracy"] - best["accuracy"], 4),
+        "bon_tokens_for_auto_accuracy": None if need is None else round(need, 1),
+        "auto_tokens_over_bon_tokens": None
+        if need is None
+        else round(auto["mean_tokens"] / need, 4),
+        "auto_tokens_over_effort_high": None
+        if high is None
+        else round(auto["mean_tokens"] / high["mean_tokens"], 4),
+        "auto_accuracy_at_best_fixed_tokens": None if at_equal is None else round(at_equal, 4),
+        "gap_recovered_at_equal_tokens": None
+        if at_equal is None or gap <= 0
+        else round((at_equal - best["accuracy"]) / gap, 4),
+    }
+    texts = [it["text"] for it in items]
+    latency = await decision_latency(model, texts)
+    sim = await slo_simulation(items, model, args)
+    result = {
+        "items": len(items),
+        "kinds": {k: sum(it.get("kind") == k for it in items) for k in ("game24", "arithmetic")},
+        "fixed": fixed,
+        "best_of_n_fixed_n": curve,
+        "oracle": oracle,
+        "auto": {"lambda_per_1k_tokens": args.lam, **auto},
+        "auto_sweep": sweep,
+        "targets": targets,
+        "decision_latency": latency,
+        "slo_simulation": sim,
+        "model": {"version": model.version, "metrics": model.card.metrics},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "fixed",
+                    "oracle",
+                    "auto",
+                    "targets",
+                    "decision_latency",
+                    "slo_simulation",
+                )
+            },
+            indent=1,
+        )
+    )
+
+
+async def slo_simulation(
+    items: list[dict[str, Any]], model: RouterModel, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Auto vs always-search at ``args.load_x`` times what always-search sustains."""
+    always = "best_of_n@16"
+    if not all(always in it["arms"] for it in items):
+        return {"skipped": f"{always} not labelled"}
+    mean_tok = float(np.mean([it["arms"][always]["tokens"] for it in items]))
+    rate = args.load_x * args.capacity / mean_tok
+    kw: dict[str, Any] = {
+        "rate_per_s": rate,
+        "n_requests": args.sim_requests,
+        "slo_ms": args.slo_ms,
+        "capacity_tok_s": args.capacity,
+        "single_seq_tok_s": args.single_rate,
+    }
+    base = await simulate(items, mode=always, policy=None, **kw)
+    pol = make_policy(model, lambda_per_1k_tokens=args.lam, capacity_tokens_per_s=args.capacity)
+    auto = await simulate(items, mode="auto", policy=pol, **kw)
+    return {
+        "offered_rate_per_s": round(rate, 3),
+        "always_search": base.summary(args.slo_ms),
+        "auto": auto.summary(args.slo_ms),
+        "backend_model": {"capacity_tok_s": args.capacity, "single_seq_tok_s": args.single_rate},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry: ``label`` or ``evaluate``."""
+    p = argparse.ArgumentParser(prog="python -m policies.router_eval")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    lab = sub.add_parser("label")
+    lab.add_argument("--split", choices=["train", "test"], required=True)
+    lab.add_argument("--out", type=Path, required=True)
+    lab.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))
+    lab.add_argument("--model-dir", type=Path, default=None)
+    lab.add_argument("--n-game24", type=int, default=300)
+    lab.add_argument("--arith-per-k", type=int, default=20)
+    lab.add_argument("--samples", type=int, default=32)
+    lab.add_argument("--probe-tokens", type=int, default=96)
+    lab.add_argument("--max-tokens", type=int, default=96)
+    lab.add_argument("--chunk", type=int, default=16)
+    lab.add_argument("--seed", type=int, default=1)
+    lab.add_argument("--limit", type=int, default=0)
+    lab.add_argument("--threads", type=int, default=2)
+    lab.add_argument("--device", default="cpu")
+    lab.add_argument("--skip-arms", default="bounded_reasoning,beam_search")
+    ev = sub.add_parser("evaluate")
+    ev.add_argument("--test", type=Path, required=True)
+    ev.add_argument("--model", type=Path, required=True)
+    ev.add_argument("--out", type=Path, default=Path("bench-out/router_eval.json"))
+    ev.add_argument("--lam", type=float, default=0.05)
+    ev.add_argument("--slo-ms", type=float, default=2000.0)
+    ev.add_argument("--load-x", type=float, default=2.0)
+    ev.add_argument("--capacity", type=float, default=5000.0)
+    ev.add_argument("--single-rate", type=float, default=470.0)
+    ev.add_argument("--sim-requests", type=int, default=3000)
+    args = p.parse_args(argv)
+    asyncio.run(cmd_label(args) if args.cmd == "label" else cmd_evaluate(args))
+
+
+if __name__ == "__main__":
+    main()
