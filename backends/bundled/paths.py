@@ -1,0 +1,17 @@
+"""Where the shipped checkpoint lives inside the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+
+
+def bundled_model_path() -> Path:
+    """Directory of the shipped checkpoint (``config.json``, safetensors, tokenizer files)."""
+    if not (MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the bundled model is missing at {MODEL_DIR}; run `acr train-model --output-dir "
+            f"{MODEL_DIR}` to build it"
+        )
+    return MODEL_DIR

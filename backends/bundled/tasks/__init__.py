@@ -1,0 +1,1 @@
+"""Task generators and exact solvers: Game of 24 and multi-step arithmetic."""

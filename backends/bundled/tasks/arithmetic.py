@@ -1,0 +1,135 @@
+"""Multi-step arithmetic with a scratchpad the small model can execute.
+
+Questions: 2 to 8 operands of 1-2 digits, ``+`` and ``-``, and ``*`` by a single digit,
+standard precedence (``What is 52+69-70*3?``). The scratchpad does the products first, then
+folds left to right, one operation per line. Numbers inside the scratchpad are written
+least-significant digit first (``210`` is ``012``, ``-89`` is ``-98``): carries then only
+depend on digits already written, which is what lets a ~1M-parameter model add reliably.
+The answer line is in ordinary notation: ``Answer: -89``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+
+def rev(n: int) -> str:
+    """``n`` with its digits reversed, sign first: ``rev(-89) == "-98"``."""
+    return ("-" if n < 0 else "") + str(abs(n))[::-1]
+
+
+@dataclass(frozen=True)
+class Term:
+    """A number, or a number times a single digit."""
+
+    value: int
+    multiplier: int | None = None
+
+    def text(self) -> str:
+        """``70*3`` or ``52``."""
+        return f"{self.value}*{self.multiplier}" if self.multiplier else str(self.value)
+
+    def result(self) -> int:
+        """The term's value."""
+        return self.value * (self.multiplier or 1)
+
+    @property
+    def operands(self) -> int:
+        """How many numbers the term uses."""
+        return 2 if self.multiplier else 1
+
+
+@dataclass(frozen=True)
+class Question:
+    """A signed sum of terms: ``terms[0] ops[0] terms[1] ...``."""
+
+    terms: tuple[Term, ...]
+    ops: tuple[str, ...]
+
+    def expression(self) -> str:
+        """``52+69-70*3``."""
+        out = self.terms[0].text()
+        for op, t in zip(self.ops, self.terms[1:], strict=True):
+            out += op + t.text()
+        return out
+
+    @property
+    def operands(self) -> int:
+        """Numbers in the question (a product counts its two factors)."""
+        return sum(t.operands for t in self.terms)
+
+    def answer(self) -> int:
+        """Exact value with standard precedence."""
+        acc = self.terms[0].result()
+        for op, t in zip(self.ops, self.terms[1:], strict=True):
+            acc = acc + t.result() if op == "+" else acc - t.result()
+        return acc
+
+    def text(self) -> str:
+        """``What is 52+69-70*3?``: how users ask it."""
+        return f"What is {self.expression()}?"
+
+    def scratchpad(self) -> str:
+        """The model's response: one step per line, then ``Answer: n``."""
+        lines = [
+            f"{rev(t.value)}*{rev(t.multiplier)}={rev(t.result())}"
+            for t in self.terms
+            if t.multiplier
+        ]
+        acc = self.terms[0].result()
+        for op, t in zip(self.ops, self.terms[1:], strict=True):
+            nxt = acc + t.result() if op == "+" else acc - t.result()
+            lines.append(f"{rev(acc)}{op}{rev(t.result())}={rev(nxt)}")
+            acc = nxt
+        lines.append(f"Answer: {acc}")
+        return "\n".join(lines)
+
+
+def random_question(rng: random.Random, operands: int) -> Question:
+    """A question with exactly ``operands`` numbers (2 to 8)."""
+    if not 2 <= operands <= 8:
+        raise ValueError(f"operands must be 2 to 8, got {operands}")
+    terms: list[Term] = []
+    left = operands
+    while left > 0:
+        digits = rng.choice((1, 2))
+        value = rng.randint(1, 9) if digits == 1 else rng.randint(10, 99)
+        if left >= 2 and rng.random() < 0.3:
+            terms.append(Term(value, rng.randint(2, 9)))
+            left -= 2
+        else:
+            terms.append(Term(value))
+            left -= 1
+    ops = tuple(rng.choice("+-") for _ in terms[1:])
+    return Question(tuple(terms), ops)
+
+
+_EXPR = re.compile(r"^\d{1,2}(\*\d)?([+-]\d{1,2}(\*\d)?)*$")
+
+
+def parse_expression(expr: str) -> Question | None:
+    """The ``Question`` for ``52+69-70*3`` (spaces ignored), or None if not of this form."""
+    e = expr.replace(" ", "")
+    if not _EXPR.match(e):
+        return None
+    parts = re.split(r"([+-])", e)
+    terms: list[Term] = []
+    for p in parts[0::2]:
+        if "*" in p:
+            a, b = p.split("*")
+            terms.append(Term(int(a), int(b)))
+        else:
+            terms.append(Term(int(p)))
+    return Question(tuple(terms), tuple(parts[1::2]))
+
+
+def heldout_questions(per_operand_count: int, seed: int = 10_007) -> list[Question]:
+    """Held-out evaluation items: ``per_operand_count`` for each of 2..8 operands.
+
+    Drawn from a seed that training never uses; training also drops any question whose
+    expression is in this set.
+    """
+    rng = random.Random(seed)
+    return [random_question(rng, k) for k in range(2, 9) for _ in range(per_operand_count)]

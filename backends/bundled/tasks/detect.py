@@ -1,0 +1,78 @@
+"""What a user's message asks: a Game of 24 puzzle, an arithmetic question, or anything else.
+
+``parse_task`` mirrors the bundled model's chat template (``tokenizer.CHAT_TEMPLATE``); a
+test checks that both give the same model prompt for the same text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from backends.bundled.tasks.arithmetic import Question, parse_expression
+
+TaskKind = Literal["game24", "arithmetic", "open"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A parsed request: ``kind`` and, where it applies, its numbers or question."""
+
+    kind: TaskKind
+    numbers: tuple[int, ...] = ()
+    question: Question | None = None
+
+
+_SUFFIX = " to make 24"
+
+
+def _puzzle_body(t: str) -> str:
+    low = t.lower().rstrip(".")
+    if low.startswith("use ") and low.endswith(_SUFFIX):
+        return t[4 : len(low) - len(_SUFFIX)]
+    return t
+
+
+def _calc_body(t: str) -> str:
+    body = t[8:] if t.lower().startswith("what is ") else t
+    return body.rstrip("?").replace(" ", "")
+
+
+def _arithmetic_like(body: str) -> bool:
+    return body.replace("+", "").replace("-", "").replace("*", "").isdigit()
+
+
+def _game24_numbers(t: str) -> tuple[int, ...] | None:
+    parts = _puzzle_body(t).split()
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        return None
+    nums = tuple(sorted(int(p) for p in parts))
+    return nums if all(1 <= n <= 13 for n in nums) else None
+
+
+def parse_task(text: str) -> Task:
+    """Classify ``text``; never raises (anything unrecognised is ``open``)."""
+    t = text.strip()
+    nums = _game24_numbers(t)
+    if nums is not None:
+        return Task("game24", numbers=nums)
+    q = parse_expression(_calc_body(t))
+    if q is not None and 2 <= q.operands <= 8:
+        return Task("arithmetic", question=q)
+    return Task("open")
+
+
+def model_prompt(text: str) -> str:
+    """The raw prompt the bundled model sees for a user message (its chat template's logic).
+
+    Puzzles become ``<24> a b c d`` (sorted), arithmetic-looking text ``<calc> expr``,
+    anything else ``<calc> text``; each ends in a newline.
+    """
+    t = text.strip()
+    nums = _game24_numbers(t)
+    if nums is not None:
+        return "<24> " + " ".join(str(n) for n in nums) + "\n"
+    body = _calc_body(t)
+    if _arithmetic_like(body):
+        return "<calc> " + body + "\n"
+    return "<calc> " + t + "\n"

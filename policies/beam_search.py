@@ -1,0 +1,202 @@
+"""Step-level beam search (Tree-of-Thoughts BFS) guided by a process scorer.
+
+A step is one line. Each of the ``beam_width`` states is expanded into ``expansions``
+proposals of its next line with one backend call per state (``n`` samples share the state's
+prefix prefill); the calls run concurrently so the backend can batch them. Proposals are
+deduplicated and scored by the verifier's ``score_steps`` (an exact step checker or a
+learned PRM); without one, by how often they were proposed and their log-prob. An
+``Answer:`` line finishes a beam; an exactly verified answer ends the search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from backends.base import Backend, GenerationResult
+from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
+from backends.verifiers.numeric import extract_answer
+from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
+from policies.common import call_until, finish, mean_logprob, request_for
+
+STEP_TOKENS = 48
+
+
+@dataclass
+class Beam:
+    """A partial trace: its lines, tokens spent on them and its latest score."""
+
+    lines: list[str] = field(default_factory=list)
+    tokens: int = 0
+    score: float = 0.0
+
+
+class BeamSearch(Strategy):
+    """Keep the best ``beam_width`` partial traces, ``expansions`` proposals each."""
+
+    name = "beam_search"
+
+    async def run(
+        self,
+        problem: Problem,
+        backend: Backend,
+        verifier: Verifier | None,
+        budget: Budget,
+        deadline: float,
+        clock: Clock = time.monotonic,
+    ) -> StrategyResult:
+        """The best finished trace (or best partial one at the deadline)."""
+        started = clock()
+        base = problem.prompt
+        if base is None and problem.messages is not None:
+            base = await backend.render_chat(problem.messages)
+        base = base or ""
+        beams = [Beam()]
+        finished: list[Candidate] = []
+        prompt_tokens = generated = spent = samples = 0
+        stop: StopReason = "budget"
+        for depth in range(budget.max_steps):
+            results = await asyncio.gather(
+                *(
+                    call_until(
+                        backend,
+                        request_for(
+                            problem,
+                            n=budget.expansions,
+                            max_tokens=min(STEP_TOKENS, budget.max_tokens),
+                            temperature=budget.temperature,
+                            stop=["\n"],
+                            logprobs=True,
+                            prompt=base + "".join(line + "\n" for line in b.lines),
+                            seed=None
+                            if problem.seed is None
+                            else problem.seed + 104_729 * depth + i,
+                        ),
+                        deadline,
+                        clock,
+                    )
+                    for i, b in enumerate(beams)
+                )
+            )
+            if any(r is None for r in results):
+                stop = "deadline"
+            proposals: list[tuple[Beam, str, int, float]] = []
+            for beam, res in zip(beams, results, strict=True):
+                if res is None:
+                    continue
+                prompt_tokens = prompt_tokens or res.prompt_tokens
+                generated += res.completion_tokens
+                samples += len(res.completions)
+                proposals += _dedupe(beam, res)
+            next_beams, done, s, verified = _grow(proposals, verifier, problem)
+            spent += s
+            finished += done
+            if verified:
+                stop = "verified"
+            if stop in ("verified", "deadline"):
+                break
+            next_beams.sort(key=lambda b: b.score, reverse=True)
+            beams = next_beams[: budget.beam_width]
+            if not beams:
+                stop = "exhausted"
+                break
+            if generated >= budget.max_tokens * budget.beam_width * budget.expansions:
+                break
+        chosen = _best(finished, beams)
+        return finish(
+            self.name,
+            chosen=chosen,
+            candidates=finished,
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            verifier_tokens=spent,
+            started=started,
+            clock=clock,
+            samples=samples,
+            stop_reason=stop,
+        )
+
+    # scoring lives in module functions so tests can reach them
+
+
+def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, float]]:
+    """Distinct next lines of ``beam`` with the tokens spent and a frequency/log-prob score.
+
+    The returned score is replaced by the process verifier's when one is used.
+    """
+    counts: Counter[str] = Counter()
+    tokens: dict[str, int] = {}
+    lps: dict[str, float] = {}
+    for c in res.completions:
+        line = c.text.split("\n")[0].rstrip()
+        counts[line] += 1
+        tokens[line] = tokens.get(line, 0) + c.tokens
+        lps[line] = max(lps.get(line, -1e9), mean_logprob(c))
+    n = max(1, len(res.completions))
+    # Duplicates' tokens were spent too; the kept child carries one copy, the rest is hidden.
+    return [
+        (beam, line, max(1, tokens[line] // counts[line]), counts[line] / n + 0.01 * lps[line])
+        for line in counts
+    ]
+
+
+def _grow(
+    proposals: list[tuple[Beam, str, int, float]], verifier: Verifier | None, problem: Problem
+) -> tuple[list[Beam], list[Candidate], int, bool]:
+    """Children of the proposals: live beams, finished answers, verifier tokens, verified?"""
+    beams: list[Beam] = []
+    done: list[Candidate] = []
+    spent, verified = 0, False
+    for beam, line, tokens, freq in proposals:
+        child = Beam(beam.lines + [line], beam.tokens + tokens, freq)
+        if line.strip().startswith("Answer:"):
+            cand = Candidate(
+                text="\n".join(child.lines),
+                tokens=child.tokens,
+                answer=extract_answer(line),
+                score=freq,
+            )
+            s, exact_ok = _outcome(verifier, problem, cand)
+            spent += s
+            done.append(cand)
+            verified = verified or exact_ok
+            continue
+        if not line.strip():
+            continue
+        if isinstance(verifier, ProcessVerifier):
+            step = _step_score(verifier, problem, child.lines)
+            if step is not None:
+                if verifier.exact and step <= 0.0:
+                    continue  # an invalid step cannot lead to a valid answer
+                child.score = step + 0.1 * freq
+        beams.append(child)
+    return beams, done, spent, verified
+
+
+def _step_score(verifier: ProcessVerifier, problem: Problem, lines: list[str]) -> float | None:
+    try:
+        scores = verifier.score_steps(problem.text, lines)
+    except VerifierError:
+        return None
+    return scores[-1] if scores else None
+
+
+def _outcome(verifier: Verifier | None, problem: Problem, cand: Candidate) -> tuple[int, bool]:
+    if verifier is None:
+        return 0, False
+    try:
+        cand.score = verifier.score(problem.text, cand.text, problem.reference)
+    except VerifierError:
+        return 0, False
+    return verifier.verifier_tokens(problem.text, cand.text), verifier.exact and cand.score >= 1.0
+
+
+def _best(finished: list[Candidate], beams: list[Beam]) -> Candidate | None:
+    if finished:
+        return max(finished, key=lambda c: c.score if c.score is not None else -1.0)
+    if beams:
+        b = beams[0]
+        return Candidate(text="\n".join(b.lines), tokens=b.tokens, answer=None, score=b.score)
+    return None

@@ -1,0 +1,136 @@
+"""Helpers shared by the strategies: requests, deadline-bounded calls, voting, results."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter
+from collections.abc import Sequence
+
+from backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from backends.verifiers.numeric import extract_answer, normalize_answer
+from policies.base import Budget, Candidate, Clock, Problem, StopReason, StrategyResult
+
+
+def request_for(
+    problem: Problem,
+    *,
+    n: int,
+    max_tokens: int,
+    temperature: float,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    prompt: str | None = None,
+    logprobs: bool = False,
+) -> GenerationRequest:
+    """A generation request for ``problem`` (or for an explicit continuation ``prompt``)."""
+    use_prompt = prompt if prompt is not None else problem.prompt
+    return GenerationRequest(
+        prompt=use_prompt,
+        messages=None if use_prompt is not None else problem.messages,
+        n=n,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        seed=seed if seed is not None else problem.seed,
+        stop=list(stop if stop is not None else problem.stop),
+        logprobs=logprobs,
+    )
+
+
+async def call_until(
+    backend: Backend, request: GenerationRequest, deadline: float, clock: Clock
+) -> GenerationResult | None:
+    """``backend.generate`` bounded by the deadline; None when time ran out first."""
+    remaining = deadline - clock()
+    if remaining <= 0:
+        return None
+    try:
+        return await asyncio.wait_for(backend.generate(request), timeout=remaining)
+    except TimeoutError:
+        return None
+
+
+def candidate_of(c: Completion) -> Candidate:
+    """A ``Candidate`` with its extracted final answer."""
+    return Candidate(
+        text=c.text, tokens=c.tokens, answer=extract_answer(c.text), finish_reason=c.finish_reason
+    )
+
+
+def mean_logprob(c: Completion) -> float:
+    """Mean token log-prob (``-inf`` when not requested)."""
+    if not c.token_logprobs:
+        return -math.inf
+    return sum(c.token_logprobs) / len(c.token_logprobs)
+
+
+def vote(answers: Sequence[str | None]) -> list[tuple[str, int]]:
+    """Normalised answers with their counts, most common first (None never wins)."""
+    counts = Counter(a for a in (normalize_answer(x) for x in answers) if a is not None)
+    return counts.most_common()
+
+
+def prob_leader_ahead(v1: int, v2: int) -> float:
+    """Adaptive-Consistency's Beta stopping statistic.
+
+    With ``v1`` votes for the leading answer and ``v2`` for the runner-up, the leader's share
+    ``x`` of their combined probability has posterior Beta(v1+1, v2+1); returns
+    P(x > 1/2) = P(Binomial(v1+v2+1, 1/2) <= v1), exact for integer counts.
+    """
+    n = v1 + v2 + 1
+    return sum(math.comb(n, k) for k in range(v1 + 1)) / 2**n
+
+
+def finish(
+    name: str,
+    *,
+    chosen: Candidate | None,
+    candidates: list[Candidate],
+    prompt_tokens: int,
+    generated_tokens: int,
+    verifier_tokens: int,
+    started: float,
+    clock: Clock,
+    samples: int,
+    stop_reason: StopReason,
+) -> StrategyResult:
+    """A ``StrategyResult`` whose visible + hidden tokens equal ``generated_tokens``."""
+    visible = chosen.tokens if chosen is not None else 0
+    return StrategyResult(
+        strategy=name,
+        text=chosen.text if chosen is not None else "",
+        answer=chosen.answer if chosen is not None else None,
+        candidates=candidates,
+        prompt_tokens=prompt_tokens,
+        visible_tokens=visible,
+        hidden_tokens=generated_tokens - visible,
+        verifier_tokens=verifier_tokens,
+        wall_ms=(clock() - started) * 1000,
+        samples=samples,
+        stop_reason=stop_reason,
+        score=chosen.score if chosen is not None else None,
+        finish_reason=chosen.finish_reason if chosen is not None else "stop",
+    )
+
+
+def score_all(verifier: object, problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
+    """Score candidates in place; returns (verifier tokens spent, any exactly verified)."""
+    from backends.verifiers.base import Verifier, VerifierError
+
+    if not isinstance(verifier, Verifier):
+        return 0, False
+    spent, verified = 0, False
+    for c in candidates:
+        try:
+            c.score = verifier.score(problem.text, c.text, problem.reference)
+        except VerifierError:
+            c.score = None
+            continue
+        spent += verifier.verifier_tokens(problem.text, c.text)
+        verified = verified or (verifier.exact and c.score >= 1.0)
+    return spent, verified
+
+
+def default_budget() -> Budget:
+    """The budget used when none is given (tests, bench)."""
+    return Budget()

@@ -1,0 +1,120 @@
+"""Self-consistency with adaptive stopping.
+
+Samples arrive in batches of ``budget.batch_size`` up to ``budget.samples``. After each
+batch it stops when an exact verifier accepts a candidate (``verified``) or when the
+leading answer is statistically settled: Adaptive-Consistency's Beta criterion,
+P(leader's share > 1/2) >= ``threshold`` (``settled``). The answer is the majority vote.
+"""
+
+from __future__ import annotations
+
+import time
+
+from backends.base import Backend
+from backends.verifiers.base import Verifier
+from backends.verifiers.numeric import normalize_answer
+from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
+from policies.common import (
+    call_until,
+    candidate_of,
+    finish,
+    mean_logprob,
+    prob_leader_ahead,
+    request_for,
+    score_all,
+    vote,
+)
+
+STOP_THRESHOLD = 0.95
+
+
+class SelfConsistency(Strategy):
+    """Majority vote over samples drawn in small batches until settled."""
+
+    name = "self_consistency"
+
+    def __init__(self, threshold: float = STOP_THRESHOLD, adaptive: bool = True) -> None:
+        self.threshold = threshold
+        self.adaptive = adaptive
+
+    async def run(
+        self,
+        problem: Problem,
+        backend: Backend,
+        verifier: Verifier | None,
+        budget: Budget,
+        deadline: float,
+        clock: Clock = time.monotonic,
+    ) -> StrategyResult:
+        """The majority answer; ``samples`` says how many were drawn before stopping."""
+        started = clock()
+        cands: list[Candidate] = []
+        lp: dict[int, float] = {}
+        prompt_tokens = generated = spent = 0
+        stop: StopReason = "budget"
+        batch = 0
+        while len(cands) < budget.samples:
+            n = min(budget.batch_size, budget.samples - len(cands))
+            seed = None if problem.seed is None else problem.seed + 7919 * batch
+            req = request_for(
+                problem,
+                n=n,
+                max_tokens=budget.max_tokens,
+                temperature=budget.temperature,
+                seed=seed,
+                logprobs=True,
+            )
+            batch += 1
+            res = await call_until(backend, req, deadline, clock)
+            if res is None:
+                stop = "deadline"
+                break
+            prompt_tokens = res.prompt_tokens
+            generated += res.completion_tokens
+            new = [candidate_of(c) for c in res.completions]
+            lp.update(
+                {id(c): mean_logprob(comp) for c, comp in zip(new, res.completions, strict=True)}
+            )
+            s, verified = score_all(verifier, problem, new)
+            spent += s
+            cands += new
+            if verified:
+                stop = "verified"
+                break
+            if self.adaptive and self._settled(cands):
+                stop = "settled"
+                break
+        chosen = self._choose(cands, lp, stop)
+        return finish(
+            self.name,
+            chosen=chosen,
+            candidates=cands,
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            verifier_tokens=spent,
+            started=started,
+            clock=clock,
+            samples=len(cands),
+            stop_reason=stop,
+        )
+
+    def _settled(self, cands: list[Candidate]) -> bool:
+        ranking = vote([c.answer for c in cands])
+        if not ranking:
+            return False
+        v1 = ranking[0][1]
+        v2 = ranking[1][1] if len(ranking) > 1 else 0
+        return prob_leader_ahead(v1, v2) >= self.threshold
+
+    def _choose(
+        self, cands: list[Candidate], lp: dict[int, float], stop: StopReason
+    ) -> Candidate | None:
+        if not cands:
+            return None
+        if stop == "verified":
+            return max(cands, key=lambda c: (c.score or 0.0, lp[id(c)]))
+        ranking = vote([c.answer for c in cands])
+        if not ranking:
+            return max(cands, key=lambda c: lp[id(c)])
+        pool = [c for c in cands if normalize_answer(c.answer) == ranking[0][0]]
+        return max(pool, key=lambda c: lp[id(c)])
