@@ -1,14 +1,14 @@
 """Labelling prompts for the router: the probe plus the outcome of every arm, per prompt.
 
 For each prompt it runs the greedy probe (with logprobs) and one pool of ``samples``
-temperature samples, checks every completion with the exact verifier, and derives the
-sampling arms' outcomes from the pool exactly as the strategies spend compute when an exact
-verifier is present:
+temperature samples, grades every completion, and replays the sampling strategies on the
+pool exactly as ``policies.self_consistency`` / ``policies.best_of_n`` spend compute with
+the verifier serving has for the task (Game of 24: exact; arithmetic: none, so votes):
 
-- ``self_consistency@N`` (batches of ``b``, stops at the first verified sample): correct iff
-  one of the first N samples verifies; tokens = all samples of the batches drawn until then.
-- ``best_of_n@N`` (one batch of N): correct iff one of N verifies; tokens = all N samples.
-- ``single_pass``: the greedy probe (it is the same request), if it finished.
+- ``self_consistency@N`` (batches of ``b``): stops at a batch with an exactly verified
+  sample or when the vote is settled (Adaptive-Consistency, P >= 0.95); majority answer.
+- ``best_of_n@N`` (one batch of N): the verified sample, else the majority answer.
+- ``single_pass`` (and ``bounded_reasoning``, also greedy): the probe, if it finished.
 
 Arms that are not "draw samples" (bounded reasoning, beam search) are run for real by an
 injected ``run_arm`` (built on the strategy registry by the caller). Latency of pool-derived
@@ -20,7 +20,9 @@ Output: one JSON line per prompt (``difficulty.train.rows_from_item`` reads it).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,9 @@ async def time_batches(
 ) -> dict[int, float]:
     """Mean wall ms of one sampling call of each batch size (latency of pool-derived arms)."""
     out: dict[int, float] = {}
+    await backend.generate(  # warm-up: the first call pays one-off costs
+        GenerationRequest(messages=messages_for(text), n=1, max_tokens=8, temperature=0.0)
+    )
     for n in sizes:
         walls = []
         for r in range(repeats):
@@ -86,12 +91,87 @@ def _verify(verifier: Verifier | None, item: LabelItem, text: str) -> bool | Non
         return False
 
 
+@dataclass
+class Sample:
+    """One pooled sample: graded correct?, tokens, voted answer, exact verdict, mean logprob."""
+
+    ok: bool
+    tokens: int
+    answer: str | None
+    verified: bool | None
+    logprob: float
+
+    def row(self) -> list[Any]:
+        """Compact JSON form ``[ok, tokens, answer, verified, logprob]``."""
+        return [int(self.ok), self.tokens, self.answer, self.verified, round(self.logprob, 4)]
+
+    @classmethod
+    def from_row(cls, r: Sequence[Any]) -> Sample:
+        """Inverse of ``row`` (older two-field rows: verified = ok)."""
+        if len(r) < 5:
+            return cls(bool(r[0]), int(r[1]), None, bool(r[0]), 0.0)
+        return cls(bool(r[0]), int(r[1]), r[2], r[3], float(r[4]))
+
+
+def _vote(answers: Sequence[str | None]) -> list[tuple[str, int]]:
+    # Same as policies.common.vote (difficulty must not import policies); a test keeps them equal.
+    return Counter(a for a in answers if a is not None).most_common()
+
+
+def _leader_ahead(v1: int, v2: int) -> float:
+    # Same as policies.common.prob_leader_ahead.
+    n = v1 + v2 + 1
+    return sum(math.comb(n, k) for k in range(v1 + 1)) / 2**n
+
+
+def _majority(pool: Sequence[Sample]) -> Sample | None:
+    ranking = _vote([s.answer for s in pool])
+    if not ranking:
+        return max(pool, key=lambda s: s.logprob) if pool else None
+    top = [s for s in pool if s.answer == ranking[0][0]]
+    return max(top, key=lambda s: s.logprob)
+
+
+def simulate_self_consistency(
+    pool: Sequence[Sample], n: int, batch: int, threshold: float = 0.95
+) -> tuple[Sample | None, int]:
+    """What ``SelfConsistency`` returns from these samples: (chosen, samples drawn).
+
+    Batches of ``batch`` up to ``n``; stop at a batch with an exactly verified sample, or when
+    P(leader ahead) >= ``threshold``; then the verified (best log-prob) or majority sample.
+    """
+    drawn: list[Sample] = []
+    while len(drawn) < n:
+        new = list(pool[len(drawn) : len(drawn) + min(batch, n - len(drawn))])
+        if not new:
+            break
+        drawn += new
+        if any(s.verified for s in new):
+            ok = [s for s in drawn if s.verified]
+            return max(ok, key=lambda s: s.logprob), len(drawn)
+        ranking = _vote([s.answer for s in drawn])
+        if ranking:
+            v2 = ranking[1][1] if len(ranking) > 1 else 0
+            if _leader_ahead(ranking[0][1], v2) >= threshold:
+                break
+    return _majority(drawn), len(drawn)
+
+
+def simulate_best_of_n(pool: Sequence[Sample], n: int, exact: bool) -> Sample | None:
+    """What ``BestOfN`` returns: the verified sample with an exact checker, else the majority."""
+    drawn = list(pool[:n])
+    if exact:
+        return max(drawn, key=lambda s: (1.0 if s.verified else 0.0, s.logprob), default=None)
+    return _majority(drawn)
+
+
 def pool_arms(
-    samples: list[tuple[bool, int]],
+    samples: Sequence[Sample],
     arms: Sequence[ArmSpec],
     batch_ms: dict[int, float],
+    exact: bool = True,
 ) -> dict[str, dict[str, Any]]:
-    """Outcomes of the sampling arms from one pool of (verified, tokens) samples, in order."""
+    """Outcomes of the sampling arms, replaying the strategies on one pool of samples."""
     out: dict[str, dict[str, Any]] = {}
     for arm in arms:
         if arm.strategy not in ("self_consistency", "best_of_n"):
@@ -100,20 +180,33 @@ def pool_arms(
         b = int(arm.budget.get("batch_size", n))
         if n > len(samples):
             continue
-        pool = samples[:n]
-        first = next((i for i, (ok, _) in enumerate(pool) if ok), None)
         if arm.strategy == "self_consistency":
-            used = n if first is None else min(n, (first // b + 1) * b)
+            chosen, used = simulate_self_consistency(samples, n, b)
         else:
-            used = n
+            chosen, used = simulate_best_of_n(samples, n, exact), n
         batches = -(-used // b)
         out[arm.name] = {
-            "correct": first is not None,
-            "tokens": sum(t for _, t in pool[:used]),
+            "correct": bool(chosen is not None and chosen.ok),
+            "tokens": sum(s.tokens for s in samples[:used]),
             "latency_ms": round(batches * batch_ms.get(b, batch_ms.get(max(batch_ms), 0.0)), 2),
             "samples": used,
         }
     return out
+
+
+def _sample(
+    c: Completion, item: LabelItem, grader: Verifier | None, verifier: Verifier | None, exact: bool
+) -> Sample:
+    from backends.verifiers.numeric import extract_answer, normalize_answer
+
+    lps = c.token_logprobs or []
+    return Sample(
+        ok=bool(_verify(grader, item, c.text)),
+        tokens=c.tokens,
+        answer=normalize_answer(extract_answer(c.text)),
+        verified=bool(_verify(verifier, item, c.text)) if exact else None,
+        logprob=sum(lps) / len(lps) if lps else -math.inf,
+    )
 
 
 async def label_chunk(
@@ -121,6 +214,7 @@ async def label_chunk(
     items: list[LabelItem],
     verifier_for: VerifierFor,
     *,
+    grader_for: VerifierFor | None = None,
     probe_tokens: int,
     samples: int,
     sample_max_tokens: int,
@@ -129,7 +223,12 @@ async def label_chunk(
     arms: Sequence[ArmSpec],
     batch_ms: dict[int, float],
 ) -> list[dict[str, Any]]:
-    """Probe + sample pool for a chunk of prompts in shared batches; one record per prompt."""
+    """Probe + sample pool for a chunk of prompts in shared batches; one record per prompt.
+
+    ``verifier_for`` is what serving uses (it drives early stops and the probe's verdict);
+    ``grader_for`` decides correctness (defaults to the verifier).
+    """
+    grader_for = grader_for or verifier_for
     reqs: list[GenerationRequest] = []
     for i, it in enumerate(items):
         msgs = messages_for(it.text)
@@ -145,17 +244,17 @@ async def label_chunk(
                 max_tokens=sample_max_tokens,
                 temperature=temperature,
                 seed=seed + i,
+                logprobs=True,
             )
         )
     results = await generate_many(backend, reqs)
     records = []
     for i, it in enumerate(items):
-        verifier = verifier_for(it.text)
-        probe_c: Completion = results[2 * i].completions[0]
-        pool: list[Completion] = results[2 * i + 1].completions
-        mean_ent, max_ent, nll = summarise(probe_c)
-        probe_ok = _verify(verifier, it, probe_c.text)
+        verifier, grader = verifier_for(it.text), grader_for(it.text)
         exact = verifier is not None and verifier.exact
+        probe_c: Completion = results[2 * i].completions[0]
+        mean_ent, max_ent, nll = summarise(probe_c)
+        probe_ok = bool(_verify(grader, it, probe_c.text))
         probe = {
             "tokens": probe_c.tokens,
             "finish_reason": probe_c.finish_reason,
@@ -163,26 +262,34 @@ async def label_chunk(
             "max_entropy": max_ent,
             "mean_nll": nll,
             "has_answer": has_answer(probe_c.text),
-            "verifier_score": (1.0 if probe_ok else 0.0) if exact else None,
+            "verifier_score": (1.0 if _verify(verifier, it, probe_c.text) else 0.0)
+            if exact
+            else None,
         }
-        verdicts = [(bool(_verify(verifier, it, c.text)), c.tokens) for c in pool]
-        arm_out = pool_arms(verdicts, arms, batch_ms)
+        pool = [_sample(c, it, grader, verifier, exact) for c in results[2 * i + 1].completions]
+        arm_out = pool_arms(pool, arms, batch_ms, exact)
         if probe_c.finish_reason == "stop":
-            arm_out["single_pass"] = {
-                "correct": bool(probe_ok),
+            greedy = {
+                "correct": probe_ok,
                 "tokens": probe_c.tokens,
                 "latency_ms": round(batch_ms.get(1, 0.0), 2),
             }
+            arm_out["single_pass"] = dict(greedy)
+            # Bounded reasoning is greedy too; when the greedy answer ends within the probe,
+            # its trace is the same one (it only differs when the budget would force an answer).
+            if any(a.strategy == "bounded_reasoning" for a in arms) and has_answer(probe_c.text):
+                arm_out["bounded_reasoning"] = dict(greedy)
         records.append(
             {
                 "text": it.text,
                 "kind": it.kind,
                 "reference": it.reference,
                 "source": it.source,
+                "exact_verifier": exact,
                 "probe": probe,
                 "probe_text": probe_c.text,
-                "pass_rate": round(sum(v for v, _ in verdicts) / max(1, len(verdicts)), 4),
-                "pool": [[int(v), t] for v, t in verdicts],
+                "pass_rate": round(sum(s.ok for s in pool) / max(1, len(pool)), 4),
+                "pool": [s.row() for s in pool],
                 "arms": arm_out,
             }
         )
@@ -221,6 +328,7 @@ async def run_real_arms(
         for rec, it in zip(records, items, strict=True)
         for arm in arms
         if arm.strategy not in ("self_consistency", "best_of_n", "single_pass")
+        and arm.name not in rec["arms"]
     ]
     await asyncio.gather(*jobs)
 
@@ -230,6 +338,7 @@ async def label_items(
     items: list[LabelItem],
     verifier_for: VerifierFor,
     *,
+    grader_for: VerifierFor | None = None,
     probe_tokens: int = 64,
     samples: int = 32,
     sample_max_tokens: int = 96,
@@ -253,6 +362,7 @@ async def label_items(
             backend,
             part,
             verifier_for,
+            grader_for=grader_for,
             probe_tokens=probe_tokens,
             samples=samples,
             sample_max_tokens=sample_max_tokens,

@@ -321,6 +321,7 @@ class AdaptivePolicy:
         *,
         kind: str | None = None,
         probe_tokens: int = 0,
+        exact_verifier: bool | None = None,
     ) -> DifficultyEstimate:
         """Features (+ probe) -> model -> per-arm P(success), difficulty and bin."""
         kind = kind or detect_kind(text)
@@ -339,8 +340,21 @@ class AdaptivePolicy:
             probe_tokens=probe_tokens,
             probe_reusable=probe is not None and probe.finish_reason == "stop",
             probe_verdict=probe.verifier_score if probe is not None else None,
+            exact_verifier=self.has_exact_verifier(text)
+            if exact_verifier is None
+            else exact_verifier,
             features=as_dict(row),
         )
+
+    def has_exact_verifier(self, text: str) -> bool:
+        """Whether serving checks this prompt's answers exactly (Game of 24: yes)."""
+        if self.verifier_lookup is None:
+            return False
+        try:
+            v = self.verifier_lookup(text)[1]
+        except Exception:  # noqa: BLE001 - a lookup failure means no checker
+            return False
+        return v is not None and v.exact
 
     def arm_stats(
         self,
@@ -366,7 +380,7 @@ class AdaptivePolicy:
             tok_factor = (tok0 * w0 + on.tokens) / (w0 + on.n) / tok0 if tok0 else 1.0
             lat_factor = (lat0 * w0 + on.latency_ms) / (w0 + on.n) / lat0 if lat0 else 1.0
             tok_item = tok0
-            if arm.strategy == "self_consistency" and per_sample and est.kind != "open":
+            if arm.strategy == "self_consistency" and per_sample and est.exact_verifier:
                 # With an exact checker the sampler stops at the first verified sample, so
                 # an easy item costs a batch and a hard one the whole budget.
                 tok_item = per_sample * expected_samples(

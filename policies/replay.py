@@ -39,19 +39,20 @@ def fixed_arm_rows(items: Sequence[dict[str, Any]]) -> dict[str, dict[str, float
 def best_of_n_curve(
     items: Sequence[dict[str, Any]], ns: Sequence[int] = (1, 2, 4, 8, 16, 32)
 ) -> dict[int, dict[str, float]]:
-    """Fixed-N best-of-N with the exact verifier: N samples always drawn, any verified wins.
+    """Fixed-N best-of-N: N samples always drawn; the verified one where serving has an exact
+    checker, else the majority answer (``BestOfN``'s rule). Needs the labels' ``pool``."""
+    from difficulty.labels import Sample, simulate_best_of_n
 
-    Needs the per-sample verdicts (``pool``) in the labels.
-    """
     out = {}
     for n in ns:
         accs, toks = [], []
         for it in items:
-            pool = it.get("pool") or []
+            pool = [Sample.from_row(r) for r in it.get("pool") or []]
             if len(pool) < n:
                 break
-            accs.append(any(ok for ok, _ in pool[:n]))
-            toks.append(sum(t for _, t in pool[:n]))
+            chosen = simulate_best_of_n(pool, n, bool(it.get("exact_verifier", True)))
+            accs.append(bool(chosen is not None and chosen.ok))
+            toks.append(sum(s.tokens for s in pool[:n]))
         else:
             out[n] = {
                 "accuracy": round(float(np.mean(accs)), 4),

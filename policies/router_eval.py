@@ -42,39 +42,29 @@ from policies.slo_sim import ReplayBackend, simulate
 TEST_ROWS = set(range(0, 100)) | set(range(900, 1000))
 
 
-class BundledTaskVerifier(Verifier):
-    """Exact checker for the bundled tasks (Game of 24 expression, arithmetic value)."""
+def serving_lookup(text: str) -> tuple[str, Verifier | None]:
+    """Task kind and the verifier serving uses (the service's ``default_verifier_lookup``)."""
+    from backends.bundled.tasks.detect import parse_task
+    from backends.verifiers.registry import verifier_for_task
 
-    name = "bundled-exact"
-    exact = True
-
-    def score(self, problem: str, candidate: str, reference: str | None = None) -> float:
-        """1.0 when ``candidate``'s ``Answer:`` line solves ``problem``, else 0.0."""
-        from backends.bundled.tasks.detect import parse_task
-        from backends.bundled.tasks.game24 import answer_line, check_answer
-
-        task = parse_task(problem)
-        if task.kind == "game24":
-            return 1.0 if check_answer(task.numbers, candidate) else 0.0
-        ans = answer_line(candidate)
-        if ans is None:
-            return 0.0
-        want = str(task.question.answer()) if task.question is not None else reference
-        return 1.0 if want is not None and ans.strip() == str(want).strip() else 0.0
+    kind = parse_task(text).kind
+    return kind, verifier_for_task(kind)
 
 
 def verifier_for(text: str) -> Verifier | None:
-    """The service's verifier for a prompt if the registry exists, else the bundled checker."""
-    try:
-        from backends.bundled.tasks.detect import parse_task
-        from backends.verifiers.registry import verifier_for_task
+    """Serving's verifier: drives early stops and the probe's verdict (Game of 24 only)."""
+    return serving_lookup(text)[1]
 
-        v: Verifier | None = verifier_for_task(parse_task(text).kind)
-        if v is not None:
-            return v
-    except ImportError:
-        pass
-    return BundledTaskVerifier()
+
+def grader_for(text: str) -> Verifier | None:
+    """The benchmark's grader: exact Game of 24 check, arithmetic value against the question."""
+    from backends.verifiers.game24 import Game24Verifier
+    from backends.verifiers.numeric import NumericAnswerVerifier
+
+    kind = serving_lookup(text)[0]
+    if kind == "game24":
+        return Game24Verifier()
+    return NumericAnswerVerifier(solve_arithmetic=True)
 
 
 def split_items(
@@ -119,13 +109,13 @@ def strategy_runner(backend: Any, budgets: dict[str, Budget]) -> Any:
         problem = Problem(
             text=item.text, messages=messages_for(item.text), reference=item.reference
         )
-        v = verifier_for(item.text)
         t0 = time.perf_counter()
         res = await get_strategy(arm.strategy).run(
-            problem, backend, v, Budget(**data), time.monotonic() + 300
+            problem, backend, verifier_for(item.text), Budget(**data), time.monotonic() + 300
         )
         wall = (time.perf_counter() - t0) * 1000
-        ok = v is not None and v.score(item.text, res.text, item.reference) >= 0.5
+        g = grader_for(item.text)
+        ok = g is not None and g.score(item.text, res.text, item.reference) >= 0.5
         return ok, res.completion_tokens + res.verifier_tokens, wall
 
     return run
@@ -159,6 +149,7 @@ async def cmd_label(args: argparse.Namespace) -> None:
         backend,
         items,
         verifier_for,
+        grader_for=grader_for,
         probe_tokens=args.probe_tokens,
         samples=args.samples,
         sample_max_tokens=args.max_tokens,
@@ -181,7 +172,13 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
 def make_policy(model: RouterModel, **kw: Any) -> AdaptivePolicy:
     """A fresh policy (in-memory store, replay backend) for offline evaluation."""
     settings = AdaptiveSettings(exploration_rate=0.0, **kw)
-    return AdaptivePolicy(settings, backend=ReplayBackend(), model=model, rng=random.Random(0))
+    return AdaptivePolicy(
+        settings,
+        backend=ReplayBackend(),
+        model=model,
+        verifier_lookup=serving_lookup,
+        rng=random.Random(0),
+    )
 
 
 async def decision_latency(model: RouterModel, texts: list[str], n: int = 2000) -> dict[str, float]:

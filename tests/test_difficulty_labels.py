@@ -6,7 +6,15 @@ import random
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
-from difficulty.labels import LabelItem, label_items, pool_arms
+from difficulty.labels import (
+    LabelItem,
+    Sample,
+    _leader_ahead,
+    _vote,
+    label_items,
+    pool_arms,
+    simulate_self_consistency,
+)
 from difficulty.model import ArmSpec
 from difficulty.train import rows_from_item
 
@@ -19,8 +27,14 @@ def sc(n: int, b: int) -> ArmSpec:
     )
 
 
+def s(ok: bool, tok: int = 10, ans: str | None = None, lp: float = -1.0) -> Sample:
+    return Sample(ok=ok, tokens=tok, answer=ans, verified=ok, logprob=lp)
+
+
 def test_self_consistency_pays_for_whole_batches_until_the_first_verified_sample() -> None:
-    pool = [(False, 10)] * 5 + [(True, 10)] + [(False, 10)] * 26
+    # Distinct wrong answers never settle the vote, so only the verified sample stops it.
+    pool = [s(False, ans=str(i)) for i in range(5)] + [s(True, ans="24")]
+    pool += [s(False, ans=str(i)) for i in range(10, 36)]
     out = pool_arms(pool, [sc(4, 4), sc(8, 4), sc(16, 8)], {4: 100.0, 8: 150.0})
     assert out["self_consistency@4"] == {
         "correct": False,
@@ -35,7 +49,7 @@ def test_self_consistency_pays_for_whole_batches_until_the_first_verified_sample
 
 
 def test_best_of_n_always_pays_for_all_n_samples() -> None:
-    pool = [(True, 10)] + [(False, 12)] * 15
+    pool = [s(True)] + [s(False, 12) for _ in range(15)]
     arm = ArmSpec(
         name="best_of_n@16", strategy="best_of_n", budget={"samples": 16, "batch_size": 16}
     )
@@ -102,3 +116,22 @@ async def test_labelled_items_carry_the_probe_and_every_pool_arm_and_train() -> 
         assert rec["arms"]["single_pass"]["correct"] == even
         assert rec["probe"]["verifier_score"] == (1.0 if even else 0.0)
         assert len(rows_from_item(rec)) == 2  # with and without the probe
+
+
+def test_without_a_checker_self_consistency_stops_when_the_vote_is_settled() -> None:
+    pool = [Sample(ok=True, tokens=10, answer="7", verified=None, logprob=-1.0)] * 8
+    pool += [Sample(ok=False, tokens=10, answer="9", verified=None, logprob=-0.5)] * 8
+    chosen, used = simulate_self_consistency(pool, 16, 4)
+    # 4 votes to 0 gives P(leader ahead) = 31/32 >= 0.95 after the first batch.
+    assert used == 4 and chosen is not None and chosen.ok
+    out = pool_arms(pool, [sc(16, 4)], {4: 10.0}, exact=False)
+    assert out["self_consistency@16"]["tokens"] == 40
+
+
+def test_the_vote_helpers_match_the_strategies_own() -> None:
+    from policies.common import prob_leader_ahead, vote
+
+    answers = ["1", "2", "2", None, "3", "2", "1"]
+    assert _vote(answers) == vote(answers)
+    for v1, v2 in [(0, 0), (3, 1), (7, 6), (12, 0)]:
+        assert _leader_ahead(v1, v2) == prob_leader_ahead(v1, v2)
