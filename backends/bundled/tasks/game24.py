@@ -114,9 +114,23 @@ def solve(numbers: tuple[int, ...], limit: int = 10_000) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+@lru_cache(maxsize=200_000)
+def _reaches(values: tuple[Fraction, ...]) -> bool:
+    if len(values) == 1:
+        return values[0] == TARGET
+    for i, j in itertools.combinations(range(len(values)), 2):
+        rest = [v for k, v in enumerate(values) if k not in (i, j)]
+        a, b = values[i], values[j]
+        outs = [a + b, a * b, abs(a - b)] + [x / y for x, y in ((a, b), (b, a)) if y != 0]
+        for out in outs:
+            if _reaches(tuple(sorted(rest + [out]))):
+                return True
+    return False
+
+
 def is_solvable(numbers: tuple[int, ...]) -> bool:
-    """Whether any trace reaches 24."""
-    return bool(solve(tuple(sorted(numbers)), limit=1))
+    """Whether any sequence of steps reaches 24 (memoised over multisets)."""
+    return _reaches(tuple(sorted(Fraction(n) for n in numbers)))
 
 
 def all_puzzles() -> list[tuple[int, ...]]:

@@ -1,0 +1,149 @@
+"""Bundled tasks: exact solvers, traces, held-out splits and the chat template."""
+
+from __future__ import annotations
+
+import random
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from backends.bundled.data import Mixture, game24_splits
+from backends.bundled.tasks import arithmetic, game24
+from backends.bundled.tasks.detect import model_prompt, parse_task
+from backends.bundled.tokenizer import build_tokenizer
+
+
+def test_every_solution_of_a_known_puzzle_checks_out_step_by_step() -> None:
+    traces = game24.solve((4, 9, 10, 13))
+    assert any(t.endswith("Answer: (13-9)*(10-4) = 24") for t in traces)
+    for t in traces:
+        lines = t.splitlines()
+        assert all(game24.check_steps((4, 9, 10, 13), lines))
+        assert game24.check_answer((4, 9, 10, 13), t)
+
+
+def test_a_puzzle_that_needs_fractions_is_solved_with_exact_fractions() -> None:
+    traces = game24.solve((1, 3, 4, 6))
+    assert traces, "6/(1-3/4) = 24 needs fractions"
+    frac = [t for t in traces if "(3/4)" in t]
+    assert frac and all(all(game24.check_steps((1, 3, 4, 6), t.splitlines())) for t in frac)
+    assert game24.parse_number("(8/3)") == Fraction(8, 3)
+
+
+def test_unsolvable_puzzles_have_no_trace() -> None:
+    assert not game24.is_solvable((1, 1, 1, 1))
+    assert game24.solve((1, 1, 1, 1)) == ()
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        (["13-9=4 (left: 4 4 10)", "10-4=6 (left: 4 6)", "4*6=24 (left: 24)"], [1, 1, 1]),
+        (["13-9=5 (left: 4 5 10)"], [0]),  # wrong arithmetic
+        (["13-9=4 (left: 4 10)"], [0]),  # wrong left list
+        (["13-8=5 (left: 4 5 10)"], [0]),  # 8 is not available
+        (["13-9=4 (left: 4 4 10)", "4+6=12 (left: 4 12)", "4*6=24 (left: 24)"], [1, 0, 0]),
+        (["Answer: (13-9)*(10-4) = 24"], [1]),
+        (["Answer: 13+9+10-4-4 = 24"], [0]),  # numbers used wrongly
+    ],
+)
+def test_process_check_rejects_the_first_wrong_step_and_everything_after(
+    steps: list[str], expected: list[int]
+) -> None:
+    assert [int(x) for x in game24.check_steps((4, 9, 10, 13), steps)] == expected
+
+
+def test_answer_check_needs_exactly_the_four_numbers_and_24() -> None:
+    assert game24.check_answer((4, 9, 10, 13), "Answer: (10-4)*(13-9) = 24")
+    assert game24.check_answer((4, 9, 10, 13), "Answer: (10-4)*(13-9)")
+    assert not game24.check_answer((4, 9, 10, 13), "Answer: (10-4)*(13-9)+1-1-1 = 24")
+    assert not game24.check_answer((4, 9, 10, 13), "Answer: 4*6 = 24")
+    assert not game24.check_answer((4, 9, 10, 13), "Answer: __import__('os') = 24")
+    assert not game24.check_answer((4, 9, 10, 13), "no answer line")
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), operands=st.integers(2, 8))
+def test_arithmetic_scratchpad_steps_are_each_right_and_end_in_the_answer(
+    seed: int, operands: int
+) -> None:
+    q = arithmetic.random_question(random.Random(seed), operands)
+    assert q.operands == operands
+    assert q.answer() == eval(q.expression())  # noqa: S307 - digits and + - * only
+    lines = q.scratchpad().splitlines()
+    assert lines[-1] == f"Answer: {q.answer()}"
+
+    def unrev(s: str) -> int:
+        return -int(s[1:][::-1]) if s.startswith("-") else int(s[::-1])
+
+    for line in lines[:-1]:
+        lhs, rhs = line.split("=")
+        op = "*" if "*" in lhs else ("+" if "+" in lhs[1:] else "-")
+        i = lhs.index(op, 1)
+        a, b = unrev(lhs[:i]), unrev(lhs[i + 1 :])
+        assert {"+": a + b, "-": a - b, "*": a * b}[op] == unrev(rhs)
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "prompt"),
+    [
+        ("4 9 10 13", "game24", "<24> 4 9 10 13\n"),
+        ("Use 13 10 9 4 to make 24", "game24", "<24> 4 9 10 13\n"),
+        ("What is 52+69-70*3?", "arithmetic", "<calc> 52+69-70*3\n"),
+        ("52 + 69", "arithmetic", "<calc> 52+69\n"),
+        ("What is the capital of France?", "open", "<calc> What is the capital of France?\n"),
+        ("1 2 3 99", "open", "<calc> 12399\n"),
+    ],
+)
+def test_task_detection_and_model_prompt(text: str, kind: str, prompt: str) -> None:
+    assert parse_task(text).kind == kind
+    assert model_prompt(text) == prompt
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=40),
+        st.lists(st.integers(0, 20), min_size=3, max_size=5).map(lambda x: " ".join(map(str, x))),
+        st.lists(st.integers(1, 13), min_size=4, max_size=4).map(
+            lambda x: "Use " + " ".join(map(str, x)) + " to make 24."
+        ),
+        st.builds(
+            lambda s: "What is " + s + "?",
+            st.from_regex(r"\d{1,2}([+*-]\d{1,2}){0,4}", fullmatch=True),
+        ),
+    )
+)
+def test_the_chat_template_gives_the_same_prompt_as_python(text: str) -> None:
+    tok = _tokenizer()
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == model_prompt(text)
+
+
+_TOK: list[object] = []
+
+
+def _tokenizer():  # type: ignore[no-untyped-def]
+    if not _TOK:
+        _TOK.append(build_tokenizer())
+    return _TOK[0]
+
+
+def test_held_out_puzzles_never_appear_in_training(game24_csv: Path) -> None:
+    splits = game24_splits(game24_csv)
+    held_rows = {splits.csv_rows[i] for i in [*range(100), *range(900, 1000)]}
+    assert held_rows <= set(splits.heldout)
+    assert not set(splits.train) & set(splits.heldout)
+    assert len(splits.train) + len(splits.heldout) == 1362
+    mix = Mixture(splits.train, seed=3)
+    held_prompts = {model_prompt(game24.puzzle_text(p)) for p in splits.heldout}
+    banned = {model_prompt(q.text()) for q in arithmetic.heldout_questions(200)}
+    for step in range(40):
+        for prompt, _ in mix.batch(step / 40, 16):
+            assert prompt not in held_prompts
+            assert prompt not in banned

@@ -1,0 +1,172 @@
+"""Every strategy against a scripted backend: answers, stopping, deadlines, accounting."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from backends.base import ChatMessage, GenerationRequest
+from backends.verifiers.game24 import Game24Verifier
+from policies.base import Budget, Problem, StrategyError
+from policies.common import prob_leader_ahead
+from policies.registry import STRATEGIES, get_strategy
+from tests.fakes import FakeBackend
+
+SOLUTION = (
+    "13-9=4 (left: 4 4 10)\n10-4=6 (left: 4 6)\n4*6=24 (left: 24)\nAnswer: (13-9)*(10-4) = 24"
+)
+WRONG = "4+6=12 (left: 9 12 13)\n12+13=24 (left: 9 24)\nAnswer: 12+13 = 24"
+PUZZLE = Problem(text="4 9 10 13", messages=[ChatMessage(role="user", content="4 9 10 13")])
+
+
+def whole(correct_every: int):  # type: ignore[no-untyped-def]
+    """Sample i is the solution when i % correct_every == correct_every - 1."""
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        return SOLUTION if i % correct_every == correct_every - 1 else WRONG
+
+    return script
+
+
+def stepwise(prompt: str, i: int, req: GenerationRequest) -> str:
+    """Next line of the solution for even samples, an invalid step for odd ones."""
+    done = prompt.count("\n") - 1
+    good = SOLUTION.split("\n")
+    if i % 2 == 0 and done < len(good):
+        return good[done] + "\n"
+    return "4+4=9 (left: 9 10 13)\n"
+
+
+FAR = 1e12
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+async def test_accounting_sums_match_what_the_backend_generated(name: str) -> None:
+    be = FakeBackend(stepwise if name == "beam_search" else whole(3))
+    budget = Budget(samples=8, batch_size=4, beam_width=2, expansions=4, max_tokens=200)
+    res = await get_strategy(name).run(PUZZLE, be, Game24Verifier(), budget, FAR)
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+    assert res.visible_tokens == (len(res.text) if res.text else 0) or name == "beam_search"
+    assert res.strategy == name
+    assert res.wall_ms >= 0
+
+
+async def test_single_pass_is_greedy_and_one_sample() -> None:
+    be = FakeBackend(whole(1))
+    res = await get_strategy("single_pass").run(PUZZLE, be, None, Budget(temperature=0.0), FAR)
+    assert [r.n for r in be.calls] == [1]
+    assert be.calls[0].temperature == 0.0
+    assert res.answer == "(13-9)*(10-4) = 24"
+    assert res.stop_reason == "answered"
+
+
+async def test_bounded_reasoning_cuts_after_the_answer_and_counts_the_rest_hidden() -> None:
+    be = FakeBackend(lambda p, i, r: SOLUTION + "\nmore chatter after the answer")
+    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, None, Budget(max_tokens=500), FAR)
+    assert res.text == SOLUTION
+    assert res.hidden_tokens > 0
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+
+
+async def test_bounded_reasoning_forces_an_answer_when_the_budget_runs_out() -> None:
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        return (
+            "(13-9)*(10-4) = 24" if prompt.endswith("Answer: ") else "13-9=4 (left: 4 4 10)\n" * 5
+        )
+
+    be = FakeBackend(script)
+    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, None, Budget(max_tokens=30), FAR)
+    assert res.stop_reason == "budget"
+    assert res.answer == "(13-9)*(10-4) = 24"
+    assert len(be.calls) == 2
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+
+
+async def test_best_of_n_draws_all_samples_in_one_call_and_keeps_the_verified_one() -> None:
+    be = FakeBackend(whole(5))
+    res = await get_strategy("best_of_n").run(PUZZLE, be, Game24Verifier(), Budget(samples=8), FAR)
+    assert [r.n for r in be.calls] == [8]
+    assert res.score == 1.0 and res.text == SOLUTION
+    assert res.stop_reason == "verified"
+
+
+async def test_best_of_n_without_a_verifier_takes_the_majority_answer() -> None:
+    answers = ["Answer: 5", "Answer: 7", "Answer: 5", "Answer: 9"]
+    be = FakeBackend(lambda p, i, r: answers[i % 4])
+    res = await get_strategy("best_of_n").run(PUZZLE, be, None, Budget(samples=4), FAR)
+    assert res.answer == "5"
+
+
+async def test_self_consistency_stops_once_the_leader_is_settled() -> None:
+    be = FakeBackend(lambda p, i, r: "Answer: 42")
+    res = await get_strategy("self_consistency").run(
+        Problem(text="What is 40+2?", prompt="What is 40+2?"),
+        be,
+        None,
+        Budget(samples=16, batch_size=4),
+        FAR,
+    )
+    assert res.stop_reason == "settled"
+    assert res.samples == 4
+    assert res.answer == "42"
+
+
+async def test_self_consistency_keeps_sampling_while_answers_disagree() -> None:
+    answers = ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 1"]
+    be = FakeBackend(lambda p, i, r: answers[i % 4])
+    res = await get_strategy("self_consistency").run(
+        Problem(text="q", prompt="q"), be, None, Budget(samples=12, batch_size=4), FAR
+    )
+    assert res.samples == 12
+    assert res.stop_reason == "budget"
+    assert res.answer == "1"
+
+
+async def test_self_consistency_stops_at_the_first_exactly_verified_answer() -> None:
+    be = FakeBackend(lambda p, i, r: SOLUTION if i == 2 else WRONG)
+    res = await get_strategy("self_consistency").run(
+        PUZZLE, be, Game24Verifier(), Budget(samples=16, batch_size=4), FAR
+    )
+    assert res.stop_reason == "verified"
+    assert res.samples == 4
+    assert res.text == SOLUTION
+
+
+def test_the_beta_criterion_needs_more_agreement_when_votes_are_split() -> None:
+    assert prob_leader_ahead(4, 0) > 0.95
+    assert prob_leader_ahead(3, 0) < 0.95
+    assert prob_leader_ahead(6, 3) < prob_leader_ahead(6, 1) < prob_leader_ahead(6, 0)
+
+
+async def test_beam_search_prunes_invalid_steps_and_finds_the_solution() -> None:
+    be = FakeBackend(stepwise)
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=4, max_steps=6), FAR
+    )
+    assert res.stop_reason == "verified"
+    assert res.text == SOLUTION
+    # One call per live state per depth; each call shares its state's prefix.
+    assert all(r.n == 4 and r.stop == ["\n"] for r in be.calls)
+    assert len(be.calls) == 4
+
+
+async def test_every_strategy_returns_best_so_far_at_the_deadline() -> None:
+    for name in STRATEGIES:
+        be = FakeBackend(whole(1), latency_s=0.2)
+        start = time.monotonic()
+        res = await get_strategy(name).run(
+            PUZZLE,
+            be,
+            Game24Verifier(),
+            Budget(samples=8, batch_size=2),
+            start + 0.05,
+            clock=time.monotonic,
+        )
+        assert res.stop_reason == "deadline", name
+        assert time.monotonic() - start < 0.19, f"{name} overran its deadline"
+
+
+def test_unknown_strategy_names_list_the_valid_ones() -> None:
+    with pytest.raises(StrategyError, match="valid: single_pass, bounded_reasoning"):
+        get_strategy("dfs")
