@@ -280,6 +280,43 @@ class AdaptivePolicy:
         # Probes waiting to be reused by the service, by decision id (bounded).
         self._probes: dict[str, ProbeResult] = {}
 
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        backend: Backend | None,
+        *,
+        redis_client: Any = None,
+        verifier_lookup: VerifierLookup | None = None,
+        model: RouterModel | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> AdaptivePolicy:
+        """The policy the service runs: settings from ``config`` (an ``AppConfig``), the model
+        at ``config.policy.classifier_path`` (else the bundled one), a ``RedisPolicyStore`` on
+        ``redis_client`` (a ``redis.asyncio.Redis``; None keeps state in memory) under
+        ``config.redis.key_prefix``.
+        """
+        settings = AdaptiveSettings.from_config(config)
+        model = model or cls.load_model(config.policy.classifier_path)
+        version = cls.version_for(settings, model)
+        store: PolicyStore
+        if redis_client is not None:
+            from policies.online import RedisPolicyStore
+
+            store = RedisPolicyStore(
+                redis_client, key_prefix=config.redis.key_prefix, version=version, clock=clock
+            )
+        else:
+            store = InMemoryPolicyStore(version, clock)
+        return cls(
+            settings,
+            backend=backend,
+            store=store,
+            model=model,
+            verifier_lookup=verifier_lookup,
+            clock=clock,
+        )
+
     @staticmethod
     def version_for(settings: AdaptiveSettings, model: RouterModel) -> str:
         """The version string every Redis key of this policy carries."""

@@ -337,3 +337,23 @@ async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: Router
     assert d.reason and d2.reason
     assert store.fallback.stats  # outcomes kept locally meanwhile
     await pol.close()
+
+
+async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
+    redis_url: str, model: RouterModel
+) -> None:
+    from router.config import AppConfig
+
+    config = AppConfig()
+    client = Redis.from_url(redis_url)
+    pol = AdaptivePolicy.from_config(config, None, redis_client=client, model=model)
+    assert pol.settings.lambda_per_1k_tokens == config.policy.lambda_per_1k_tokens
+    assert (
+        pol.settings.budgets["best_of_n"].samples == config.strategies.budgets["best_of_n"].samples
+    )
+    assert pol.version == f"{config.policy.version}.m1"
+    d = await pol.decide(Problem(text="4 6 1 1"), effort="medium")
+    assert d.strategy == config.strategies.effort["medium"]
+    await pol.record(d, result(score=1.0), None)
+    assert await client.keys(f"{config.redis.key_prefix}:{pol.version}:*")
+    await pol.close()
