@@ -729,6 +729,44 @@ class AdaptivePolicy:
             log.warning("probe failed (%s); deciding on prompt features", exc)
             return None
 
+    async def solve(
+        self,
+        problem: Problem,
+        verifier: Verifier | None,
+        deadline: float,
+        *,
+        effort: str | None = None,
+        latency_budget_ms: float | None = None,
+        learn: bool = True,
+    ) -> tuple[Decision, StrategyResult, int]:
+        """Decide, run the chosen strategy (or reuse the probe), learn; what ``auto`` does.
+
+        Returns (decision, result, total generated tokens including the probe's). The bench's
+        ``auto`` row and the service run exactly this sequence.
+        """
+        from policies.registry import get_strategy
+
+        if self.backend is None:
+            raise ValueError("solve needs a backend")
+        deadline_ms = max(1.0, (deadline - self.clock()) * 1000)
+        decision, _probe = await self.decide_with_probe(
+            problem, effort=effort, deadline_ms=deadline_ms, latency_budget_ms=latency_budget_ms
+        )
+        reused = self.probe_answer(decision)
+        if reused is not None:
+            result, total = reused, reused.completion_tokens + reused.verifier_tokens
+        else:
+            strategy = get_strategy(decision.strategy)
+            result = await strategy.run(
+                problem, self.backend, verifier, decision.budget, deadline, clock=self.clock
+            )
+            total = result.completion_tokens + result.verifier_tokens + decision.probe_tokens
+        if learn:
+            await self.record(decision, result, None)
+        else:
+            self.tracker.end(decision.decision_id, None)
+        return decision, result, total
+
     async def record(
         self,
         decision: Decision,

@@ -357,3 +357,23 @@ async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
     await pol.record(d, result(score=1.0), None)
     assert await client.keys(f"{config.redis.key_prefix}:{pol.version}:*")
     await pol.close()
+
+
+async def test_solve_reuses_a_verified_probe_and_counts_the_probe_once(model: RouterModel) -> None:
+    backend = GreedyBackend("4*6 = 24")
+    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
+    d, res, total = await pol.solve(Problem(text="4 6 1 1"), Is24(), time.monotonic() + 10)
+    assert d.reuse_probe and res.text == "4*6 = 24"
+    assert total == 12 and backend.calls == 1
+    assert pol.tracker.snapshot().inflight == 0
+
+
+async def test_solve_runs_the_chosen_search_after_a_refuted_probe(model: RouterModel) -> None:
+    backend = GreedyBackend("4+6 = 10", entropy=1.4)
+    pol = AdaptivePolicy(
+        settings(lambda_per_1k_tokens=0.0), backend=backend, model=model, verifier_lookup=lookup
+    )
+    d, res, total = await pol.solve(Problem(text="4 6 1 1"), Is24(), time.monotonic() + 10)
+    assert not d.reuse_probe and d.strategy != "single_pass"
+    assert total == res.completion_tokens + 12
+    assert backend.calls >= 2
