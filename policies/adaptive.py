@@ -279,6 +279,7 @@ class AdaptivePolicy:
             self.probe_tokens = 0
         # Probes waiting to be reused by the service, by decision id (bounded).
         self._probes: dict[str, ProbeResult] = {}
+        self._budgets: dict[tuple[str, str], Budget] = {}
 
     @classmethod
     def from_config(
@@ -341,6 +342,17 @@ class AdaptivePolicy:
         self, strategy: str, arm: ArmSpec | None, override: dict[str, Any] | None
     ) -> Budget:
         """Config budget of ``strategy`` with the arm's fields, then the request's, applied."""
+        if not override:
+            key = (strategy, arm.name if arm is not None else "")
+            hit = self._budgets.get(key)
+            if hit is None:
+                hit = self._budgets[key] = self._budget_of(strategy, arm, None)
+            return hit.model_copy()
+        return self._budget_of(strategy, arm, override)
+
+    def _budget_of(
+        self, strategy: str, arm: ArmSpec | None, override: dict[str, Any] | None
+    ) -> Budget:
         base = self.settings.budgets.get(strategy, Budget())
         data = base.model_dump()
         if arm is not None:

@@ -182,8 +182,11 @@ def make_policy(model: RouterModel, **kw: Any) -> AdaptivePolicy:
 
 
 async def decision_latency(model: RouterModel, texts: list[str], n: int = 2000) -> dict[str, float]:
-    """In-process decision latency without the probe: features + model + selector + store."""
-    pol = make_policy(model)
+    """In-process decision latency without the probe: features + model + selector + store.
+
+    The decision cache is off so every call computes features and the model.
+    """
+    pol = make_policy(model, decision_cache_ttl_s=0)
     times = []
     for i in range(n):
         t0 = time.perf_counter()
