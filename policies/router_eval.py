@@ -80,8 +80,15 @@ def split_items(
         g24 = [puzzles[i] for i in sorted(TEST_ROWS) if i < len(puzzles)]
         qs = heldout_questions(arith_per_k)
     else:
-        pool = [p for i, p in enumerate(puzzles) if i not in TEST_ROWS]
-        g24 = rng.sample(pool, min(n_game24, len(pool)))
+        # Prefer puzzles the model never trained on (its seeded extra held-out set), as the
+        # benchmark's are; fill up with training puzzles. Benchmark rows never appear.
+        from backends.bundled.data import game24_splits
+
+        bench = {puzzles[i] for i in TEST_ROWS if i < len(puzzles)}
+        splits = game24_splits(csv)
+        unseen = [p for p in splits.heldout if p not in bench]
+        seen = [p for p in splits.train if p not in bench]
+        g24 = unseen[:n_game24] + rng.sample(seen, max(0, min(len(seen), n_game24 - len(unseen))))
         held = {q.expression() for q in heldout_questions(50)}
         qrng = random.Random(seed + 9_000_001)
         qs = []
@@ -135,7 +142,8 @@ async def cmd_label(args: argparse.Namespace) -> None:
     )
     items = split_items(args.split, args.csv, args.n_game24, args.arith_per_k, args.seed)
     if args.limit:
-        items = items[: args.limit]
+        # A seeded sample keeps the split's task mix.
+        items = random.Random(args.seed).sample(items, min(args.limit, len(items)))
     arms = [a for a in default_arms() if a.name not in set(args.skip_arms.split(","))]
     runner = None
     if any(a.strategy in ("bounded_reasoning", "beam_search") for a in arms):
