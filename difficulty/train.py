@@ -183,7 +183,19 @@ def load_rows(sources: Iterable[Path]) -> list[Row]:
             obj = json.loads(p.read_text())
             rows.extend(rows_from_bench(obj if isinstance(obj, dict) else {"items": obj}))
             continue
-        for obj in iter_jsonl(p):
+        records = list(iter_jsonl(p))
+        # Client feedback arrives as its own record ({"status": "feedback", "id", "reward"});
+        # it is the label of the served record with the same id and beats the verifier.
+        rewards = {
+            str(r.get("id")): r.get("reward")
+            for r in records
+            if r.get("status") == "feedback" and r.get("id") and r.get("reward") is not None
+        }
+        for obj in records:
+            if obj.get("status") == "feedback":
+                continue
+            if rewards and str(obj.get("id")) in rewards:
+                obj = {**obj, "reward": rewards[str(obj.get("id"))]}
             rows.extend(rows_from_record(obj))
     return rows
 

@@ -228,3 +228,24 @@ def test_the_bundled_router_model_loads_when_shipped() -> None:
     model = RouterModel.load(path)
     assert model.card.feature_names == list(FEATURE_NAMES)
     assert model.card.metrics
+
+
+def test_client_feedback_in_the_log_relabels_the_served_request(tmp_path: Path) -> None:
+    feats = dict(zip(FEATURE_NAMES, feature_vector("4 9 10 13", None), strict=True))
+    served = {
+        "id": "r1",
+        "status": "ok",
+        "strategy": "single_pass",
+        "features": feats,
+        "verifier_score": None,
+        "completion_tokens": 60,
+        "latency_ms": 80,
+    }
+    log = tmp_path / "log.jsonl"
+    log.write_text(
+        json.dumps(served) + "\n" + json.dumps({"id": "r1", "status": "feedback", "reward": 1.0})
+    )
+    rows = load_rows([log])
+    assert len(rows) == 1 and rows[0].outcomes["single_pass"][0] == 1.0
+    log.write_text(json.dumps(served) + "\n")
+    assert load_rows([log]) == []  # no verdict and no feedback: nothing to learn
