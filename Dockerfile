@@ -1,0 +1,36 @@
+# The image the Helm chart runs: the router, Ray Serve and the bundled model.
+#   CPU (default):  docker build -t acr:dev .
+#   CUDA:           docker build -t acr:cuda \
+#                     --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
+#                     --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu124 .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.13.0
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1
+
+# CUDA bases ship no Python; slim bases already have it.
+RUN if ! command -v python3 >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends python3 python3-pip \
+        python3-venv && rm -rf /var/lib/apt/lists/*; \
+    fi \
+ && python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first, from the index that matches the base (CPU or CUDA wheels).
+RUN pip install --index-url ${TORCH_INDEX_URL} torch==${TORCH_VERSION}
+
+WORKDIR /app
+COPY pyproject.toml README.md config.example.yaml ./
+COPY router ./router
+COPY policies ./policies
+COPY difficulty ./difficulty
+COPY backends ./backends
+# The bundled model's weights live in backends/bundled/model and install with the package.
+RUN pip install . && python -c "from backends.bundled.paths import bundled_model_path; print(bundled_model_path())"
+
+RUN useradd --create-home --uid 1000 ray
+USER 1000
+EXPOSE 8000 8265 6379 10001
+CMD ["acr", "serve", "--host", "0.0.0.0", "--config", "/app/config.example.yaml"]

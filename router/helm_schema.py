@@ -1,0 +1,147 @@
+"""Generates the Helm chart's ``values.schema.json`` (``python -m router.helm_schema``).
+
+The ``router`` section's schema is the project's own ``AppConfig`` JSON schema, so the
+chart and the service validate the same tree; a test fails when the committed schema drifts
+from what this module generates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from router.config import AppConfig
+
+CHART = Path(__file__).resolve().parents[1] / "helm" / "adaptive-compute-router"
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+STR = {"type": "string"}
+BOOL = {"type": "boolean"}
+INT0 = {"type": "integer", "minimum": 0}
+INT1 = {"type": "integer", "minimum": 1}
+NUM0 = {"type": "number", "minimum": 0}
+MAP = {"type": "object"}
+LIST = {"type": "array"}
+RESOURCES = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {"requests": MAP, "limits": MAP},
+}
+
+
+def _router_schema() -> dict[str, Any]:
+    schema = AppConfig.model_json_schema()
+    # The chart renders a partial tree over defaults: nothing is required here.
+    schema.pop("required", None)
+    schema["additionalProperties"] = False
+    return schema
+
+
+def values_schema() -> dict[str, Any]:
+    """The JSON schema of the chart's values."""
+    router = _router_schema()
+    defs = router.pop("$defs", {})
+    worker = _obj(
+        {
+            "enabled": BOOL,
+            "replicas": INT0,
+            "minReplicas": INT0,
+            "maxReplicas": INT1,
+            "resources": RESOURCES,
+            "nodeSelector": MAP,
+            "tolerations": LIST,
+        }
+    )
+    gpu = json.loads(json.dumps(worker))
+    gpu["properties"]["gpusPerWorker"] = INT1
+    schema = _obj(
+        {
+            "nameOverride": STR,
+            "fullnameOverride": STR,
+            "image": _obj(
+                {
+                    "repository": STR,
+                    "tag": STR,
+                    "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+                },
+                ["repository"],
+            ),
+            "imagePullSecrets": LIST,
+            "router": router,
+            "rayVersion": STR,
+            "serve": _obj(
+                {
+                    "appName": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
+                    "ingress": _obj({"replicas": INT1, "numCpus": NUM0}),
+                    "model": _obj(
+                        {
+                            "minReplicas": INT1,
+                            "maxReplicas": INT1,
+                            "targetOngoingRequests": NUM0,
+                            "maxOngoingRequests": INT1,
+                            "numCpus": NUM0,
+                            "numGpus": NUM0,
+                            "resources": MAP,
+                        }
+                    ),
+                    "verifier": _obj(
+                        {"enabled": BOOL, "replicas": INT1, "numCpus": NUM0, "numGpus": NUM0}
+                    ),
+                }
+            ),
+            "head": _obj({"resources": RESOURCES, "nodeSelector": MAP, "tolerations": LIST}),
+            "workers": _obj({"cpu": worker, "gpu": gpu}),
+            "redis": _obj(
+                {
+                    "external": _obj(
+                        {
+                            "enabled": BOOL,
+                            "host": STR,
+                            "port": INT1,
+                            "db": INT0,
+                            "existingSecret": STR,
+                            "passwordKey": STR,
+                        }
+                    ),
+                    "image": STR,
+                    "persistence": _obj({"enabled": BOOL, "size": STR, "storageClass": STR}),
+                    "resources": RESOURCES,
+                }
+            ),
+            "apiKeys": _obj(
+                {"keys": {"type": "array", "items": STR}, "existingSecret": STR, "keysKey": STR}
+            ),
+            "service": _obj(
+                {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": INT1}
+            ),
+            "ingress": _obj(
+                {"enabled": BOOL, "className": STR, "annotations": MAP, "hosts": LIST, "tls": LIST}
+            ),
+            "serviceMonitor": _obj({"enabled": BOOL, "interval": STR, "labels": MAP}),
+            "podDisruptionBudget": _obj({"enabled": BOOL, "minAvailable": INT0}),
+            "global": MAP,
+        }
+    )
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["$defs"] = defs
+    return schema
+
+
+def render() -> str:
+    """The schema file's text."""
+    return json.dumps(values_schema(), indent=2, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    target = CHART / "values.schema.json"
+    target.write_text(render())
+    sys.stdout.write(f"wrote {target}\n")
