@@ -233,18 +233,39 @@ class RouterModel:
             path,
         )
 
+    def save_json(self, path: Path) -> None:
+        """Write card + folded weights as JSON (no scikit-learn needed to load it)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "card": json.loads(self.card.model_dump_json()),
+                    "weights": self.weights.tolist(),
+                    "bias": self.bias.tolist(),
+                }
+            )
+        )
+
     @classmethod
     def load(cls, path: Path | str) -> RouterModel:
-        """Read a model written by ``save``; raises ``RouterModelError`` when unusable.
+        """Read a model written by ``save`` (or ``save_json`` for ``.json``); raises
+        ``RouterModelError`` when unusable.
 
         Only numpy and scikit-learn types are trusted when reading: anything else in the file
         is refused rather than executed.
         """
-        import skops.io as sio
-
         p = Path(path)
         if not p.is_file():
             raise RouterModelError(f"router model file {str(p)!r} does not exist")
+        if p.suffix == ".json":
+            try:
+                raw = json.loads(p.read_text())
+                card = RouterModelCard.model_validate(raw["card"])
+                return cls(card, np.asarray(raw["weights"]), np.asarray(raw["bias"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RouterModelError(f"cannot read router model {str(p)!r}: {exc}") from exc
+        import skops.io as sio
+
         try:
             untrusted = sio.get_untrusted_types(file=p)
             bad = [t for t in untrusted if not t.startswith(("sklearn.", "numpy."))]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from backends.verifiers.base import Verifier
-from difficulty.labels import LabelItem, label_items
+from difficulty.labels import LabelItem, label_items, messages_for
 from difficulty.model import ArmSpec, RouterModel, default_arms
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings
 from policies.base import Budget, Problem
@@ -109,8 +109,6 @@ def strategy_runner(backend: Any, budgets: dict[str, Budget]) -> Any:
     from policies.registry import get_strategy
 
     async def run(item: LabelItem, arm: ArmSpec) -> tuple[bool, int, float]:
-        from difficulty.labels import messages_for
-
         data = budgets.get(arm.strategy, Budget()).model_dump()
         data.update({k: type(data[k])(v) for k, v in arm.budget.items() if k in data})
         problem = Problem(
@@ -304,8 +302,123 @@ async def slo_simulation(
     }
 
 
+async def run_live(
+    items: list[LabelItem],
+    backend: Any,
+    names: list[str],
+    policy: AdaptivePolicy | None,
+    budgets: dict[str, Budget],
+    timeout_s: float = 120.0,
+) -> list[dict[str, Any]]:
+    """Run each fixed strategy (config budget) and ``auto`` for real on every item, graded.
+
+    One row per (item, strategy): correct, generated tokens (probe included for auto),
+    latency, and for auto the chosen arm. Items run one at a time (latencies are unloaded).
+    """
+    from policies.registry import get_strategy
+
+    rows: list[dict[str, Any]] = []
+    for it in items:
+        problem = Problem(text=it.text, messages=messages_for(it.text), reference=it.reference)
+        grader = grader_for(it.text)
+        for name in names:
+            t0 = time.perf_counter()
+            deadline = time.monotonic() + timeout_s
+            arm = name
+            if name == "auto":
+                assert policy is not None
+                d, res, total = await policy.solve(problem, verifier_for(it.text), deadline)
+                arm = d.arm
+            else:
+                res = await get_strategy(name).run(
+                    problem, backend, verifier_for(it.text), budgets[name], deadline
+                )
+                total = res.completion_tokens + res.verifier_tokens
+            wall = (time.perf_counter() - t0) * 1000
+            ok = grader is not None and grader.score(it.text, res.text, it.reference) >= 0.5
+            rows.append(
+                {
+                    "text": it.text,
+                    "kind": it.kind,
+                    "strategy": name,
+                    "arm": arm,
+                    "correct": bool(ok),
+                    "tokens": int(total),
+                    "latency_ms": round(wall, 2),
+                }
+            )
+    return rows
+
+
+def summarise_live(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-strategy accuracy/tokens/latency plus the oracle over the fixed strategies."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["strategy"], []).append(r)
+    out: dict[str, Any] = {}
+    for name, rs in by.items():
+        lat = sorted(r["latency_ms"] for r in rs)
+        out[name] = {
+            "items": len(rs),
+            "accuracy": round(float(np.mean([r["correct"] for r in rs])), 4),
+            "mean_tokens": round(float(np.mean([r["tokens"] for r in rs])), 1),
+            "p50_latency_ms": round(lat[len(lat) // 2], 1),
+        }
+    fixed = [n for n in by if n != "auto"]
+    per_item: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["strategy"] in fixed:
+            per_item.setdefault(r["text"], []).append(r)
+    if per_item:
+        accs, toks = [], []
+        for rs in per_item.values():
+            solved = [r["tokens"] for r in rs if r["correct"]]
+            accs.append(bool(solved))
+            toks.append(min(solved) if solved else min(r["tokens"] for r in rs))
+        out["oracle"] = {
+            "items": len(per_item),
+            "accuracy": round(float(np.mean(accs)), 4),
+            "mean_tokens": round(float(np.mean(toks)), 1),
+        }
+    return out
+
+
+async def cmd_live(args: argparse.Namespace) -> None:
+    """Live benchmark of auto and fixed strategies on the test split; JSON rows + summary."""
+    from backends.transformers_backend import TransformersBackend
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        from backends.bundled.paths import bundled_model_path
+
+        model_dir = bundled_model_path()
+    backend = TransformersBackend.from_pretrained(
+        model_dir, device=args.device, dtype="float32", torch_threads=args.threads
+    )
+    items = split_items("test", args.csv, 0, args.arith_per_k, args.seed)
+    if args.limit:
+        items = random.Random(args.seed).sample(items, min(args.limit, len(items)))
+    k, n = (int(x) for x in args.shard.split("/"))
+    items = items[k::n]
+    model = RouterModel.load(args.model)
+    settings = AdaptiveSettings(exploration_rate=args.exploration, lambda_per_1k_tokens=args.lam)
+    policy = AdaptivePolicy(
+        settings,
+        backend=backend,
+        model=model,
+        verifier_lookup=serving_lookup,
+        rng=random.Random(args.seed),
+    )
+    names = [n for n in args.strategies.split(",") if n]
+    rows = await run_live(items, backend, names, policy, settings.budgets)
+    summary = summarise_live(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "items": rows}, indent=1))
+    print(json.dumps(summary, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry: ``label`` or ``evaluate``."""
+    """CLI entry: ``label``, ``evaluate`` or ``live``."""
     p = argparse.ArgumentParser(prog="python -m policies.router_eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     lab = sub.add_parser("label")
@@ -323,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     lab.add_argument("--limit", type=int, default=0)
     lab.add_argument("--threads", type=int, default=2)
     lab.add_argument("--device", default="cpu")
-    lab.add_argument("--skip-arms", default="bounded_reasoning,beam_search")
+    lab.add_argument("--skip-arms", default="beam_search")
     ev = sub.add_parser("evaluate")
     ev.add_argument("--test", type=Path, required=True)
     ev.add_argument("--model", type=Path, required=True)
@@ -334,8 +447,26 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--capacity", type=float, default=5000.0)
     ev.add_argument("--single-rate", type=float, default=470.0)
     ev.add_argument("--sim-requests", type=int, default=3000)
+    live = sub.add_parser("live")
+    live.add_argument("--model", type=Path, required=True)
+    live.add_argument("--out", type=Path, default=Path("bench-out/router_live.json"))
+    live.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))
+    live.add_argument("--model-dir", type=Path, default=None)
+    live.add_argument("--arith-per-k", type=int, default=20)
+    live.add_argument("--limit", type=int, default=0)
+    live.add_argument("--seed", type=int, default=1)
+    live.add_argument("--lam", type=float, default=0.05)
+    live.add_argument("--exploration", type=float, default=0.0)
+    live.add_argument("--threads", type=int, default=2)
+    live.add_argument("--device", default="cpu")
+    live.add_argument("--shard", default="0/1", help="k/n: every n-th item from k.")
+    live.add_argument(
+        "--strategies",
+        default="auto,single_pass,bounded_reasoning,best_of_n,self_consistency,beam_search",
+    )
     args = p.parse_args(argv)
-    asyncio.run(cmd_label(args) if args.cmd == "label" else cmd_evaluate(args))
+    cmds = {"label": cmd_label, "evaluate": cmd_evaluate, "live": cmd_live}
+    asyncio.run(cmds[args.cmd](args))
 
 
 if __name__ == "__main__":

@@ -249,3 +249,14 @@ def test_client_feedback_in_the_log_relabels_the_served_request(tmp_path: Path) 
     assert len(rows) == 1 and rows[0].outcomes["single_pass"][0] == 1.0
     log.write_text(json.dumps(served) + "\n")
     assert load_rows([log]) == []  # no verdict and no feedback: nothing to learn
+
+
+def test_the_json_export_loads_without_scikit_learn_and_predicts_the_same(
+    trained: tuple[Path, dict], tmp_path: Path
+) -> None:
+    model = RouterModel.load(trained[0])
+    model.save_json(tmp_path / "router.json")
+    again = RouterModel.load(tmp_path / "router.json")
+    row = feature_vector("What is 2+3*4?", None)
+    assert np.allclose(model.predict(row), again.predict(row))
+    assert again.card.bin_stats == model.card.bin_stats
