@@ -359,7 +359,7 @@ def _install_routes(app: FastAPI, service: RouterService, health: HealthCheck | 
         )
         problem = service.chat_problem(chat_req)
         decision = await service.decide(
-            problem, req.reasoning_effort, _with_header_budget(req.acr, request)
+            problem, req.reasoning_effort, _with_header_budget(req.acr, request), generate=False
         )
         return JSONResponse(
             {"object": "router.decision", "router": decision.public()},

@@ -99,8 +99,12 @@ class Decider(Protocol):
         effort: str | None,
         options: RouterOptions | None,
         deadline_ms: float,
+        generate: bool = True,
     ) -> Decision:
-        """Return the decision; must not raise for any problem text."""
+        """Return the decision; must not raise for any problem text.
+
+        ``generate=False`` (``/v1/route``) must not call the model.
+        """
         ...
 
     async def record(
@@ -121,17 +125,24 @@ class ServedResult:
     prompt_tokens: int
     latency_ms: float
     task_kind: str
+    probe_reused: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def probe_hidden(self) -> int:
+        """Probe tokens that count as hidden (0 when the probe is the answer itself)."""
+        # A reused probe *is* the visible answer; otherwise its tokens were spent unseen.
+        return 0 if self.probe_reused else self.decision.probe_tokens
 
     @property
     def completion_tokens(self) -> int:
         """Every generated token, including the probe's and the hidden ones."""
-        return sum(r.completion_tokens for r in self.results) + self.decision.probe_tokens
+        return sum(r.completion_tokens for r in self.results) + self.probe_hidden
 
     @property
     def reasoning_tokens(self) -> int:
         """The hidden part of ``completion_tokens``."""
-        return sum(r.hidden_tokens for r in self.results) + self.decision.probe_tokens
+        return sum(r.hidden_tokens for r in self.results) + self.probe_hidden
 
 
 def prompt_hash(text: str) -> str:
@@ -167,6 +178,7 @@ class StaticDecider:
         effort: str | None,
         options: RouterOptions | None,
         deadline_ms: float,
+        generate: bool = True,
     ) -> Decision:
         """Explicit > effort > default; budgets from config plus request overrides."""
         override = options.budget if options else None
@@ -326,13 +338,18 @@ class RouterService:
         return [Problem(text=p, prompt=p, seed=req.seed, stop=req.stop_list()) for p in prompts]
 
     async def decide(
-        self, problem: Problem, effort: str | None, options: RouterOptions | None
+        self,
+        problem: Problem,
+        effort: str | None,
+        options: RouterOptions | None,
+        *,
+        generate: bool = True,
     ) -> Decision:
-        """The decision for ``problem`` (also what ``/v1/route`` returns)."""
+        """The decision for ``problem``; ``generate=False`` is ``/v1/route`` (no model call)."""
         deadline_ms = self.deadline_ms(options)
         try:
             return await self.decider.decide(
-                problem, effort=effort, options=options, deadline_ms=deadline_ms
+                problem, effort=effort, options=options, deadline_ms=deadline_ms, generate=generate
             )
         except (StrategyError, ValueError) as exc:
             raise bad_request(str(exc), "acr") from exc
@@ -358,12 +375,17 @@ class RouterService:
         if temperature is not None and decision.strategy in ("single_pass", "bounded_reasoning"):
             decision.budget = decision.budget.model_copy(update={"temperature": temperature})
         kind, verifier = self.verifier_lookup(problem.text)
+        reused = self._reused_probe(decision, n, max_tokens, temperature, problem)
         try:
             # Strategies honour the deadline themselves; this outer bound guarantees that a
             # stuck backend call can never make the client hang past it.
-            results = await asyncio.wait_for(
-                self._run_all(problem, decision, verifier, deadline, n),
-                timeout=max(0.001, deadline - self.clock()) + DEADLINE_GRACE_S,
+            results = (
+                [reused]
+                if reused is not None
+                else await asyncio.wait_for(
+                    self._run_all(problem, decision, verifier, deadline, n),
+                    timeout=max(0.001, deadline - self.clock()) + DEADLINE_GRACE_S,
+                )
             )
         except TimeoutError:
             results = []
@@ -385,11 +407,22 @@ class RouterService:
             prompt_tokens=max((r.prompt_tokens for r in results), default=0),
             latency_ms=latency_ms,
             task_kind=kind,
+            probe_reused=reused is not None,
         )
         self._count(served)
         if self.limiter is not None:
             await self.limiter.charge(api_key_id, served.completion_tokens + served.prompt_tokens)
-        await self._log(problem, decision, results, latency_ms, kind, "ok", api_key_id, served.id)
+        await self._log(
+            problem,
+            decision,
+            results,
+            latency_ms,
+            kind,
+            "ok",
+            api_key_id,
+            served.id,
+            served.probe_hidden,
+        )
         self._remember(served.id, decision)
         return served
 
@@ -472,6 +505,27 @@ class RouterService:
             headers={"retry-after": "1"},
         )
 
+    def _reused_probe(
+        self,
+        decision: Decision,
+        n: int,
+        max_tokens: int | None,
+        temperature: float | None,
+        problem: Problem,
+    ) -> StrategyResult | None:
+        """The probe's greedy answer when the policy says it is the single-pass answer.
+
+        Only for a plain request (one choice, no sampling temperature, no stop strings or
+        tighter token cap than the probe had), where generating again would repeat it.
+        """
+        reuse = getattr(self.decider, "reused_answer", None)
+        if reuse is None or not getattr(decision, "reuse_probe", False):
+            return None
+        if n != 1 or (temperature or 0.0) > 0 or problem.stop or max_tokens is not None:
+            return None
+        result: StrategyResult | None = reuse(decision)
+        return result
+
     async def _check_limits(self, api_key_id: str) -> None:
         if self.limiter is None:
             return
@@ -490,9 +544,8 @@ class RouterService:
         self, problem: Problem, decision: Decision, n: int, deadline: float
     ) -> list[StrategyResult]:
         """``n`` single-pass samples from one backend call (OpenAI's ``n`` semantics)."""
-        from backends.verifiers.numeric import extract_answer
-
         from backends.base import GenerationRequest
+        from backends.verifiers.numeric import extract_answer
 
         b = decision.budget
         req = GenerationRequest(
@@ -561,7 +614,7 @@ class RouterService:
             m.tokens.labels(kind="hidden").inc(r.hidden_tokens)
             m.tokens.labels(kind="verifier").inc(r.verifier_tokens)
         m.tokens.labels(kind="prompt").inc(served.prompt_tokens)
-        m.tokens.labels(kind="hidden").inc(served.decision.probe_tokens)
+        m.tokens.labels(kind="hidden").inc(served.probe_hidden)
 
     def _remember(self, response_id: str, decision: Decision) -> None:
         # Feedback arrives later for a response id; keep a bounded map of recent decisions.
@@ -579,7 +632,10 @@ class RouterService:
         status: str,
         api_key_id: str,
         response_id: str = "",
+        probe_hidden: int | None = None,
     ) -> None:
+        if probe_hidden is None:
+            probe_hidden = decision.probe_tokens
         scores = [r.score for r in results if r.score is not None]
         record = {
             "id": response_id,
@@ -597,8 +653,8 @@ class RouterService:
             "explored": decision.explored,
             "features": decision.extra.get("features"),
             "prompt_tokens": max((r.prompt_tokens for r in results), default=0),
-            "completion_tokens": sum(r.completion_tokens for r in results) + decision.probe_tokens,
-            "reasoning_tokens": sum(r.hidden_tokens for r in results) + decision.probe_tokens,
+            "completion_tokens": sum(r.completion_tokens for r in results) + probe_hidden,
+            "reasoning_tokens": sum(r.hidden_tokens for r in results) + probe_hidden,
             "verifier_tokens": sum(r.verifier_tokens for r in results),
             "probe_tokens": decision.probe_tokens,
             "samples": sum(r.samples for r in results),
