@@ -417,8 +417,72 @@ async def cmd_live(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1))
 
 
+async def cmd_merge(args: argparse.Namespace) -> None:
+    """Merge live shards into one result with its summary and a Pareto plot."""
+    rows: list[dict[str, Any]] = []
+    for path in args.parts:
+        rows.extend(json.loads(Path(path).read_text())["items"])
+    summary = summarise_live(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"summary": summary, "items": rows}, indent=1))
+    sweep = None
+    if args.eval is not None and args.eval.is_file():
+        sweep = json.loads(args.eval.read_text()).get("auto_sweep")
+    pareto_plot(summary, sweep, args.out.with_suffix(".png"))
+    print(json.dumps(summary, indent=1))
+
+
+def pareto_plot(summary: dict[str, Any], sweep: list[dict[str, Any]] | None, out: Path) -> None:
+    """Accuracy vs mean tokens: fixed strategies, auto (live and the replayed lambda sweep),
+    the oracle."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, row in summary.items():
+        style = {"auto": ("tab:red", "*", 14), "oracle": ("black", "D", 8)}.get(
+            name, ("tab:blue", "o", 7)
+        )
+        ax.scatter(
+            row["mean_tokens"],
+            row["accuracy"],
+            c=style[0],
+            marker=style[1],
+            s=style[2] ** 2,
+            zorder=3,
+        )
+        ax.annotate(
+            name,
+            (row["mean_tokens"], row["accuracy"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    if sweep:
+        pts = sorted((p["mean_tokens"], p["accuracy"]) for p in sweep)
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            "--",
+            c="tab:red",
+            alpha=0.6,
+            label="auto, lambda sweep (replay)",
+        )
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean generated tokens per item (probe included)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Router vs fixed strategies vs oracle")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry: ``label``, ``evaluate`` or ``live``."""
+    """CLI entry: ``label``, ``evaluate``, ``live`` or ``merge``."""
     p = argparse.ArgumentParser(prog="python -m policies.router_eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     lab = sub.add_parser("label")
@@ -464,8 +528,12 @@ def main(argv: list[str] | None = None) -> None:
         "--strategies",
         default="auto,single_pass,bounded_reasoning,best_of_n,self_consistency,beam_search",
     )
+    mer = sub.add_parser("merge")
+    mer.add_argument("parts", nargs="+", type=Path)
+    mer.add_argument("--out", type=Path, default=Path("bench-out/router_live.json"))
+    mer.add_argument("--eval", type=Path, default=None, help="evaluate JSON (lambda sweep)")
     args = p.parse_args(argv)
-    cmds = {"label": cmd_label, "evaluate": cmd_evaluate, "live": cmd_live}
+    cmds = {"label": cmd_label, "evaluate": cmd_evaluate, "live": cmd_live, "merge": cmd_merge}
     asyncio.run(cmds[args.cmd](args))
 
 
