@@ -87,6 +87,53 @@ def bench_model(
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
 
 
+@app.command()
+def bench(
+    dataset: Annotated[str, typer.Option(help="game24 | arithmetic | jsonl")] = "game24",
+    data: Annotated[
+        Path | None, typer.Option(help="game24.csv or a JSONL file of question/answer.")
+    ] = None,
+    rows: Annotated[str, typer.Option(help="game24 rows, e.g. 900-999 or 0-99,900-999.")] = (
+        "900-999"
+    ),
+    per_count: Annotated[int, typer.Option(help="arithmetic items per operand count.")] = 10,
+    limit: Annotated[int | None, typer.Option(help="Random subset of this many items.")] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option("--arm", help="strategy[:field=value,...]; repeatable. Default: a sweep."),
+    ] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Checkpoint; default bundled.")] = None,
+    out_json: Annotated[Path, typer.Option(help="Results JSON (PNG beside it).")] = Path(
+        "bench-out/bench.json"
+    ),
+    concurrency: Annotated[int, typer.Option(help="Items in flight per row.")] = 16,
+) -> None:
+    """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot."""
+    from router.bench import DEFAULT_ARMS, load_items, run_bench
+
+    if dataset == "game24" and data is None:
+        data = DEFAULT_GAME24_CSV
+    try:
+        items = load_items(dataset, rows=rows, path=data, per_count=per_count, limit=limit)
+        result = run_bench(
+            items,
+            arm or DEFAULT_ARMS,
+            out_json,
+            model_dir=model_dir,
+            concurrency=concurrency,
+            title=f"{dataset} {rows if dataset == 'game24' else ''}".strip(),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for s in result["summary"]:
+        typer.echo(
+            f"{s['row']:<45} acc {s['accuracy']:.3f}  tokens {s['mean_tokens']:8.1f}  "
+            f"samples {s['mean_samples']:5.1f}"
+        )
+    typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
+
+
 @app.command("bench-serving")
 def bench_serving(
     url: Annotated[

@@ -1,0 +1,343 @@
+"""``acr bench``: strategies over a dataset slice, JSON per item and a Pareto plot.
+
+Rows are (strategy, budget) arms, e.g. ``best_of_n:samples=16``; each item of the slice is
+run through each arm against the same model, graded exactly, and recorded with its tokens
+(visible + hidden + verifier) and latency. The plot shows accuracy against mean generated
+tokens per item with the Pareto frontier. Extra rows (the router's ``auto``, the
+``oracle``) can be added by passing ``extra_rows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import random
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from backends.base import Backend, ChatMessage
+from backends.verifiers.base import Verifier
+from policies.base import Budget, Problem, StrategyResult
+
+DEFAULT_ARMS = [
+    "single_pass",
+    "bounded_reasoning",
+    "best_of_n:samples=4",
+    "best_of_n:samples=16",
+    "self_consistency:samples=16,batch_size=4",
+    "beam_search:beam_width=3,expansions=8",
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark question, with what grades it."""
+
+    id: str
+    text: str
+    kind: str  # game24 | arithmetic | jsonl
+    reference: str | None = None
+    numbers: tuple[int, ...] = ()
+    meta: str = ""
+
+
+def parse_arm(spec: str, base: dict[str, Budget] | None = None) -> tuple[str, str, Budget]:
+    """``"best_of_n:samples=16"`` -> (row name, strategy, budget)."""
+    from policies.registry import STRATEGIES
+
+    name, _, params = spec.partition(":")
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    data = (base or {}).get(name, _default_budget(name)).model_dump()
+    for kv in filter(None, params.split(",")):
+        key, _, value = kv.partition("=")
+        if key not in data:
+            raise ValueError(f"unknown budget field {key!r}; valid: {', '.join(data)}")
+        data[key] = float(value) if key == "temperature" else int(value)
+    return spec, name, Budget(**data)
+
+
+def _default_budget(strategy: str) -> Budget:
+    from router.config import AppConfig
+
+    b = AppConfig().strategies.budgets[strategy]
+    return Budget(**b.model_dump())
+
+
+def load_items(
+    dataset: str,
+    *,
+    rows: str = "900-999",
+    path: Path | None = None,
+    per_count: int = 10,
+    limit: int | None = None,
+    seed: int = 0,
+) -> list[Item]:
+    """Items of ``dataset``: ``game24`` (CSV ``rows`` a-b), ``arithmetic`` (held-out
+    questions, ``per_count`` per operand count 2-8) or ``jsonl`` (``question``/``answer``
+    lines, GSM8K style, answers after ``####``)."""
+    items: list[Item] = []
+    if dataset == "game24":
+        from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
+
+        if path is None:
+            raise ValueError("game24 needs --data PATH (game24.csv)")
+        puzzles = read_csv_puzzles(path)
+        for part in rows.split(","):
+            lo, _, hi = part.partition("-")
+            for i in range(int(lo), int(hi or lo) + 1):
+                if i < len(puzzles):
+                    items.append(
+                        Item(
+                            f"g24-{i}",
+                            puzzle_text(puzzles[i]),
+                            "game24",
+                            numbers=puzzles[i],
+                            meta=f"row {i}",
+                        )
+                    )
+    elif dataset == "arithmetic":
+        from backends.bundled.tasks.arithmetic import heldout_questions
+
+        for j, q in enumerate(heldout_questions(per_count)):
+            items.append(
+                Item(
+                    f"ar-{j}",
+                    q.text(),
+                    "arithmetic",
+                    str(q.answer()),
+                    meta=f"{q.operands} operands",
+                )
+            )
+    elif dataset == "jsonl":
+        if path is None:
+            raise ValueError("jsonl needs --data PATH")
+        with open(path) as f:
+            for j, line in enumerate(f):
+                row = json.loads(line)
+                ans = str(row.get("answer", ""))
+                ref = ans.split("####")[-1].strip() if "####" in ans else ans.strip()
+                items.append(Item(f"q-{j}", row["question"], "jsonl", ref))
+    else:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: game24, arithmetic, jsonl")
+    if limit is not None and limit < len(items):
+        items = random.Random(seed).sample(items, limit)
+    return items
+
+
+def grade(item: Item, text: str) -> bool:
+    """Exact grading: the Game of 24 checker, or the numeric answer against the reference."""
+    if item.kind == "game24":
+        from backends.bundled.tasks.game24 import check_answer
+
+        return check_answer(item.numbers, text)
+    from backends.verifiers.numeric import answers_match, extract_answer
+
+    return answers_match(extract_answer(text), item.reference)
+
+
+def serving_verifier(item: Item) -> Verifier | None:
+    """The verifier the service itself would use (exact checker for Game of 24 only)."""
+    from backends.verifiers.registry import verifier_for_task
+
+    return verifier_for_task("game24" if item.kind == "game24" else "open")
+
+
+Runner = Callable[[Item], Awaitable[StrategyResult]]
+
+
+def strategy_runner(backend: Backend, strategy: str, budget: Budget, timeout_s: float) -> Runner:
+    """An async callable running ``strategy`` on one item."""
+    from policies.registry import get_strategy
+
+    async def run(item: Item) -> StrategyResult:
+        problem = Problem(
+            text=item.text,
+            messages=[ChatMessage(role="user", content=item.text)],
+            seed=abs(hash(item.id)) % 100_000,
+        )
+        return await get_strategy(strategy).run(
+            problem, backend, serving_verifier(item), budget, time.monotonic() + timeout_s
+        )
+
+    return run
+
+
+async def run_row(
+    name: str, runner: Runner, items: list[Item], concurrency: int, on_done: Callable[[], None]
+) -> list[dict[str, Any]]:
+    """Every item through ``runner``, ``concurrency`` at a time; per-item records."""
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(item: Item) -> dict[str, Any]:
+        async with sem:
+            t0 = time.perf_counter()
+            res = await runner(item)
+            on_done()
+            return {
+                "row": name,
+                "item": item.id,
+                "kind": item.kind,
+                "meta": item.meta,
+                "strategy": res.strategy,
+                "correct": grade(item, res.text),
+                "tokens": res.completion_tokens + res.verifier_tokens,
+                "hidden_tokens": res.hidden_tokens,
+                "samples": res.samples,
+                "stop_reason": res.stop_reason,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
+            }
+
+    return list(await asyncio.gather(*(one(i) for i in items)))
+
+
+def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Accuracy, mean tokens and latency per row, in the order rows appear."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        rows.setdefault(r["row"], []).append(r)
+    out = []
+    for name, rs in rows.items():
+        out.append(
+            {
+                "row": name,
+                "items": len(rs),
+                "accuracy": statistics.fmean(float(r["correct"]) for r in rs),
+                "mean_tokens": statistics.fmean(r["tokens"] for r in rs),
+                "mean_samples": statistics.fmean(r["samples"] for r in rs),
+                "p50_latency_ms": statistics.median(r["latency_ms"] for r in rs),
+            }
+        )
+    return out
+
+
+def pareto(summary: list[dict[str, Any]]) -> list[str]:
+    """Rows not beaten on both accuracy and tokens by another row."""
+    front = []
+    for a in summary:
+        if not any(
+            b["accuracy"] >= a["accuracy"]
+            and b["mean_tokens"] < a["mean_tokens"]
+            or b["accuracy"] > a["accuracy"]
+            and b["mean_tokens"] <= a["mean_tokens"]
+            for b in summary
+        ):
+            front.append(a["row"])
+    return front
+
+
+def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy against mean generated tokens, frontier joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    front = set(pareto(summary))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in summary:
+        on = s["row"] in front
+        ax.scatter(
+            s["mean_tokens"],
+            s["accuracy"],
+            s=60 if on else 30,
+            color="#cc3311" if on else "#4477aa",
+            zorder=3,
+        )
+        ax.annotate(
+            s["row"],
+            (s["mean_tokens"], s["accuracy"]),
+            fontsize=7,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    pts = sorted((s["mean_tokens"], s["accuracy"]) for s in summary if s["row"] in front)
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#cc3311", lw=1, zorder=2)
+    ax.set_xscale("log")
+    ax.set_xlabel("mean generated tokens per item (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_bench(
+    items: list[Item],
+    arms: list[str],
+    out_json: Path,
+    *,
+    model_dir: Path | None = None,
+    concurrency: int = 16,
+    timeout_s: float = 120.0,
+    extra_rows: dict[str, Runner] | None = None,
+    title: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every arm (and ``extra_rows``) over ``items``; writes JSON and a PNG beside it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from backends.batching import MicroBatcher
+    from backends.bundled.paths import bundled_model_path
+    from backends.transformers_backend import TransformersBackend
+
+    model = TransformersBackend.from_pretrained(model_dir or bundled_model_path(), device="cpu")
+    specs = [parse_arm(a) for a in arms]
+    records: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        backend = MicroBatcher(model)
+        rows: list[tuple[str, Runner]] = [
+            (name, strategy_runner(backend, strat, budget, timeout_s))
+            for name, strat, budget in specs
+        ] + list((extra_rows or {}).items())
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            disable=not progress,
+        ) as bar:
+            for name, runner in rows:
+                task = bar.add_task(name, total=len(items))
+
+                def tick(t: Any = task) -> None:
+                    bar.advance(t)
+
+                records.extend(await run_row(name, runner, items, concurrency, tick))
+        await backend.close()
+
+    t0 = time.time()
+    asyncio.run(main())
+    summary = summarise(records)
+    result = {
+        "title": title,
+        "items": len(items),
+        "arms": {name: {"strategy": s, "budget": b.model_dump()} for name, s, b in specs},
+        "summary": summary,
+        "pareto": pareto(summary),
+        "seconds": round(time.time() - t0, 1),
+        "records": records,
+    }
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=2, default=str))
+    plot(summary, out_json.with_suffix(".png"), title or out_json.stem)
+    return result
+
+
+def write_csv(result: dict[str, Any], path: Path) -> None:
+    """The summary as CSV (for spreadsheets)."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(result["summary"][0]))
+        w.writeheader()
+        w.writerows(result["summary"])
+
+
+__all__ = ["Item", "asdict", "load_items", "parse_arm", "run_bench", "summarise", "pareto"]
