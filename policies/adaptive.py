@@ -123,6 +123,7 @@ class _Inflight:
     expires_at: float
     started_at: float
     concurrency: int
+    predicted_ms: float = 0.0
 
 
 class LoadTracker:
@@ -155,6 +156,7 @@ class LoadTracker:
         self._last = clock()
         self._sat_time = 0.0
         self._sat_tokens = 0.0
+        self.slowdown = 1.0
 
     def _advance(self, now: float) -> None:
         for k in [k for k, j in self.jobs.items() if j.expires_at <= now]:
@@ -164,11 +166,19 @@ class LoadTracker:
             self._sat_time += dt
         self._last = max(self._last, now)
 
-    def begin(self, key: str, tokens: float, deadline_s: float, now: float | None = None) -> None:
-        """Count a request as in flight with ``tokens`` predicted to generate."""
+    def begin(
+        self,
+        key: str,
+        tokens: float,
+        deadline_s: float,
+        now: float | None = None,
+        predicted_ms: float = 0.0,
+    ) -> None:
+        """Count a request as in flight with ``tokens`` predicted to generate and
+        ``predicted_ms`` predicted latency (from the start of its decision)."""
         t = self.clock() if now is None else now
         self._advance(t)
-        self.jobs[key] = _Inflight(tokens, t + deadline_s, t, len(self.jobs) + 1)
+        self.jobs[key] = _Inflight(tokens, t + deadline_s, t, len(self.jobs) + 1, predicted_ms)
         self.recent.append((t, tokens))
 
     def end(self, key: str, tokens: float | None, now: float | None = None) -> None:
@@ -176,7 +186,14 @@ class LoadTracker:
         t = self.clock() if now is None else now
         self._advance(t)
         job = self.jobs.pop(key, None)
-        if job is None or not tokens or tokens <= 0:
+        if job is None:
+            return
+        if job.predicted_ms >= 20.0:
+            # Latency the model did not foresee: rise fast (SLOs are at stake), decay slowly.
+            ratio = min(20.0, max(0.5, (t - job.started_at) * 1000 / job.predicted_ms))
+            rate = 0.2 if ratio > self.slowdown else 0.05
+            self.slowdown = min(20.0, max(0.5, (1 - rate) * self.slowdown + rate * ratio))
+        if not tokens or tokens <= 0:
             return
         if len(self.jobs) + 1 >= self.saturated_at:
             self._sat_tokens += tokens
@@ -201,6 +218,7 @@ class LoadTracker:
             capacity_tokens_per_s=capacity,
             elapsed_ms=elapsed_ms,
             utilization=offered / capacity,
+            slowdown=self.slowdown,
         )
 
 
@@ -570,7 +588,14 @@ class AdaptivePolicy:
             )
         if serving:
             expires_s = (deadline_ms or slo.latency_budget_ms) / 1000 * 2
-            self.tracker.begin(d.decision_id, d.predicted_cost_tokens or 0.0, expires_s, t0)
+            spent_ms = max(0.0, (self.clock() - t0) * 1000)  # the probe, already behind us
+            self.tracker.begin(
+                d.decision_id,
+                d.predicted_cost_tokens or 0.0,
+                expires_s,
+                t0,
+                predicted_ms=(d.predicted_latency_ms or 0.0) + spent_ms,
+            )
         else:
             self._probes.pop(d.decision_id, None)
         return d, probe_result

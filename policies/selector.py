@@ -104,6 +104,9 @@ class Load(BaseModel):
     utilization: float = Field(
         default=0.0, ge=0, description="Offered tokens/s over capacity (recent window)."
     )
+    slowdown: float = Field(
+        default=1.0, gt=0, description="Observed over predicted latency, learned live."
+    )
 
 
 class Candidate(BaseModel):
@@ -201,14 +204,16 @@ def predict_latency_ms(cost_tokens: float, unloaded_ms: float, load: Load) -> fl
     Processor sharing: a new job of size c finishes after the backend has generated c tokens
     for it plus up to c tokens for each job ahead, i.e. (min(queued, inflight * c) + c) / rate;
     work that arrives meanwhile shares the backend too, which divides the rate by (1 - rho)
-    for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency.
+    for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency. The
+    live ``slowdown`` (observed / predicted latency of recent requests) corrects what this
+    model misses, e.g. a batching backend's head-of-line waits.
     """
     if cost_tokens <= 0:
         return 0.0
     shared = min(load.queued_tokens, load.inflight * cost_tokens) + cost_tokens
     free = 1.0 - min(load.utilization, 0.9)
     loaded_ms = 1000.0 * shared / (load.capacity_tokens_per_s * free)
-    return load.overhead_ms + max(unloaded_ms, loaded_ms)
+    return load.overhead_ms + max(unloaded_ms, loaded_ms) * load.slowdown
 
 
 def thompson_draws(

@@ -181,7 +181,13 @@ class _Sim:
         r.decision = d
         # The probe was admitted as its own job; count only the arm's tokens here.
         arm_tokens = (d.predicted_cost_tokens or 0.0) - d.probe_tokens
-        pol.tracker.begin(d.decision_id, arm_tokens, self.slo_ms / 500, self.now)
+        pol.tracker.begin(
+            d.decision_id,
+            arm_tokens,
+            self.slo_ms / 500,
+            self.now,
+            predicted_ms=d.predicted_latency_ms or 0.0,
+        )
         if d.reuse_probe:
             r.correct = bool(probe and (probe.verifier_score or 0) >= 0.5)
             self.start_arm(r, d.arm, 0.0)

@@ -377,3 +377,18 @@ async def test_solve_runs_the_chosen_search_after_a_refuted_probe(model: RouterM
     assert not d.reuse_probe and d.strategy != "single_pass"
     assert total == res.completion_tokens + 12
     assert backend.calls >= 2
+
+
+def test_the_load_tracker_learns_how_much_slower_requests_are_than_predicted() -> None:
+    now = [0.0]
+    t = LoadTracker(1000.0, clock=lambda: now[0])
+    for i in range(20):
+        t.begin(f"r{i}", 100, deadline_s=60, predicted_ms=100.0)
+        now[0] += 0.3  # every request takes 3x its prediction
+        t.end(f"r{i}", 100)
+    assert 2.5 < t.snapshot().slowdown <= 3.0
+    for i in range(200):
+        t.begin(f"s{i}", 100, deadline_s=60, predicted_ms=100.0)
+        now[0] += 0.1
+        t.end(f"s{i}", 100)
+    assert t.snapshot().slowdown < 1.2  # and it recovers when predictions hold again

@@ -1,0 +1,216 @@
+"""A real open-loop SLO load test: the model runs, arrivals are Poisson, time is wall time.
+
+``python -m policies.slo_live --model router.json``: (1) unloaded latency of always-search
+(``reasoning_effort: high``) sets the SLO (``--slo-ms`` or 4x its p50); (2) a closed loop of
+always-search measures what it can sustain (completed requests/s); (3) open-loop Poisson
+arrivals at ``--load-x`` times that rate, once with always-search and once with the adaptive
+policy, each request with a deadline of 3x the SLO. The backend is the in-process model
+behind ``MicroBatcher`` (concurrent requests share decode loops, as Ray Serve's batching
+does). Reports the share of requests within the SLO, latency percentiles, accuracy and
+tokens for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from difficulty.labels import LabelItem, messages_for
+from difficulty.model import RouterModel
+from policies.adaptive import AdaptivePolicy, AdaptiveSettings
+from policies.base import Problem
+from policies.router_eval import grader_for, serving_lookup, split_items, verifier_for
+
+
+async def one_request(
+    policy: AdaptivePolicy, item: LabelItem, mode: str, deadline_s: float
+) -> dict[str, Any]:
+    """Serve one item: ``auto`` through the policy, ``high`` as plain always-search (the
+    configured best-of-N budget, no policy, no downgrade); latency, tokens, correctness."""
+    from policies.registry import get_strategy
+
+    problem = Problem(text=item.text, messages=messages_for(item.text), reference=item.reference)
+    t0 = time.monotonic()
+    try:
+        if mode == "auto":
+            d, res, total = await asyncio.wait_for(
+                policy.solve(problem, verifier_for(item.text), t0 + deadline_s),
+                timeout=deadline_s + 1.0,
+            )
+            arm = d.arm
+        else:
+            assert policy.backend is not None
+            strategy = policy.settings.effort["high"]
+            res = await asyncio.wait_for(
+                get_strategy(strategy).run(
+                    problem,
+                    policy.backend,
+                    verifier_for(item.text),
+                    policy.settings.budgets[strategy],
+                    t0 + deadline_s,
+                ),
+                timeout=deadline_s + 1.0,
+            )
+            arm, total = strategy, res.completion_tokens + res.verifier_tokens
+        g = grader_for(item.text)
+        ok = g is not None and g.score(item.text, res.text, item.reference) >= 0.5
+    except TimeoutError:
+        ok, arm, total = False, "timeout", 0
+    return {
+        "latency_ms": (time.monotonic() - t0) * 1000,
+        "correct": bool(ok),
+        "tokens": total,
+        "arm": arm,
+    }
+
+
+async def open_loop(
+    policy: AdaptivePolicy,
+    items: list[LabelItem],
+    mode: str,
+    rate: float,
+    duration_s: float,
+    deadline_s: float,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Poisson arrivals at ``rate`` for ``duration_s``; waits for every request to end."""
+    rng = random.Random(seed)
+    tasks = []
+    start = time.monotonic()
+    t = 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t > duration_s:
+            break
+        delay = start + t - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        item = items[rng.randrange(len(items))]
+        tasks.append(asyncio.create_task(one_request(policy, item, mode, deadline_s)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def closed_loop(
+    policy: AdaptivePolicy, items: list[LabelItem], workers: int, duration_s: float
+) -> tuple[float, float]:
+    """Always-search with ``workers`` clients back to back: (requests/s, tokens/s)."""
+    stop = time.monotonic() + duration_s
+    done: list[dict[str, Any]] = []
+    rng = random.Random(7)
+
+    async def worker() -> None:
+        while time.monotonic() < stop:
+            item = items[rng.randrange(len(items))]
+            done.append(await one_request(policy, item, "high", 60.0))
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    wall = time.monotonic() - t0
+    return len(done) / wall, sum(r["tokens"] for r in done) / wall
+
+
+def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
+    """SLO attainment, latency percentiles, accuracy, tokens and the arm mix."""
+    lat = np.asarray([r["latency_ms"] for r in rows])
+    arms: dict[str, int] = {}
+    for r in rows:
+        arms[r["arm"]] = arms.get(r["arm"], 0) + 1
+    return {
+        "requests": len(rows),
+        "slo_ms": round(slo_ms, 1),
+        "slo_met": round(float(np.mean(lat <= slo_ms)), 4) if len(rows) else None,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(rows) else None,
+        "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(rows) else None,
+        "accuracy": round(float(np.mean([r["correct"] for r in rows])), 4) if rows else None,
+        "mean_tokens": round(float(np.mean([r["tokens"] for r in rows])), 1) if rows else None,
+        "arms": dict(sorted(arms.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def make(backend: Any, model: RouterModel, slo_ms: float, capacity: float) -> AdaptivePolicy:
+    """A fresh policy (in-memory store) with the SLO and measured capacity."""
+    settings = AdaptiveSettings(
+        latency_slo_ms=slo_ms, exploration_rate=0.0, capacity_tokens_per_s=capacity
+    )
+    return AdaptivePolicy(
+        settings,
+        backend=backend,
+        model=model,
+        verifier_lookup=serving_lookup,
+        rng=random.Random(0),
+    )
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The three phases; returns the report."""
+    from backends.batching import MicroBatcher
+    from backends.transformers_backend import TransformersBackend
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        from backends.bundled.paths import bundled_model_path
+
+        model_dir = bundled_model_path()
+    tb = TransformersBackend.from_pretrained(
+        model_dir, device=args.device, dtype="float32", torch_threads=args.threads
+    )
+    backend = MicroBatcher(tb)
+    model = RouterModel.load(args.model)
+    items = split_items("test", args.csv, 0, 20, 1)
+    base = make(backend, model, 1e6, 1e4)
+    unloaded = [await one_request(base, items[i * 7 % len(items)], "high", 60.0) for i in range(12)]
+    l0 = float(np.median([r["latency_ms"] for r in unloaded[2:]]))
+    slo_ms = args.slo_ms or 4 * l0
+    req_s, tok_s = await closed_loop(base, items, args.workers, args.capacity_s)
+    rate = args.load_x * req_s
+    deadline_s = 3 * slo_ms / 1000
+    report: dict[str, Any] = {
+        "always_search_unloaded_p50_ms": round(l0, 1),
+        "always_search_sustained_req_s": round(req_s, 3),
+        "always_search_sustained_tok_s": round(tok_s, 1),
+        "offered_req_s": round(rate, 3),
+        "load_x": args.load_x,
+        "duration_s": args.duration_s,
+    }
+    high = await open_loop(
+        make(backend, model, slo_ms, tok_s), items, "high", rate, args.duration_s, deadline_s, 1
+    )
+    report["always_search"] = summary(high, slo_ms)
+    auto = await open_loop(
+        make(backend, model, slo_ms, tok_s), items, "auto", rate, args.duration_s, deadline_s, 1
+    )
+    report["auto"] = summary(auto, slo_ms)
+    await backend.close()
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry."""
+    p = argparse.ArgumentParser(prog="python -m policies.slo_live")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model-dir", type=Path, default=None)
+    p.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--slo-ms", type=float, default=0.0)
+    p.add_argument("--load-x", type=float, default=2.0)
+    p.add_argument("--workers", type=int, default=16)
+    p.add_argument("--capacity-s", type=float, default=20.0)
+    p.add_argument("--duration-s", type=float, default=40.0)
+    p.add_argument("--out", type=Path, default=Path("bench-out/slo_live.json"))
+    args = p.parse_args(argv)
+    report = asyncio.run(run(args))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
