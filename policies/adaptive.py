@@ -157,6 +157,7 @@ class LoadTracker:
         self._sat_time = 0.0
         self._sat_tokens = 0.0
         self.slowdown = 1.0
+        self.call_ms = 0.0
 
     def _advance(self, now: float) -> None:
         for k in [k for k, j in self.jobs.items() if j.expires_at <= now]:
@@ -202,6 +203,14 @@ class LoadTracker:
             self.capacity = 0.8 * self.capacity + 0.2 * observed
             self._sat_time = self._sat_tokens = 0.0
 
+    def observe_call(self, wall_ms: float) -> None:
+        """One backend call took ``wall_ms`` (the probe, a single pass, a sampling batch)."""
+        if wall_ms <= 0:
+            return
+        # Up fast (a queue is forming), down slower (do not trust a single quick call).
+        rate = 0.3 if wall_ms > self.call_ms else 0.1
+        self.call_ms = (1 - rate) * self.call_ms + rate * wall_ms
+
     def snapshot(self, now: float | None = None, elapsed_ms: float = 0.0) -> Load:
         """The load a new request would meet now."""
         t = self.clock() if now is None else now
@@ -219,6 +228,7 @@ class LoadTracker:
             elapsed_ms=elapsed_ms,
             utilization=offered / capacity,
             slowdown=self.slowdown,
+            call_ms=self.call_ms,
         )
 
 
@@ -447,12 +457,17 @@ class AdaptivePolicy:
             tok_factor = (tok0 * w0 + on.tokens) / (w0 + on.n) / tok0 if tok0 else 1.0
             lat_factor = (lat0 * w0 + on.latency_ms) / (w0 + on.n) / lat0 if lat0 else 1.0
             tok_item = tok0
+            calls = 1.0
+            if arm.strategy == "self_consistency":
+                calls = float(-(-budget.samples // max(1, budget.batch_size)))
+            elif arm.strategy == "beam_search":
+                calls = float(budget.max_steps)
             if arm.strategy == "self_consistency" and per_sample and est.exact_verifier:
                 # With an exact checker the sampler stops at the first verified sample, so
                 # an easy item costs a batch and a hard one the whole budget.
-                tok_item = per_sample * expected_samples(
-                    est.probs[arm.name], budget.samples, budget.batch_size
-                )
+                drawn = expected_samples(est.probs[arm.name], budget.samples, budget.batch_size)
+                tok_item = per_sample * drawn
+                calls = max(1.0, drawn / max(1, budget.batch_size))
             out.append(
                 ArmStats(
                     name=arm.name,
@@ -464,6 +479,7 @@ class AdaptivePolicy:
                     beta=b0 + on.fail,
                     tokens_mean=tok_item * tok_factor,
                     latency_ms_mean=lat0 * (tok_item / tok0 if tok0 else 1.0) * lat_factor,
+                    calls=calls,
                 )
             )
         return out
@@ -751,7 +767,7 @@ class AdaptivePolicy:
             except Exception:  # noqa: BLE001 - no verifier means no verdict, not an error
                 verifier = None
         try:
-            return await run_probe(
+            probe = await run_probe(
                 self.backend,
                 problem_text=problem.text,
                 prompt=problem.prompt,
@@ -762,6 +778,8 @@ class AdaptivePolicy:
                 reference=None,
                 clock=self.clock,
             )
+            self.tracker.observe_call(probe.wall_ms)
+            return probe
         except (BackendError, TimeoutError) as exc:
             log.warning("probe failed (%s); deciding on prompt features", exc)
             return None
@@ -841,6 +859,13 @@ class AdaptivePolicy:
             if arm is None or result is None:
                 return
             score = result.score
+            if not decision.reuse_probe and result.wall_ms > 0:
+                b = decision.budget
+                n_calls = 1
+                if decision.strategy == "self_consistency":
+                    n_calls = max(1, -(-result.samples // max(1, b.batch_size)))
+                if decision.strategy != "beam_search":
+                    self.tracker.observe_call(result.wall_ms / n_calls)
             if decision.reuse_probe:
                 # Single pass served by the probe: no extra tokens or time for this arm.
                 await self.store.record(

@@ -45,6 +45,7 @@ class ArmStats(BaseModel):
     beta: float = Field(gt=0)
     tokens_mean: float = Field(ge=0, description="Expected generated tokens of this arm.")
     latency_ms_mean: float = Field(ge=0, description="Expected latency when unloaded, ms.")
+    calls: float = Field(default=1.0, ge=0, description="Expected sequential backend calls.")
 
     @property
     def posterior_mean(self) -> float:
@@ -106,6 +107,9 @@ class Load(BaseModel):
     )
     slowdown: float = Field(
         default=1.0, gt=0, description="Observed over predicted latency, learned live."
+    )
+    call_ms: float = Field(
+        default=0.0, ge=0, description="Recent latency of one backend call (probe, pass)."
     )
 
 
@@ -198,7 +202,9 @@ def _round(v: float | None, nd: int = 4) -> float | None:
     return None if v is None else round(float(v), nd)
 
 
-def predict_latency_ms(cost_tokens: float, unloaded_ms: float, load: Load) -> float:
+def predict_latency_ms(
+    cost_tokens: float, unloaded_ms: float, load: Load, calls: float = 1.0
+) -> float:
     """Latency of an arm that generates ``cost_tokens`` under ``load``, in ms.
 
     Processor sharing: a new job of size c finishes after the backend has generated c tokens
@@ -206,14 +212,18 @@ def predict_latency_ms(cost_tokens: float, unloaded_ms: float, load: Load) -> fl
     work that arrives meanwhile shares the backend too, which divides the rate by (1 - rho)
     for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency. The
     live ``slowdown`` (observed / predicted latency of recent requests) corrects what this
-    model misses, e.g. a batching backend's head-of-line waits.
+    model misses, e.g. a batching backend's head-of-line waits. And an arm that makes ``calls``
+    sequential backend calls takes at least ``calls`` times the latency one call has right
+    now (``call_ms``, measured on the probe and single calls): a busy batching server makes
+    every call wait for a decode cycle, however few tokens it needs.
     """
     if cost_tokens <= 0:
         return 0.0
     shared = min(load.queued_tokens, load.inflight * cost_tokens) + cost_tokens
     free = 1.0 - min(load.utilization, 0.9)
     loaded_ms = 1000.0 * shared / (load.capacity_tokens_per_s * free)
-    return load.overhead_ms + max(unloaded_ms, loaded_ms) * load.slowdown
+    per_call = calls * load.call_ms
+    return load.overhead_ms + max(max(unloaded_ms, loaded_ms) * load.slowdown, per_call)
 
 
 def thompson_draws(
@@ -261,7 +271,7 @@ def score_arms(
         latency = (
             0.0
             if cost == 0 and arm.strategy == "single_pass"
-            else predict_latency_ms(cost, arm.latency_ms_mean, load)
+            else predict_latency_ms(cost, arm.latency_ms_mean, load, arm.calls)
         )
         feasible = latency <= remaining_ms and cost + est.probe_tokens <= slo.cost_cap_tokens
         utility = p - slo.lambda_per_1k_tokens * cost / 1000.0
@@ -376,7 +386,13 @@ def shrink_budget(
     miss the SLO: the strategy stays, its size goes down.
     """
     remaining = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
-    cost, lat = tokens_mean, predict_latency_ms(tokens_mean, unloaded_ms, load)
+
+    def calls(b: Budget) -> float:
+        if strategy == "self_consistency":
+            return float(math.ceil(b.samples / max(1, b.batch_size)))
+        return float(b.max_steps) if strategy == "beam_search" else 1.0
+
+    cost, lat = tokens_mean, predict_latency_ms(tokens_mean, unloaded_ms, load, calls(budget))
     shrunk = False
     b = budget
     while lat > remaining and (b.samples > 1 or b.beam_width > 1 or b.expansions > 1):
@@ -393,7 +409,7 @@ def shrink_budget(
         factor = scale_to / scale_from
         cost *= factor
         unloaded_ms *= factor
-        lat = predict_latency_ms(cost, unloaded_ms, load)
+        lat = predict_latency_ms(cost, unloaded_ms, load, calls(b))
         shrunk = True
     return b, cost, lat, shrunk
 

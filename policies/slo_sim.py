@@ -48,6 +48,7 @@ class _Req:
     tokens: float = 0.0
     correct: bool = False
     done: float | None = None
+    decided_at: float = 0.0
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _rates(jobs: list[_Job], capacity: float, single: float) -> list[float]:
     return rates
 
 
-def _result(tokens: float, correct: bool) -> StrategyResult:
+def _result(tokens: float, correct: bool, wall_ms: float = 0.0) -> StrategyResult:
     return StrategyResult(
         strategy="sim",
         text="",
@@ -117,7 +118,7 @@ def _result(tokens: float, correct: bool) -> StrategyResult:
         visible_tokens=int(tokens),
         hidden_tokens=0,
         verifier_tokens=0,
-        wall_ms=0.0,
+        wall_ms=wall_ms,
         samples=1,
         stop_reason="budget",
         score=1.0 if correct else 0.0,
@@ -166,7 +167,7 @@ class _Sim:
         self.out.tokens.append(r.tokens)
         self.out.correct.append(r.correct)
         if self.policy is not None and r.decision is not None:
-            res = _result(r.tokens, r.correct)
+            res = _result(r.tokens, r.correct, ((r.done or self.now) - r.decided_at) * 1000)
             await self.policy.record(r.decision, res, None, now=self.now)
 
     async def decide(self, r: _Req, probe: ProbeSummary | None) -> None:
@@ -179,6 +180,7 @@ class _Sim:
         load = pol.tracker.snapshot(self.now, elapsed_ms=(self.now - r.arrival) * 1000)
         d = await pol.choose(est, self.slo, load)
         r.decision = d
+        r.decided_at = self.now
         # The probe was admitted as its own job; count only the arm's tokens here.
         arm_tokens = (d.predicted_cost_tokens or 0.0) - d.probe_tokens
         pol.tracker.begin(
@@ -224,6 +226,7 @@ class _Sim:
         if j.phase == "probe":
             if self.policy is not None:
                 self.policy.tracker.end(f"probe-{r.rid}", j.tokens, self.now)
+                self.policy.tracker.observe_call((self.now - r.arrival) * 1000)
             await self.decide(r, ProbeSummary.model_validate(r.item["probe"]))
             if r.done is not None:
                 await self.finish(r)
