@@ -196,6 +196,72 @@ async def run_row(
     return list(await asyncio.gather(*(one(i) for i in items)))
 
 
+def auto_runner(backend: Backend, router_model: Path | None, timeout_s: float) -> Runner:
+    """The router's ``auto`` row: decide (probe included), run or reuse, learn online.
+
+    The probe's tokens are counted as hidden tokens of the result unless the probe *is* the
+    answer; the row's records name the chosen arm as ``auto:<arm>``. State is in memory and
+    starts from the router model's training priors (no grading feedback reaches it).
+    """
+    from policies.adaptive import AdaptivePolicy, AdaptiveSettings
+    from router.config import AppConfig
+
+    model = AdaptivePolicy.load_model(str(router_model) if router_model else None)
+    settings = AdaptiveSettings.from_config(AppConfig(), exploration_rate=0.0)
+
+    def lookup(text: str) -> tuple[str, Verifier | None]:
+        from backends.bundled.tasks.detect import parse_task
+        from backends.verifiers.registry import verifier_for_task
+
+        kind = parse_task(text).kind
+        return kind, verifier_for_task(kind)
+
+    policy = AdaptivePolicy(settings, backend=backend, model=model, verifier_lookup=lookup)
+
+    async def run(item: Item) -> StrategyResult:
+        problem = Problem(
+            text=item.text,
+            messages=[ChatMessage(role="user", content=item.text)],
+            seed=abs(hash(item.id)) % 100_000,
+        )
+        d, res, total = await policy.solve(
+            problem, serving_verifier(item), time.monotonic() + timeout_s
+        )
+        extra = total - res.completion_tokens - res.verifier_tokens  # the probe, if not reused
+        return StrategyResult(
+            **{
+                **res.__dict__,
+                "strategy": f"auto:{d.arm}",
+                "hidden_tokens": res.hidden_tokens + extra,
+            }
+        )
+
+    return run
+
+
+def oracle_records(records: list[dict[str, Any]], rows: list[str]) -> list[dict[str, Any]]:
+    """The ``oracle`` row, known after the fact: per item the cheapest of ``rows`` that solved
+    it (unsolved items cost the cheapest row's tokens)."""
+    by_item: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["row"] in rows:
+            by_item.setdefault(r["item"], []).append(r)
+    out = []
+    for item, rs in by_item.items():
+        solved = [r for r in rs if r["correct"]]
+        best = min(solved or rs, key=lambda r: r["tokens"])
+        out.append(
+            {
+                **best,
+                "row": "oracle",
+                "strategy": f"oracle:{best['row']}",
+                "correct": bool(solved),
+                "item": item,
+            }
+        )
+    return out
+
+
 def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Accuracy, mean tokens and latency per row, in the order rows appear."""
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -281,8 +347,15 @@ def run_bench(
     extra_rows: dict[str, Runner] | None = None,
     title: str = "",
     progress: bool = True,
+    auto: bool = True,
+    oracle: bool = True,
+    router_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every arm (and ``extra_rows``) over ``items``; writes JSON and a PNG beside it."""
+    """Run every arm (and ``extra_rows``) over ``items``; writes JSON and a PNG beside it.
+
+    ``auto`` adds the router's row (``router_model``, default the bundled one); ``oracle``
+    adds the cheapest fixed arm that solved each item, known after the fact.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from backends.batching import MicroBatcher
@@ -299,6 +372,8 @@ def run_bench(
             (name, strategy_runner(backend, strat, budget, timeout_s))
             for name, strat, budget in specs
         ] + list((extra_rows or {}).items())
+        if auto:
+            rows.append(("auto", auto_runner(backend, router_model, timeout_s)))
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -316,6 +391,8 @@ def run_bench(
 
     t0 = time.time()
     asyncio.run(main())
+    if oracle:
+        records.extend(oracle_records(records, [name for name, _, _ in specs]))
     summary = summarise(records)
     result = {
         "title": title,
