@@ -88,6 +88,9 @@ class AdaptiveSettings(BaseModel):
     capacity_tokens_per_s: float = Field(
         default=2000.0, gt=0, description="Initial backend throughput guess (learned live)."
     )
+    call_latency_ms: float = Field(
+        default=0.0, ge=0, description="Initial latency of one backend call (learned live)."
+    )
     probe_share_of_slo: float = Field(
         default=0.5, gt=0, le=1, description="Skip the probe if it would use more of the SLO."
     )
@@ -158,6 +161,8 @@ class LoadTracker:
         self._sat_tokens = 0.0
         self.slowdown = 1.0
         self.call_ms = 0.0
+        self._call_mean = 0.0
+        self._call_dev = 0.0
 
     def _advance(self, now: float) -> None:
         for k in [k for k, j in self.jobs.items() if j.expires_at <= now]:
@@ -204,12 +209,19 @@ class LoadTracker:
             self._sat_time = self._sat_tokens = 0.0
 
     def observe_call(self, wall_ms: float) -> None:
-        """One backend call took ``wall_ms`` (the probe, a single pass, a sampling batch)."""
+        """One backend call took ``wall_ms`` (the probe, a single pass, a sampling batch).
+
+        Keeps an EWMA of the mean and of the absolute deviation; ``call_ms`` is mean + 2
+        deviations, a high quantile: on a batching server a call may land just after a
+        decode cycle started and wait for all of it.
+        """
         if wall_ms <= 0:
             return
         # Up fast (a queue is forming), down slower (do not trust a single quick call).
-        rate = 0.3 if wall_ms > self.call_ms else 0.1
-        self.call_ms = (1 - rate) * self.call_ms + rate * wall_ms
+        rate = 0.3 if wall_ms > self._call_mean else 0.1
+        self._call_dev = (1 - rate) * self._call_dev + rate * abs(wall_ms - self._call_mean)
+        self._call_mean = (1 - rate) * self._call_mean + rate * wall_ms
+        self.call_ms = self._call_mean + 2 * self._call_dev
 
     def snapshot(self, now: float | None = None, elapsed_ms: float = 0.0) -> Load:
         """The load a new request would meet now."""
@@ -296,6 +308,8 @@ class AdaptivePolicy:
         self.rng = rng or random.Random()
         self.clock = clock
         self.tracker = LoadTracker(settings.capacity_tokens_per_s, clock)
+        if settings.call_latency_ms:
+            self.tracker.observe_call(settings.call_latency_ms)
         self.arms: list[ArmSpec] = list(self.model.card.arms)
         self._arm_by_name = {a.name: a for a in self.arms}
         # Probe length is part of the feature schema: entropy over 24 tokens is not entropy
@@ -467,7 +481,7 @@ class AdaptivePolicy:
                 # an easy item costs a batch and a hard one the whole budget.
                 drawn = expected_samples(est.probs[arm.name], budget.samples, budget.batch_size)
                 tok_item = per_sample * drawn
-                calls = max(1.0, drawn / max(1, budget.batch_size))
+                # Latency keeps the worst case (every batch drawn): an SLO is about the tail.
             out.append(
                 ArmStats(
                     name=arm.name,
