@@ -268,7 +268,9 @@ async def label_chunk(
         }
         pool = [_sample(c, it, grader, verifier, exact) for c in results[2 * i + 1].completions]
         arm_out = pool_arms(pool, arms, batch_ms, exact)
-        if probe_c.finish_reason == "stop":
+        # The probe is single pass's own request when it had single pass's token budget
+        # (greedy either way); a shorter probe stands for it only when it finished.
+        if probe_c.finish_reason == "stop" or probe_tokens >= sample_max_tokens:
             greedy = {
                 "correct": probe_ok,
                 "tokens": probe_c.tokens,

@@ -429,13 +429,20 @@ class AdaptivePolicy:
             ood=ood,
             probs={n: float(p) for n, p in zip(self.model.arm_names, probs, strict=True)},
             probe_tokens=probe_tokens,
-            probe_reusable=probe is not None and probe.finish_reason == "stop",
+            probe_reusable=probe is not None and self._reusable(probe),
             probe_verdict=probe.verifier_score if probe is not None else None,
             exact_verifier=self.has_exact_verifier(text)
             if exact_verifier is None
             else exact_verifier,
             features=as_dict(row),
         )
+
+    def _reusable(self, probe: ProbeSummary) -> bool:
+        # A finished greedy decode is the single-pass answer; so is a cut one when the probe
+        # had at least single pass's own token budget (single pass would be cut the same).
+        if probe.finish_reason == "stop":
+            return True
+        return self.probe_tokens >= self.budget_of("single_pass", None, None).max_tokens
 
     def has_exact_verifier(self, text: str) -> bool:
         """Whether serving checks this prompt's answers exactly (Game of 24: yes)."""
@@ -483,7 +490,7 @@ class AdaptivePolicy:
                 tok_item = per_sample * drawn
                 # Latency keeps the worst case (every batch drawn): an SLO is about the tail.
             out.append(
-                ArmStats(
+                ArmStats.model_construct(
                     name=arm.name,
                     strategy=arm.strategy,
                     budget=budget,

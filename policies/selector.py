@@ -276,7 +276,8 @@ def score_arms(
         feasible = latency <= remaining_ms and cost + est.probe_tokens <= slo.cost_cap_tokens
         utility = p - slo.lambda_per_1k_tokens * cost / 1000.0
         out.append(
-            Candidate(
+            # Internal values, already typed: skip validation on the hot path.
+            Candidate.model_construct(
                 arm=arm.name,
                 p_success=round(p, 4),
                 cost_tokens=round(cost, 1),
