@@ -59,7 +59,7 @@ def default_arms() -> list[ArmSpec]:
         ArmSpec(name="bounded_reasoning", strategy="bounded_reasoning"),
         sc(4, 4),
         sc(8, 4),
-        sc(16, 8),
+        sc(16, 4),  # the configured self-consistency budget
         sc(32, 8),
         ArmSpec(
             name="best_of_n@16", strategy="best_of_n", budget={"samples": 16, "batch_size": 16}
