@@ -254,6 +254,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        if err.status_code == 400:
+            # FastAPI's own body parser failed (e.g. bytes that are not UTF-8 JSON).
+            return _error_response(
+                APIError(400, f"request body is not valid JSON: {err.detail}", code="json_invalid")
+            )
         code = "not_found" if err.status_code == 404 else "http_error"
         return _error_response(APIError(err.status_code, str(err.detail), code=code))
 
