@@ -47,12 +47,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $cfg := deepCopy .Values.router -}}
 {{- $redis := dict -}}
 {{- if hasKey $cfg "redis" -}}{{- $redis = get $cfg "redis" -}}{{- end -}}
-{{- if not .Values.redis.external.existingSecret -}}
+{{- if not (and .Values.redis.external.enabled .Values.redis.external.existingSecret) -}}
 {{- $port := ternary .Values.redis.external.port 6379 .Values.redis.external.enabled -}}
 {{- $db := ternary .Values.redis.external.db 0 .Values.redis.external.enabled -}}
 {{- $_ := set $redis "url" (printf "redis://%s:%v/%v" (include "acr.redisHost" .) $port $db) -}}
 {{- end -}}
 {{- $_ := set $cfg "redis" $redis -}}
+{{- /* In the cluster the Serve proxy listens on 0.0.0.0:8000 whatever a local file said. */ -}}
+{{- $server := dict -}}
+{{- if hasKey $cfg "server" -}}{{- $server = get $cfg "server" -}}{{- end -}}
+{{- $_ := set $server "host" "0.0.0.0" -}}
+{{- $_ := set $server "port" 8000 -}}
+{{- $_ := set $cfg "server" $server -}}
+{{- $plan := include "acr.modelPlan" . | fromYaml -}}
+{{- $model := dict -}}
+{{- if hasKey $cfg "model" -}}{{- $model = get $cfg "model" -}}{{- end -}}
+{{- $_ := set $model "num_cpus" $plan.numCpus -}}
+{{- $_ := set $model "num_gpus" $plan.numGpus -}}
+{{- $_ := set $model "autoscaling" (dict "min_replicas" $plan.minReplicas "max_replicas" $plan.maxReplicas "target_ongoing_requests" $plan.targetOngoingRequests) -}}
+{{- $_ := set $cfg "model" $model -}}
 {{- if or .Values.apiKeys.keys .Values.apiKeys.existingSecret -}}
 {{- $auth := dict -}}
 {{- if hasKey $cfg "auth" -}}{{- $auth = get $cfg "auth" -}}{{- end -}}
@@ -105,6 +118,46 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end -}}
 
+{{/*
+The model replicas' resources and autoscaling, one answer for serveConfigV2 and the
+ConfigMap: a field set in values.router.model (the config file tuned locally) wins over
+values.serve.model. Fails on settings that cannot deploy.
+*/}}
+{{- define "acr.modelPlan" -}}
+{{- $r := .Values.router.model | default dict -}}
+{{- $a := get $r "autoscaling" | default dict -}}
+{{- $s := .Values.serve.model -}}
+{{- $numCpus := ternary (get $r "num_cpus") $s.numCpus (hasKey $r "num_cpus") -}}
+{{- $numGpus := ternary (get $r "num_gpus") $s.numGpus (hasKey $r "num_gpus") -}}
+{{- $min := ternary (get $a "min_replicas") $s.minReplicas (hasKey $a "min_replicas") -}}
+{{- $max := ternary (get $a "max_replicas") $s.maxReplicas (hasKey $a "max_replicas") -}}
+{{- $target := ternary (get $a "target_ongoing_requests") $s.targetOngoingRequests (hasKey $a "target_ongoing_requests") -}}
+{{- if lt (int $max) (int $min) -}}
+{{- fail (printf "model replicas: maxReplicas (%v) must be >= minReplicas (%v)" $max $min) -}}
+{{- end -}}
+{{- if and (gt (float64 $numGpus) 0.0) (not .Values.workers.gpu.enabled) -}}
+{{- fail (printf "model replicas ask for %v GPU each: set workers.gpu.enabled=true (or numGpus 0)" $numGpus) -}}
+{{- end -}}
+numCpus: {{ $numCpus }}
+numGpus: {{ $numGpus }}
+minReplicas: {{ $min }}
+maxReplicas: {{ $max }}
+targetOngoingRequests: {{ $target }}
+{{- end -}}
+
+{{/* Settings that render but cannot work: fail with what to change. */}}
+{{- define "acr.validate" -}}
+{{- if and .Values.serve.verifier.enabled (not (get (.Values.router.verifier | default dict) "reward_model_path")) -}}
+{{- fail "serve.verifier.enabled needs router.verifier.reward_model_path (a reward model checkpoint in the image)" -}}
+{{- end -}}
+{{- if and .Values.redis.external.enabled (not .Values.redis.external.host) -}}
+{{- fail "redis.external.enabled needs redis.external.host" -}}
+{{- end -}}
+{{- if and (not .Values.workers.cpu.enabled) (not .Values.workers.gpu.enabled) -}}
+{{- fail "enable at least one worker group (workers.cpu.enabled or workers.gpu.enabled)" -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The Serve config KubeRay deploys (serveConfigV2). */}}
 {{- define "acr.serveConfig" -}}
 applications:
@@ -118,19 +171,20 @@ applications:
         num_replicas: {{ .Values.serve.ingress.replicas }}
         ray_actor_options:
           num_cpus: {{ .Values.serve.ingress.numCpus }}
+      {{- $plan := include "acr.modelPlan" . | fromYaml }}
       - name: ModelReplica
         max_ongoing_requests: {{ .Values.serve.model.maxOngoingRequests }}
-        {{- if gt (int .Values.serve.model.maxReplicas) (int .Values.serve.model.minReplicas) }}
+        {{- if gt (int $plan.maxReplicas) (int $plan.minReplicas) }}
         autoscaling_config:
-          min_replicas: {{ .Values.serve.model.minReplicas }}
-          max_replicas: {{ .Values.serve.model.maxReplicas }}
-          target_ongoing_requests: {{ .Values.serve.model.targetOngoingRequests }}
+          min_replicas: {{ $plan.minReplicas }}
+          max_replicas: {{ $plan.maxReplicas }}
+          target_ongoing_requests: {{ $plan.targetOngoingRequests }}
         {{- else }}
-        num_replicas: {{ .Values.serve.model.minReplicas }}
+        num_replicas: {{ max 1 (int $plan.minReplicas) }}
         {{- end }}
         ray_actor_options:
-          num_cpus: {{ .Values.serve.model.numCpus }}
-          num_gpus: {{ .Values.serve.model.numGpus }}
+          num_cpus: {{ $plan.numCpus }}
+          num_gpus: {{ $plan.numGpus }}
           {{- with .Values.serve.model.resources }}
           resources:
             {{- toYaml . | nindent 12 }}
