@@ -165,6 +165,38 @@ def test_serve_config_names_import_paths_and_deployments_that_exist() -> None:
     }
 
 
+def test_serve_config_passes_ray_serves_own_schema() -> None:
+    from ray.serve.schema import DeploymentSchema, ServeDeploySchema
+
+    fields = set(getattr(DeploymentSchema, "model_fields", None) or DeploymentSchema.__fields__)
+    config = serve_config(render({**GPU_VALUES, "serve": {"model": {"resources": {"a": 1}}}}))
+    parsed = ServeDeploySchema(**config)
+    assert parsed.applications[0].import_path == "router.app:app_builder"
+    for deployment in config["applications"][0]["deployments"]:
+        # Ray accepts unknown keys here silently; a typo would be ignored in the cluster.
+        assert set(deployment) <= fields, deployment["name"]
+
+
+def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from ray.serve._private.build_app import build_app
+
+    from router.app import app_builder
+
+    for name in [n for n in os.environ if n.startswith("ACR_")]:
+        monkeypatch.delenv(name)
+    objs = render()
+    path = tmp_path / "config.yaml"
+    path.write_text(objs["ConfigMap"][0]["data"]["config.yaml"])
+    app = serve_config(objs)["applications"][0]
+    built = build_app(app_builder(app["args"] | {"config_path": str(path)}), name=app["name"])
+    # Serve refuses a config that overrides a deployment the application does not define.
+    assert {d.name for d in built.deployments} == {d["name"] for d in app["deployments"]}
+
+
 def test_gpu_values_add_a_gpu_worker_group_and_gpu_replicas() -> None:
     objs = render(GPU_VALUES)
     groups = objs["RayService"][0]["spec"]["rayClusterConfig"]["workerGroupSpecs"]
