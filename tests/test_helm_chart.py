@@ -306,11 +306,25 @@ def test_optional_ingress_and_service_monitor_render_when_enabled() -> None:
         {"router": {"server": {"port": 70000}}},
         {"router": {"bogus": {}}},
         {"redis": {"persistence": {"enabled": "yes"}}},
+        {"router": {"server": {"bogus": 1}}},
+        {"router": {"policy": {"latency_slo_ms": "fast"}}},
+        {"router": {"model": {"kind": "vllm"}}},
+        {"workers": {"gpu": {"gpusPerWorker": 0}}},
+        {"service": {"type": "Loadbalancer"}},
     ],
 )
 def test_the_schema_rejects_wrong_types_and_unknown_keys(values: dict[str, Any]) -> None:
+    chart = Chart.load(CHART_DIR)
     with pytest.raises(HelmError):
-        Chart.load(CHART_DIR).validate_schema(values)
+        chart.validate_schema(values)
+    # Rendering (what `helm install` does) applies the same schema.
+    with pytest.raises(HelmError):
+        chart.render(values, name="acr")
+
+
+def test_the_schema_accepts_the_projects_example_config_under_router() -> None:
+    local = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    Chart.load(CHART_DIR).validate_schema({"router": local})
 
 
 @pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
