@@ -17,6 +17,7 @@ from policies.common import (
     candidate_of,
     finish,
     mean_logprob,
+    out_of_time,
     request_for,
     score_all,
     vote,
@@ -48,18 +49,7 @@ class BestOfN(Strategy):
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
-            return finish(
-                self.name,
-                chosen=None,
-                candidates=[],
-                prompt_tokens=0,
-                generated_tokens=0,
-                verifier_tokens=0,
-                started=started,
-                clock=clock,
-                samples=0,
-                stop_reason="deadline",
-            )
+            return out_of_time(self.name, started, clock)
         cands = [candidate_of(c) for c in res.completions]
         lp = {id(c): mean_logprob(comp) for c, comp in zip(cands, res.completions, strict=True)}
         spent, verified = score_all(verifier, problem, cands)

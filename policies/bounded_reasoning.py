@@ -21,7 +21,7 @@ from policies.base import (
     Strategy,
     StrategyResult,
 )
-from policies.common import call_until, finish, request_for, score_all
+from policies.common import call_until, finish, out_of_time, request_for, score_all
 
 FORCED_ANSWER_TOKENS = 24
 
@@ -56,18 +56,7 @@ class BoundedReasoning(Strategy):
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
-            return finish(
-                self.name,
-                chosen=None,
-                candidates=[],
-                prompt_tokens=0,
-                generated_tokens=0,
-                verifier_tokens=0,
-                started=started,
-                clock=clock,
-                samples=0,
-                stop_reason="deadline",
-            )
+            return out_of_time(self.name, started, clock)
         comp = res.completions[0]
         generated = res.completion_tokens
         text = cut_after_answer(comp.text)

@@ -113,6 +113,22 @@ def finish(
     )
 
 
+def out_of_time(name: str, started: float, clock: Clock) -> StrategyResult:
+    """The result of a strategy whose first call did not finish before the deadline."""
+    return finish(
+        name,
+        chosen=None,
+        candidates=[],
+        prompt_tokens=0,
+        generated_tokens=0,
+        verifier_tokens=0,
+        started=started,
+        clock=clock,
+        samples=0,
+        stop_reason="deadline",
+    )
+
+
 def score_all(verifier: object, problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
     """Score candidates in place; returns (verifier tokens spent, any exactly verified)."""
     from backends.verifiers.base import Verifier, VerifierError

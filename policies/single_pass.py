@@ -7,7 +7,7 @@ import time
 from backends.base import Backend
 from backends.verifiers.base import Verifier
 from policies.base import Budget, Clock, Problem, Strategy, StrategyResult
-from policies.common import call_until, candidate_of, finish, request_for, score_all
+from policies.common import call_until, candidate_of, finish, out_of_time, request_for, score_all
 
 
 class SinglePass(Strategy):
@@ -31,18 +31,7 @@ class SinglePass(Strategy):
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
-            return finish(
-                self.name,
-                chosen=None,
-                candidates=[],
-                prompt_tokens=0,
-                generated_tokens=0,
-                verifier_tokens=0,
-                started=started,
-                clock=clock,
-                samples=0,
-                stop_reason="deadline",
-            )
+            return out_of_time(self.name, started, clock)
         cand = candidate_of(res.completions[0])
         spent, _ = score_all(verifier, problem, [cand])
         return finish(
