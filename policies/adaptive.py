@@ -49,6 +49,7 @@ log = logging.getLogger("acr.policy")
 
 VerifierLookup = Callable[[str], tuple[str, Verifier | None]]
 EFFORTS = ("low", "medium", "high")
+FAST_PATH_MS = 10.0
 
 
 def default_budgets() -> dict[str, Budget]:
@@ -322,6 +323,9 @@ class AdaptivePolicy:
         # Probes waiting to be reused by the service, by decision id (bounded).
         self._probes: dict[str, ProbeResult] = {}
         self._budgets: dict[tuple[str, str], Budget] = {}
+        # Warm the lazy imports and code paths now, not on the first request's clock.
+        self.estimate("1 2 3 4", None, exact_verifier=False)
+        self.estimate("What is 1+2?", None, exact_verifier=False)
 
     @classmethod
     def from_config(
@@ -604,6 +608,19 @@ class AdaptivePolicy:
         elif effort in EFFORTS:
             forced, source = self.settings.effort[effort], "effort"  # type: ignore[index]
         probe_result: ProbeResult | None = None
+        if deadline_ms is not None and deadline_ms < FAST_PATH_MS:
+            # Deliberating costs about a millisecond; under a deadline this short it would
+            # eat the request's own time: the forced strategy, else the cheapest, at once.
+            name = forced or "single_pass"
+            d = Decision(
+                strategy=name,
+                arm=name,
+                budget=self.budget_of(name, None, budget_override),
+                reason=f"deadline {deadline_ms:.0f} ms leaves no time to deliberate; {name}",
+                source=source,  # type: ignore[arg-type]
+                policy_version=self.version,
+            )
+            return d, None
         try:
             if forced is not None:
                 d = await self._forced(

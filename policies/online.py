@@ -189,12 +189,22 @@ class RedisPolicyStore(PolicyStore):
         self._down_until = 0.0
 
     @classmethod
-    def from_url(cls, url: str, *, key_prefix: str, version: str, **kw: Any) -> RedisPolicyStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        key_prefix: str,
+        version: str,
+        socket_timeout_s: float = 0.5,
+        **kw: Any,
+    ) -> RedisPolicyStore:
         """A store on a new ``redis.asyncio`` client for ``url``."""
         from redis.asyncio import Redis
 
         return cls(
-            Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5),
+            Redis.from_url(
+                url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            ),
             key_prefix=key_prefix,
             version=version,
             **kw,

@@ -88,8 +88,14 @@ def result(score: float | None, tokens: int = 400, wall_ms: float = 300.0) -> St
 
 def replica(url: str, model: RouterModel, **kw: object) -> AdaptivePolicy:
     s = settings(**kw)
+    # A generous socket timeout: on an oversubscribed CI box a 0.5 s one would trip the
+    # fail-open path and split the counts these tests check.
     store = RedisPolicyStore.from_url(
-        url, key_prefix="acrtest", version=AdaptivePolicy.version_for(s, model), refresh_s=0.0
+        url,
+        key_prefix="acrtest",
+        version=AdaptivePolicy.version_for(s, model),
+        refresh_s=0.0,
+        socket_timeout_s=5.0,
     )
     return AdaptivePolicy(
         s, backend=GreedyBackend(), store=store, model=model, verifier_lookup=lookup
@@ -393,3 +399,13 @@ def test_the_load_tracker_learns_how_much_slower_requests_are_than_predicted() -
         now[0] += 0.1
         t.end(f"s{i}", 100)
     assert t.snapshot().slowdown < 1.2  # and it recovers when predictions hold again
+
+
+async def test_a_deadline_too_short_to_deliberate_takes_single_pass_at_once(
+    model: RouterModel,
+) -> None:
+    backend = GreedyBackend()
+    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
+    d = await pol.decide(Problem(text="4 6 1 1"), deadline_ms=1)
+    assert d.strategy == "single_pass" and "no time" in d.reason
+    assert backend.calls == 0
