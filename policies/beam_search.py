@@ -6,6 +6,12 @@ prefix prefill); the calls run concurrently so the backend can batch them. Propo
 deduplicated and scored by the verifier's ``score_steps`` (an exact step checker or a
 learned PRM); without one, by how often they were proposed and their log-prob. An
 ``Answer:`` line finishes a beam; an exactly verified answer ends the search.
+
+When every child of a round is pruned (all proposals invalid, or every finished answer
+rejected by an exact verifier) the same states are sampled again with fresh seeds rather than
+giving up: an anytime search should spend its budget. The budget is
+``max_tokens * beam_width * expansions`` generated tokens in all (the tokens of ``beam_width``
+full traces of ``expansions`` proposals each), plus ``max_steps`` lines per trace.
 """
 
 from __future__ import annotations
@@ -17,11 +23,14 @@ from dataclasses import dataclass, field
 
 from backends.base import Backend, GenerationResult
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
-from backends.verifiers.numeric import extract_answer
+from backends.verifiers.numeric import extract_answer, normalize_answer
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
 from policies.common import call_until, finish, mean_logprob, request_for
 
+#: longest single step (line) a proposal may take, in tokens
 STEP_TOKENS = 48
+#: how many times a dead frontier is re-sampled, in all, before the search gives up
+MAX_RESAMPLES = 4
 
 
 @dataclass
@@ -47,17 +56,24 @@ class BeamSearch(Strategy):
         deadline: float,
         clock: Clock = time.monotonic,
     ) -> StrategyResult:
-        """The best finished trace (or best partial one at the deadline)."""
+        """The best finished trace (or the best partial one when none finished).
+
+        ``stop_reason``: verified (an exact verifier accepted an answer), answered (every
+        beam finished, no exact verifier to ask for more), budget (tokens or steps spent),
+        exhausted (the frontier died even after re-sampling) or deadline.
+        """
         started = clock()
         base = problem.prompt
         if base is None and problem.messages is not None:
             base = await backend.render_chat(problem.messages)
         base = base or ""
+        token_budget = budget.max_tokens * budget.beam_width * budget.expansions
         beams = [Beam()]
         finished: list[Candidate] = []
         prompt_tokens = generated = spent = samples = 0
         stop: StopReason = "budget"
-        for depth in range(budget.max_steps):
+        depth = resamples = calls = 0
+        while depth < budget.max_steps:
             results = await asyncio.gather(
                 *(
                     call_until(
@@ -70,9 +86,7 @@ class BeamSearch(Strategy):
                             stop=["\n"],
                             logprobs=True,
                             prompt=base + "".join(line + "\n" for line in b.lines),
-                            seed=None
-                            if problem.seed is None
-                            else problem.seed + 104_729 * depth + i,
+                            seed=_seed(problem, calls, i),
                         ),
                         deadline,
                         clock,
@@ -80,6 +94,7 @@ class BeamSearch(Strategy):
                     for i, b in enumerate(beams)
                 )
             )
+            calls += 1
             if any(r is None for r in results):
                 stop = "deadline"
             proposals: list[tuple[Beam, str, int, float]] = []
@@ -97,14 +112,25 @@ class BeamSearch(Strategy):
                 stop = "verified"
             if stop in ("verified", "deadline"):
                 break
+            if generated >= token_budget:
+                stop = "budget"
+                break
+            # A trace that has used its whole per-trace budget cannot go on.
+            next_beams = [b for b in next_beams if b.tokens < budget.max_tokens]
+            if not next_beams:
+                exact = verifier is not None and verifier.exact
+                if finished and not exact:
+                    stop = "answered"  # nothing says the answers are wrong: stop here
+                    break
+                if resamples >= MAX_RESAMPLES:
+                    stop = "exhausted"
+                    break
+                resamples += 1
+                continue  # the same states again, new seeds
             next_beams.sort(key=lambda b: b.score, reverse=True)
             beams = next_beams[: budget.beam_width]
-            if not beams:
-                stop = "exhausted"
-                break
-            if generated >= budget.max_tokens * budget.beam_width * budget.expansions:
-                break
-        chosen = _best(finished, beams)
+            depth += 1
+        chosen = _best(finished, beams, verifier is not None)
         return finish(
             self.name,
             chosen=chosen,
@@ -118,13 +144,17 @@ class BeamSearch(Strategy):
             stop_reason=stop,
         )
 
-    # scoring lives in module functions so tests can reach them
+
+def _seed(problem: Problem, call: int, state: int) -> int | None:
+    """A fresh seed per call and state, so a re-sampled state gets new proposals."""
+    return None if problem.seed is None else problem.seed + 104_729 * call + state
 
 
 def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, float]]:
-    """Distinct next lines of ``beam`` with the tokens spent and a frequency/log-prob score.
+    """Distinct next lines of ``beam``: (beam, line, tokens of one copy, frequency score).
 
-    The returned score is replaced by the process verifier's when one is used.
+    The frequency score (share of the ``n`` proposals, plus a small log-prob tie-break) is
+    what ranks children without a process verifier.
     """
     counts: Counter[str] = Counter()
     tokens: dict[str, int] = {}
@@ -145,7 +175,11 @@ def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, flo
 def _grow(
     proposals: list[tuple[Beam, str, int, float]], verifier: Verifier | None, problem: Problem
 ) -> tuple[list[Beam], list[Candidate], int, bool]:
-    """Children of the proposals: live beams, finished answers, verifier tokens, verified?"""
+    """Children of the proposals: (live beams, finished answers, verifier tokens, verified?).
+
+    With an exact process verifier an invalid step is pruned at once (it cannot lead to a
+    valid answer); with a learned one the step score ranks the child.
+    """
     beams: list[Beam] = []
     done: list[Candidate] = []
     spent, verified = 0, False
@@ -176,6 +210,7 @@ def _grow(
 
 
 def _step_score(verifier: ProcessVerifier, problem: Problem, lines: list[str]) -> float | None:
+    """The latest step's process score, or None when the verifier cannot score this problem."""
     try:
         scores = verifier.score_steps(problem.text, lines)
     except VerifierError:
@@ -184,6 +219,7 @@ def _step_score(verifier: ProcessVerifier, problem: Problem, lines: list[str]) -
 
 
 def _outcome(verifier: Verifier | None, problem: Problem, cand: Candidate) -> tuple[int, bool]:
+    """Scores a finished trace in place; returns (verifier tokens, exactly verified?)."""
     if verifier is None:
         return 0, False
     try:
@@ -193,10 +229,27 @@ def _outcome(verifier: Verifier | None, problem: Problem, cand: Candidate) -> tu
     return verifier.verifier_tokens(problem.text, cand.text), verifier.exact and cand.score >= 1.0
 
 
-def _best(finished: list[Candidate], beams: list[Beam]) -> Candidate | None:
-    if finished:
+def _best(finished: list[Candidate], beams: list[Beam], scored: bool) -> Candidate | None:
+    """The response to return.
+
+    With a verifier: the best-scored finished trace. Without one: a vote over the finished
+    answers weighted by their proposal frequency (the answer most of the search agreed on),
+    its most frequent trace. With nothing finished: the best live partial trace.
+    """
+    if finished and scored:
         return max(finished, key=lambda c: c.score if c.score is not None else -1.0)
+    if finished:
+        weight: dict[str, float] = {}
+        for c in finished:
+            key = normalize_answer(c.answer)
+            if key is not None:
+                weight[key] = weight.get(key, 0.0) + (c.score or 0.0)
+        if weight:
+            top = max(weight, key=lambda k: weight[k])
+            pool = [c for c in finished if normalize_answer(c.answer) == top]
+            return max(pool, key=lambda c: c.score or 0.0)
+        return max(finished, key=lambda c: c.score or 0.0)
     if beams:
-        b = beams[0]
+        b = max(beams, key=lambda b: b.score)
         return Candidate(text="\n".join(b.lines), tokens=b.tokens, answer=None, score=b.score)
     return None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 from policies.base import Budget, Strategy, StrategyError
 from policies.beam_search import BeamSearch
@@ -34,3 +37,32 @@ def budget_with(base: Budget, **overrides: Any) -> Budget:
     data = base.model_dump()
     data.update({k: v for k, v in overrides.items() if v is not None})
     return Budget(**data)
+
+
+def budget_from_config(
+    name: str, defaults: Mapping[str, Any] | BaseModel | None, overrides: Mapping[str, Any]
+) -> Budget:
+    """The ``Budget`` strategy ``name`` runs with: configured defaults, then a request's
+    ``overrides`` (e.g. the API's ``acr.budget``).
+
+    ``defaults`` is a config section (``router.config.StrategyBudgetConfig``) or a mapping;
+    unknown strategy names and unknown or out-of-range budget fields raise ``StrategyError``
+    naming what is valid, which the API turns into a 400.
+    """
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
+    base = defaults.model_dump() if isinstance(defaults, BaseModel) else dict(defaults or {})
+    fields = set(Budget.model_fields)
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise StrategyError(
+            f"unknown budget field {unknown[0]!r}; valid: {', '.join(Budget.model_fields)}"
+        )
+    data = {k: v for k, v in base.items() if k in fields}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Budget(**data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise StrategyError(f"invalid budget for {name}: {field}: {err['msg']}") from None

@@ -170,3 +170,117 @@ async def test_every_strategy_returns_best_so_far_at_the_deadline() -> None:
 def test_unknown_strategy_names_list_the_valid_ones() -> None:
     with pytest.raises(StrategyError, match="valid: single_pass, bounded_reasoning"):
         get_strategy("dfs")
+
+
+async def test_self_consistency_at_the_deadline_returns_the_vote_of_the_batches_it_got() -> None:
+    # 20 characters at 10 ms each: every batch takes 0.2 s; the deadline falls in batch two.
+    be = FakeBackend.canned(["x" * 11 + "Answer: 7"], token_latency_s=0.01)
+    start = time.monotonic()
+    res = await get_strategy("self_consistency").run(
+        Problem(text="q", prompt="q"), be, None, Budget(samples=16, batch_size=2), start + 0.3
+    )
+    assert res.stop_reason == "deadline"
+    assert res.answer == "7" and res.samples == 2
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens == 40
+    assert time.monotonic() - start < 0.38
+
+
+async def test_beam_search_at_the_deadline_returns_its_best_partial_trace() -> None:
+    be = FakeBackend(stepwise, token_latency_s=0.005)  # a step of ~22 tokens takes ~0.11 s
+    start = time.monotonic()
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=4), start + 0.3
+    )
+    assert res.stop_reason == "deadline"
+    assert res.text.startswith("13-9=4 (left: 4 4 10)") and res.answer is None
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+
+
+async def test_beam_search_shares_each_state_prefix_and_dedupes_identical_proposals() -> None:
+    be = FakeBackend(stepwise)
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=3, expansions=4), FAR
+    )
+    # Two distinct proposals per state (one valid, one invalid): after pruning and dedupe a
+    # single state survives each depth, so there is exactly one call per depth.
+    assert len(be.calls) == 4 and res.stop_reason == "verified"
+    prompts = [r.prompt or "" for r in be.calls]
+    assert all(b.startswith(a) for a, b in zip(prompts, prompts[1:], strict=False))
+    assert res.samples == 16
+
+
+async def test_beam_search_resamples_a_dead_frontier_instead_of_giving_up() -> None:
+    calls = {"n": 0}
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        if i == 0:
+            calls["n"] += 1
+        if calls["n"] <= 2:  # the first two rounds propose only invalid steps
+            return "4+4=9 (left: 9 10 13)\n"
+        return stepwise(prompt, 0, req)
+
+    be = FakeBackend(script)
+    seeded = Problem(text=PUZZLE.text, messages=PUZZLE.messages, seed=11)
+    res = await get_strategy("beam_search").run(
+        seeded, be, Game24Verifier(), Budget(beam_width=2, expansions=3), FAR
+    )
+    assert res.stop_reason == "verified" and res.text == SOLUTION
+    assert len({r.seed for r in be.calls[:3]}) == 3  # a re-sampled state gets a new seed
+
+
+async def test_beam_search_gives_up_when_the_frontier_stays_dead() -> None:
+    be = FakeBackend.canned(["4+4=9 (left: 9 10 13)\n"])
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=3, max_tokens=1000), FAR
+    )
+    assert res.stop_reason == "exhausted" and res.text == ""
+    assert len(be.calls) == 5  # the first round and four re-samples
+    assert res.hidden_tokens == be.generated_tokens
+
+
+async def test_beam_search_without_a_verifier_votes_over_finished_answers() -> None:
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        if "step" not in prompt:
+            return ["step a", "step b", "step c", "step a"][i] + "\n"
+        return "Answer: 5\n" if "step a" in prompt or "step c" in prompt else "Answer: 6\n"
+
+    be = FakeBackend(script)
+    res = await get_strategy("beam_search").run(
+        Problem(text="q", prompt="q\n"), be, None, Budget(beam_width=3, expansions=2), FAR
+    )
+    assert res.answer == "5" and res.stop_reason == "answered"
+
+
+async def test_beam_search_stops_when_its_token_budget_is_spent() -> None:
+    be = FakeBackend.canned(["13-9=4 (left: 4 4 10)\n"])  # valid but never finishing
+    budget = Budget(beam_width=1, expansions=2, max_tokens=40, max_steps=20)
+    res = await get_strategy("beam_search").run(PUZZLE, be, None, budget, FAR)
+    assert res.stop_reason == "budget"
+    assert be.generated_tokens <= 40 * 2 + 2 * 21  # at most one round past the budget
+
+
+def test_fake_backend_canned_texts_follow_sample_index_and_prompt() -> None:
+    import asyncio
+
+    be = FakeBackend.canned({"alpha": ["A1", "A2"], "": ["Z"]})
+    req = GenerationRequest(prompt="alpha?", n=3)
+    res = asyncio.run(be.generate(req))
+    assert [c.text for c in res.completions] == ["A1", "A2", "A1"]
+    res2 = asyncio.run(be.generate(GenerationRequest(prompt="other", n=1, stop=["x"])))
+    assert res2.completions[0].text == "Z"
+    assert be.generated_tokens == 2 + 2 + 2 + 1
+
+
+def test_budgets_come_from_config_with_request_overrides_and_fail_with_the_valid_fields() -> None:
+    from policies.registry import budget_from_config
+    from router.config import StrategyBudgetConfig
+
+    cfg = StrategyBudgetConfig(samples=16, batch_size=4, max_tokens=96)
+    b = budget_from_config("self_consistency", cfg, {"samples": 8})
+    assert (b.samples, b.batch_size, b.max_tokens) == (8, 4, 96)
+    with pytest.raises(StrategyError, match="valid: max_tokens"):
+        budget_from_config("best_of_n", cfg, {"beams": 2})
+    with pytest.raises(StrategyError, match="samples"):
+        budget_from_config("best_of_n", cfg, {"samples": 0})
+    with pytest.raises(StrategyError, match="valid: single_pass"):
+        budget_from_config("mcts", cfg, {})
