@@ -15,6 +15,7 @@ import json
 import random
 import statistics
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ class Item:
     reference: str | None = None
     numbers: tuple[int, ...] = ()
     meta: str = ""
+    #: difficulty bucket the summary breaks accuracy down by (a row range, an operand count)
+    group: str = ""
 
 
 def parse_arm(spec: str, base: dict[str, Budget] | None = None) -> tuple[str, str, Budget]:
@@ -89,7 +92,7 @@ def load_items(
             raise ValueError("game24 needs --data PATH (game24.csv)")
         puzzles = read_csv_puzzles(path)
         for part in rows.split(","):
-            lo, _, hi = part.partition("-")
+            lo, _, hi = part.strip().partition("-")
             for i in range(int(lo), int(hi or lo) + 1):
                 if i < len(puzzles):
                     items.append(
@@ -99,6 +102,7 @@ def load_items(
                             "game24",
                             numbers=puzzles[i],
                             meta=f"row {i}",
+                            group=f"rows {part.strip()}",
                         )
                     )
     elif dataset == "arithmetic":
@@ -112,6 +116,7 @@ def load_items(
                     "arithmetic",
                     str(q.answer()),
                     meta=f"{q.operands} operands",
+                    group=f"{q.operands} operands",
                 )
             )
     elif dataset == "jsonl":
@@ -122,7 +127,7 @@ def load_items(
                 row = json.loads(line)
                 ans = str(row.get("answer", ""))
                 ref = ans.split("####")[-1].strip() if "####" in ans else ans.strip()
-                items.append(Item(f"q-{j}", row["question"], "jsonl", ref))
+                items.append(Item(f"q-{j}", row["question"], "jsonl", ref, group="jsonl"))
     else:
         raise ValueError(f"unknown dataset {dataset!r}; valid: game24, arithmetic, jsonl")
     if limit is not None and limit < len(items):
@@ -151,18 +156,31 @@ def serving_verifier(item: Item) -> Verifier | None:
 Runner = Callable[[Item], Awaitable[StrategyResult]]
 
 
+def item_seed(item: Item) -> int:
+    """A per-item sampling seed that is the same in every process (``hash`` is salted)."""
+    return zlib.crc32(item.id.encode()) % 100_000
+
+
+def item_problem(item: Item) -> Problem:
+    """The problem as the service would see it: one user message, no reference answer."""
+    return Problem(
+        text=item.text,
+        messages=[ChatMessage(role="user", content=item.text)],
+        seed=item_seed(item),
+    )
+
+
 def strategy_runner(backend: Backend, strategy: str, budget: Budget, timeout_s: float) -> Runner:
     """An async callable running ``strategy`` on one item."""
     from policies.registry import get_strategy
 
     async def run(item: Item) -> StrategyResult:
-        problem = Problem(
-            text=item.text,
-            messages=[ChatMessage(role="user", content=item.text)],
-            seed=abs(hash(item.id)) % 100_000,
-        )
         return await get_strategy(strategy).run(
-            problem, backend, serving_verifier(item), budget, time.monotonic() + timeout_s
+            item_problem(item),
+            backend,
+            serving_verifier(item),
+            budget,
+            time.monotonic() + timeout_s,
         )
 
     return run
@@ -184,10 +202,15 @@ async def run_row(
                 "item": item.id,
                 "kind": item.kind,
                 "meta": item.meta,
+                "group": item.group,
                 "strategy": res.strategy,
                 "correct": grade(item, res.text),
+                # generated (visible + hidden) plus the model tokens verifiers spent
                 "tokens": res.completion_tokens + res.verifier_tokens,
+                "visible_tokens": res.visible_tokens,
                 "hidden_tokens": res.hidden_tokens,
+                "verifier_tokens": res.verifier_tokens,
+                "prompt_tokens": res.prompt_tokens,
                 "samples": res.samples,
                 "stop_reason": res.stop_reason,
                 "latency_ms": round((time.perf_counter() - t0) * 1000, 1),
@@ -219,13 +242,8 @@ def auto_runner(backend: Backend, router_model: Path | None, timeout_s: float) -
     policy = AdaptivePolicy(settings, backend=backend, model=model, verifier_lookup=lookup)
 
     async def run(item: Item) -> StrategyResult:
-        problem = Problem(
-            text=item.text,
-            messages=[ChatMessage(role="user", content=item.text)],
-            seed=abs(hash(item.id)) % 100_000,
-        )
         d, res, total = await policy.solve(
-            problem, serving_verifier(item), time.monotonic() + timeout_s
+            item_problem(item), serving_verifier(item), time.monotonic() + timeout_s
         )
         extra = total - res.completion_tokens - res.verifier_tokens  # the probe, if not reused
         return StrategyResult(
@@ -262,19 +280,26 @@ def oracle_records(records: list[dict[str, Any]], rows: list[str]) -> list[dict[
     return out
 
 
-def summarise(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Accuracy, mean tokens and latency per row, in the order rows appear."""
-    rows: dict[str, list[dict[str, Any]]] = {}
+def summarise(records: list[dict[str, Any]], *, by_group: bool = False) -> list[dict[str, Any]]:
+    """Accuracy, mean tokens, samples and latency per row, in the order rows appear.
+
+    With ``by_group`` one entry per (row, item group), each with a ``group`` field: how a
+    strategy fares per difficulty bucket (row range, operand count).
+    """
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
-        rows.setdefault(r["row"], []).append(r)
+        key = (r["row"], str(r.get("group", "")) if by_group else "")
+        rows.setdefault(key, []).append(r)
     out = []
-    for name, rs in rows.items():
+    for (name, group), rs in rows.items():
         out.append(
             {
                 "row": name,
+                **({"group": group} if by_group else {}),
                 "items": len(rs),
                 "accuracy": statistics.fmean(float(r["correct"]) for r in rs),
                 "mean_tokens": statistics.fmean(r["tokens"] for r in rs),
+                "mean_hidden_tokens": statistics.fmean(r.get("hidden_tokens", 0) for r in rs),
                 "mean_samples": statistics.fmean(r["samples"] for r in rs),
                 "p50_latency_ms": statistics.median(r["latency_ms"] for r in rs),
             }
@@ -350,24 +375,45 @@ def run_bench(
     auto: bool = True,
     oracle: bool = True,
     router_model: Path | None = None,
+    device: str = "cpu",
+    torch_threads: int = 1,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Run every arm (and ``extra_rows``) over ``items``; writes JSON and a PNG beside it.
 
-    ``auto`` adds the router's row (``router_model``, default the bundled one); ``oracle``
-    adds the cheapest fixed arm that solved each item, known after the fact.
+    Returns (and writes) ``summary`` (per row: accuracy, mean tokens, samples, latency),
+    ``by_group`` (the same per difficulty bucket), ``pareto`` (rows on the frontier) and
+    ``records`` (one per item and row). Rows run one after the other, ``concurrency`` items
+    at a time through one micro-batched model, so latencies are comparable between rows.
+
+    ``extra_rows`` maps a row name to an async callable ``item -> StrategyResult`` (a later
+    policy's row); ``auto`` adds the router's row (``router_model``, default the bundled
+    one); ``oracle`` adds the cheapest fixed arm that solved each item, known after the fact.
+    ``backend`` replaces the model (tests); otherwise ``model_dir`` (default: the bundled
+    model) is loaded on ``device`` with ``torch_threads`` intra-op threads (0: torch's
+    default). One thread is the default because on a CPU shared with other work torch's
+    spinning thread pool made decoding 10-100x slower (measured: 56 tokens in 3 s with two
+    threads on a busy 2-core machine, 0.2 s with one).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from backends.batching import MicroBatcher
-    from backends.bundled.paths import bundled_model_path
-    from backends.transformers_backend import TransformersBackend
-
-    model = TransformersBackend.from_pretrained(model_dir or bundled_model_path(), device="cpu")
     specs = [parse_arm(a) for a in arms]
     records: list[dict[str, Any]] = []
 
+    def load() -> Backend:
+        from backends.batching import MicroBatcher
+        from backends.bundled.paths import bundled_model_path
+        from backends.transformers_backend import TransformersBackend
+
+        model = TransformersBackend.from_pretrained(
+            model_dir or bundled_model_path(), device=device, torch_threads=torch_threads
+        )
+        return MicroBatcher(model)
+
     async def main() -> None:
-        backend = MicroBatcher(model)
+        nonlocal backend
+        if backend is None:
+            backend = load()
         rows: list[tuple[str, Runner]] = [
             (name, strategy_runner(backend, strat, budget, timeout_s))
             for name, strat, budget in specs
@@ -399,6 +445,7 @@ def run_bench(
         "items": len(items),
         "arms": {name: {"strategy": s, "budget": b.model_dump()} for name, s, b in specs},
         "summary": summary,
+        "by_group": summarise(records, by_group=True),
         "pareto": pareto(summary),
         "seconds": round(time.time() - t0, 1),
         "records": records,

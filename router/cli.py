@@ -107,8 +107,23 @@ def bench(
         "bench-out/bench.json"
     ),
     concurrency: Annotated[int, typer.Option(help="Items in flight per row.")] = 16,
+    timeout_s: Annotated[
+        float, typer.Option(help="Per-item deadline; strategies return their best so far.")
+    ] = 120.0,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    threads: Annotated[
+        int, typer.Option(help="torch intra-op threads (1 is fastest on a shared CPU).")
+    ] = 1,
+    auto: Annotated[bool, typer.Option(help="Add the router's auto row.")] = True,
+    oracle: Annotated[bool, typer.Option(help="Add the oracle row.")] = True,
+    groups: Annotated[bool, typer.Option(help="Also print accuracy per item group.")] = False,
 ) -> None:
-    """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot."""
+    """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot.
+
+    Each --arm is a strategy with budget overrides, e.g. ``best_of_n:samples=16`` or
+    ``beam_search:beam_width=3,expansions=8``; the PNG beside the JSON plots accuracy against
+    mean generated tokens with the Pareto frontier.
+    """
     from router.bench import DEFAULT_ARMS, load_items, run_bench
 
     if dataset == "game24" and data is None:
@@ -121,6 +136,11 @@ def bench(
             out_json,
             model_dir=model_dir,
             concurrency=concurrency,
+            timeout_s=timeout_s,
+            device=device,
+            torch_threads=threads,
+            auto=auto,
+            oracle=oracle,
             title=f"{dataset} {rows if dataset == 'game24' else ''}".strip(),
         )
     except (ValueError, FileNotFoundError) as exc:
@@ -131,6 +151,12 @@ def bench(
             f"{s['row']:<45} acc {s['accuracy']:.3f}  tokens {s['mean_tokens']:8.1f}  "
             f"samples {s['mean_samples']:5.1f}"
         )
+    if groups:
+        for s in result["by_group"]:
+            typer.echo(
+                f"{s['row']:<45} {s['group']:<14} acc {s['accuracy']:.3f}  "
+                f"tokens {s['mean_tokens']:8.1f}  samples {s['mean_samples']:5.1f}"
+            )
     typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
 
 

@@ -80,3 +80,69 @@ def test_rows_record_every_item_and_the_frontier_drops_dominated_rows(tmp_path: 
     assert pareto(summary) == ["single_pass", "best_of_n:samples=4"]
     plot(summary, tmp_path / "p.png", "test")
     assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_run_bench_writes_per_item_json_groups_extra_rows_and_the_plot(tmp_path: Path) -> None:
+    from policies.base import StrategyResult
+    from router.bench import run_bench
+
+    items = [
+        Item("a", "4 9 10 13", "game24", numbers=(4, 9, 10, 13), group="rows 900-901"),
+        Item("b", "What is 2+3?", "arithmetic", "5", group="2 operands"),
+    ]
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        return SOLUTION if "4 9 10 13" in prompt else "Answer: 5"
+
+    async def always_six(item: Item) -> StrategyResult:
+        # A later policy's row: any async callable item -> StrategyResult.
+        return StrategyResult("mine", "Answer: 6", "6", [], 3, 9, 1, 0, 1.0, 1, "answered")
+
+    be = FakeBackend(script)
+    out = tmp_path / "b.json"
+    result = run_bench(
+        items,
+        ["single_pass", "best_of_n:samples=4"],
+        out,
+        backend=be,
+        extra_rows={"mine": always_six},
+        auto=False,
+        progress=False,
+    )
+    saved = json.loads(out.read_text())
+    assert saved["summary"] == result["summary"]
+    rows = {s["row"]: s for s in saved["summary"]}
+    assert set(rows) == {"single_pass", "best_of_n:samples=4", "mine", "oracle"}
+    assert rows["single_pass"]["accuracy"] == 1.0 and rows["mine"]["accuracy"] == 0.0
+    assert rows["mine"]["mean_tokens"] == 10.0
+    recs = [r for r in saved["records"] if r["row"] == "best_of_n:samples=4"]
+    assert {r["item"] for r in recs} == {"a", "b"}
+    for r in recs:
+        assert r["strategy"] == "best_of_n" and r["correct"] is True
+        assert r["tokens"] == r["visible_tokens"] + r["hidden_tokens"] + r["verifier_tokens"]
+        assert r["latency_ms"] >= 0 and r["samples"] == 4
+    # Every token the fake generated is in some fixed row's records (oracle repeats them).
+    fixed = [r for r in saved["records"] if r["row"] in ("single_pass", "best_of_n:samples=4")]
+    assert sum(r["tokens"] for r in fixed) == be.generated_tokens
+    groups = {(g["row"], g["group"]) for g in saved["by_group"]}
+    assert ("single_pass", "2 operands") in groups and ("mine", "rows 900-901") in groups
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_item_seeds_are_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    from router.bench import item_seed
+
+    code = (
+        "from router.bench import Item, item_seed; print(item_seed(Item('g24-5', 'x', 'game24')))"
+    )
+    other = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert int(other.stdout) == item_seed(Item("g24-5", "x", "game24"))
