@@ -8,10 +8,12 @@ learned PRM); without one, by how often they were proposed and their log-prob. A
 ``Answer:`` line finishes a beam; an exactly verified answer ends the search.
 
 When every child of a round is pruned (all proposals invalid, or every finished answer
-rejected by an exact verifier) the same states are sampled again with fresh seeds rather than
-giving up: an anytime search should spend its budget. The budget is
+rejected by an exact verifier) the search does not give up while it has budget: each dead
+state is sampled again with fresh seeds (a few times), then it backtracks to the best valid states it
+set aside earlier (deepest first), as Tree of Thoughts' DFS does. The budget is
 ``max_tokens * beam_width * expansions`` generated tokens in all (the tokens of ``beam_width``
-full traces of ``expansions`` proposals each), plus ``max_steps`` lines per trace.
+full traces of ``expansions`` proposals each), at most ``max_steps`` lines per trace and
+``ROUNDS_PER_STEP * max_steps`` rounds of expansion.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ from policies.common import call_until, finish, mean_logprob, request_for
 
 #: longest single step (line) a proposal may take, in tokens
 STEP_TOKENS = 48
-#: how many times a dead frontier is re-sampled, in all, before the search gives up
-MAX_RESAMPLES = 4
+#: how often one state may be expanded (the first time plus re-samples)
+MAX_EXPANSIONS_PER_STATE = 4
+#: rounds of expansion allowed per step of ``max_steps`` (re-samples and backtracking)
+ROUNDS_PER_STEP = 3
 
 
 @dataclass
@@ -60,7 +64,7 @@ class BeamSearch(Strategy):
 
         ``stop_reason``: verified (an exact verifier accepted an answer), answered (every
         beam finished, no exact verifier to ask for more), budget (tokens or steps spent),
-        exhausted (the frontier died even after re-sampling) or deadline.
+        exhausted (every state was expanded and nothing is left to backtrack to) or deadline.
         """
         started = clock()
         base = problem.prompt
@@ -69,11 +73,13 @@ class BeamSearch(Strategy):
         base = base or ""
         token_budget = budget.max_tokens * budget.beam_width * budget.expansions
         beams = [Beam()]
+        pool: list[Beam] = []  # valid states set aside, for backtracking
+        expanded: Counter[tuple[str, ...]] = Counter()
         finished: list[Candidate] = []
-        prompt_tokens = generated = spent = samples = 0
+        prompt_tokens = generated = spent = samples = calls = 0
         stop: StopReason = "budget"
-        depth = resamples = calls = 0
-        while depth < budget.max_steps:
+        while calls < ROUNDS_PER_STEP * budget.max_steps:
+            expanded.update(tuple(b.lines) for b in beams)
             results = await asyncio.gather(
                 *(
                     call_until(
@@ -115,21 +121,29 @@ class BeamSearch(Strategy):
             if generated >= token_budget:
                 stop = "budget"
                 break
-            # A trace that has used its whole per-trace budget cannot go on.
-            next_beams = [b for b in next_beams if b.tokens < budget.max_tokens]
-            if not next_beams:
-                exact = verifier is not None and verifier.exact
-                if finished and not exact:
-                    stop = "answered"  # nothing says the answers are wrong: stop here
-                    break
-                if resamples >= MAX_RESAMPLES:
-                    stop = "exhausted"
-                    break
-                resamples += 1
-                continue  # the same states again, new seeds
-            next_beams.sort(key=lambda b: b.score, reverse=True)
-            beams = next_beams[: budget.beam_width]
-            depth += 1
+            # A trace that has used its whole token or step budget cannot go on.
+            next_beams = [
+                b
+                for b in next_beams
+                if b.tokens < budget.max_tokens and len(b.lines) < budget.max_steps
+            ]
+            if next_beams:
+                next_beams.sort(key=lambda b: b.score, reverse=True)
+                beams = next_beams[: budget.beam_width]
+                pool += next_beams[budget.beam_width :]
+                continue
+            if finished and not (verifier is not None and verifier.exact):
+                stop = "answered"  # nothing says the answers are wrong: stop here
+                break
+            # Dead frontier: re-sample its states, then backtrack to set-aside states.
+            options = [b for b in beams if expanded[tuple(b.lines)] < MAX_EXPANSIONS_PER_STATE]
+            options += pool
+            if not options:
+                stop = "exhausted"
+                break
+            options.sort(key=lambda b: (len(b.lines), b.score), reverse=True)
+            beams = options[: budget.beam_width]
+            pool = [b for b in pool if all(b is not c for c in beams)]
         chosen = _best(finished, beams, verifier is not None)
         return finish(
             self.name,

@@ -1,16 +1,26 @@
-"""Bounded reasoning: chain-of-thought within a thinking-token budget.
+"""Bounded reasoning: one chain of thought within a thinking-token budget.
 
-It reasons until an ``Answer:`` line appears (anything after that line is cut and counted
-as hidden) or the budget is spent; then, like budget forcing, it appends ``Answer:`` and
-lets the model state an answer in a few more tokens rather than return none.
+The model reasons (at ``budget.temperature``, greedy by default) until an ``Answer:`` line
+appears; anything generated after that line is cut and counted as hidden. If the budget runs
+out first then, like budget forcing, it appends ``Answer:`` and lets the model state an answer
+in a few more tokens rather than return none.
+
+With an *exact* process verifier (the Game of 24 step checker) the chain also corrects
+itself: when a line fails the check (invented arithmetic, a wrong final expression) the
+chain backs up to its last valid line and continues from there with a sampled continuation,
+until an answer line passes or the thinking budget (``budget.max_tokens`` generated tokens in
+all) is spent. It stays one sequential chain, so it costs one call when the first trace is
+right (then it is exactly the greedy trace) and a few more on hard items: between single pass
+and guided search in both tokens and accuracy. Without such a verifier it is one call.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from backends.base import Backend
-from backends.verifiers.base import Verifier
+from backends.base import Backend, Completion
+from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
 from backends.verifiers.numeric import extract_answer
 from policies.base import (
     Budget,
@@ -21,9 +31,13 @@ from policies.base import (
     Strategy,
     StrategyResult,
 )
-from policies.common import call_until, finish, out_of_time, request_for, score_all
+from policies.common import call_until, finish, request_for, score_all
 
 FORCED_ANSWER_TOKENS = 24
+#: temperature of a continuation after a rejected line (greedy would repeat the same line)
+RETRY_TEMPERATURE = 0.8
+#: a continuation is not started with fewer budget tokens left than this
+MIN_CONTINUATION_TOKENS = 8
 
 
 def cut_after_answer(text: str) -> str:
@@ -35,8 +49,41 @@ def cut_after_answer(text: str) -> str:
     return text
 
 
+@dataclass
+class _Segment:
+    """A kept piece of the chain and the tokens it took (estimated by its share of a call)."""
+
+    text: str
+    tokens: int
+
+
+def _kept(comp: Completion, text: str) -> _Segment:
+    """The part ``text`` (a prefix of ``comp.text``) with its share of ``comp.tokens``.
+
+    Tokens after the kept prefix were generated but are not shown: they become hidden. The
+    backend reports tokens per completion only, so the split is by character share.
+    """
+    if text == comp.text:
+        return _Segment(text, comp.tokens)
+    share = round(comp.tokens * len(text) / max(1, len(comp.text)))
+    return _Segment(text, max(1, share) if text else 0)
+
+
+def _first_rejected(verifier: ProcessVerifier, problem: Problem, lines: list[str]) -> int | None:
+    """Index of the first line the exact step checker rejects, None if all pass (or it
+    cannot check this problem)."""
+    try:
+        scores = verifier.score_steps(problem.text, lines)
+    except VerifierError:
+        return None
+    for i, s in enumerate(scores):
+        if s <= 0.0:
+            return i
+    return None
+
+
 class BoundedReasoning(Strategy):
-    """Reason within ``budget.max_tokens``; stop at the first answer line."""
+    """Reason within ``budget.max_tokens``; stop at the first (accepted) answer line."""
 
     name = "bounded_reasoning"
 
@@ -49,30 +96,51 @@ class BoundedReasoning(Strategy):
         deadline: float,
         clock: Clock = time.monotonic,
     ) -> StrategyResult:
-        """The reasoning trace and its answer; forced to answer if the budget runs out."""
+        """The reasoning trace and its answer.
+
+        ``stop_reason``: verified (an exact verifier accepted the answer), answered (an answer
+        line, no exact verifier), budget (the thinking budget ran out: the answer was forced
+        or the last one was rejected) or deadline. ``samples`` counts the calls that extended
+        the chain.
+        """
         started = clock()
         req = request_for(
             problem, n=1, max_tokens=budget.max_tokens, temperature=budget.temperature
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
-            return out_of_time(self.name, started, clock)
+            return finish(
+                self.name,
+                chosen=None,
+                candidates=[],
+                prompt_tokens=0,
+                generated_tokens=0,
+                verifier_tokens=0,
+                started=started,
+                clock=clock,
+                samples=0,
+                stop_reason="deadline",
+            )
         comp = res.completions[0]
         generated = res.completion_tokens
-        text = cut_after_answer(comp.text)
-        # Tokens after the answer line are spent but not shown: visible gets a share by length.
-        visible = (
-            comp.tokens
-            if text == comp.text
-            else max(1, round(comp.tokens * len(text) / max(1, len(comp.text))))
-        )
-        cand = Candidate(
-            text=text, tokens=visible, answer=extract_answer(text), finish_reason=comp.finish_reason
-        )
+        segments = [_kept(comp, cut_after_answer(comp.text))]
+        calls = 1
         stop: StopReason = "answered"
-        if cand.answer is None:
+        checker = verifier if isinstance(verifier, ProcessVerifier) and verifier.exact else None
+        if checker is not None:
+            segments, generated, calls, stop = await self._correct(
+                problem, backend, checker, budget, deadline, clock, segments, generated
+            )
+        text = "".join(s.text for s in segments)
+        cand = Candidate(
+            text=text,
+            tokens=sum(s.tokens for s in segments),
+            answer=extract_answer(text),
+            finish_reason=comp.finish_reason,
+        )
+        if cand.answer is None and stop != "deadline":
             stop = "budget"
-            forced = await self._force_answer(problem, backend, text, budget, deadline, clock)
+            forced = await self._force_answer(problem, backend, text, deadline, clock)
             if forced is not None:
                 extra_text, extra_tokens = forced
                 generated += extra_tokens
@@ -82,7 +150,9 @@ class BoundedReasoning(Strategy):
                     answer=extract_answer(text + extra_text),
                     finish_reason="stop",
                 )
-        spent, _ = score_all(verifier, problem, [cand])
+        spent, verified = score_all(verifier, problem, [cand])
+        if verified:
+            stop = "verified"
         return finish(
             self.name,
             chosen=cand,
@@ -92,32 +162,96 @@ class BoundedReasoning(Strategy):
             verifier_tokens=spent,
             started=started,
             clock=clock,
-            samples=1,
+            samples=calls,
             stop_reason=stop,
         )
+
+    async def _correct(
+        self,
+        problem: Problem,
+        backend: Backend,
+        checker: ProcessVerifier,
+        budget: Budget,
+        deadline: float,
+        clock: Clock,
+        segments: list[_Segment],
+        generated: int,
+    ) -> tuple[list[_Segment], int, int, StopReason]:
+        """Back up to the last valid line and continue until an answer passes or the budget
+        is spent; returns (kept segments, tokens generated, calls, stop reason)."""
+        base = await self._base_prompt(problem, backend)
+        calls = 1
+        while True:
+            text = "".join(s.text for s in segments)
+            lines = text.split("\n")
+            bad = _first_rejected(checker, problem, lines)
+            if bad is None:
+                # Every line passed; with an answer line that means the answer is verified.
+                return segments, generated, calls, "answered"
+            left = budget.max_tokens - generated
+            if left < MIN_CONTINUATION_TOKENS:
+                return segments, generated, calls, "budget"
+            segments = _truncate(segments, len("\n".join(lines[:bad]) + "\n") if bad else 0)
+            prefix = "".join(s.text for s in segments)
+            req = request_for(
+                problem,
+                n=1,
+                max_tokens=left,
+                temperature=max(budget.temperature, RETRY_TEMPERATURE),
+                prompt=base + prefix,
+                seed=None if problem.seed is None else problem.seed + 7_919 * calls,
+            )
+            res = await call_until(backend, req, deadline, clock)
+            if res is None:
+                return segments, generated, calls, "deadline"
+            calls += 1
+            comp = res.completions[0]
+            generated += res.completion_tokens
+            segments.append(_kept(comp, cut_after_answer(comp.text)))
+
+    async def _base_prompt(self, problem: Problem, backend: Backend) -> str:
+        """The raw prompt the chain continues (the chat template applied)."""
+        if problem.prompt is not None:
+            return problem.prompt
+        return await backend.render_chat(problem.messages or [])
 
     async def _force_answer(
         self,
         problem: Problem,
         backend: Backend,
         text: str,
-        budget: Budget,
         deadline: float,
         clock: Clock,
     ) -> tuple[str, int] | None:
-        base = problem.prompt
-        if base is None and problem.messages is not None:
-            base = await backend.render_chat(problem.messages)
+        """``Answer: `` appended and a short greedy answer; (added text, tokens) or None."""
+        base = await self._base_prompt(problem, backend)
         suffix = ("" if text.endswith("\n") or not text else "\n") + "Answer: "
         req = request_for(
             problem,
             n=1,
             max_tokens=FORCED_ANSWER_TOKENS,
             temperature=0.0,
-            prompt=(base or "") + text + suffix,
+            prompt=base + text + suffix,
             stop=["\n"],
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
             return None
         return suffix + res.completions[0].text, res.completion_tokens
+
+
+def _truncate(segments: list[_Segment], keep_chars: int) -> list[_Segment]:
+    """The first ``keep_chars`` characters of the chain, tokens cut in proportion."""
+    out: list[_Segment] = []
+    left = keep_chars
+    for s in segments:
+        if left <= 0:
+            break
+        if len(s.text) <= left:
+            out.append(s)
+            left -= len(s.text)
+            continue
+        share = round(s.tokens * left / max(1, len(s.text)))
+        out.append(_Segment(s.text[:left], max(1, share)))
+        left = 0
+    return out

@@ -9,6 +9,7 @@ import pytest
 from backends.base import ChatMessage, GenerationRequest
 from backends.verifiers.game24 import Game24Verifier
 from policies.base import Budget, Problem, StrategyError
+from policies.beam_search import MAX_EXPANSIONS_PER_STATE
 from policies.common import prob_leader_ahead
 from policies.registry import STRATEGIES, get_strategy
 from tests.fakes import FakeBackend
@@ -47,7 +48,11 @@ async def test_accounting_sums_match_what_the_backend_generated(name: str) -> No
     budget = Budget(samples=8, batch_size=4, beam_width=2, expansions=4, max_tokens=200)
     res = await get_strategy(name).run(PUZZLE, be, Game24Verifier(), budget, FAR)
     assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
-    assert res.visible_tokens == (len(res.text) if res.text else 0) or name == "beam_search"
+    # One token per character: the shown text is the visible tokens, except the "Answer: "
+    # that budget forcing writes into the prompt itself (not generated).
+    if res.stop_reason != "budget":
+        assert res.visible_tokens == len(res.text) or name == "beam_search"
+    assert res.visible_tokens <= len(res.text)
     assert res.strategy == name
     assert res.wall_ms >= 0
 
@@ -215,7 +220,7 @@ async def test_beam_search_resamples_a_dead_frontier_instead_of_giving_up() -> N
     def script(prompt: str, i: int, req: GenerationRequest) -> str:
         if i == 0:
             calls["n"] += 1
-        if calls["n"] <= 2:  # the first two rounds propose only invalid steps
+        if calls["n"] == 1:  # the first round proposes only invalid steps
             return "4+4=9 (left: 9 10 13)\n"
         return stepwise(prompt, 0, req)
 
@@ -225,7 +230,32 @@ async def test_beam_search_resamples_a_dead_frontier_instead_of_giving_up() -> N
         seeded, be, Game24Verifier(), Budget(beam_width=2, expansions=3), FAR
     )
     assert res.stop_reason == "verified" and res.text == SOLUTION
-    assert len({r.seed for r in be.calls[:3]}) == 3  # a re-sampled state gets a new seed
+    assert be.calls[0].prompt == be.calls[1].prompt  # the same state again...
+    assert be.calls[0].seed != be.calls[1].seed  # ...with a fresh seed
+
+
+async def test_beam_search_backtracks_to_a_set_aside_state_when_its_beam_dies() -> None:
+    dead_end = "4+9=13 (left: 10 13 13)"  # valid, but the script never continues it validly
+    good = SOLUTION.split("\n")
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        if prompt.endswith(dead_end + "\n"):
+            return "4+4=9 (left: 9 10 13)\n"
+        if prompt.endswith(": 4 9 10 13\n"):
+            return (good[0] if i == 3 else dead_end) + "\n"  # the dead end is proposed 3x
+        return stepwise(prompt, 0, req)
+
+    be = FakeBackend(script)
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=1, expansions=4, max_tokens=400), FAR
+    )
+    assert res.stop_reason == "verified" and res.text == SOLUTION
+    # the root, the dead end and its re-samples, then the set-aside sibling onwards
+    tries = MAX_EXPANSIONS_PER_STATE
+    assert [(r.prompt or "") for r in be.calls[1 : 1 + tries]] == [
+        f"Q: 4 9 10 13\n{dead_end}\n"
+    ] * tries
+    assert (be.calls[1 + tries].prompt or "").endswith(good[0] + "\n")
 
 
 async def test_beam_search_gives_up_when_the_frontier_stays_dead() -> None:
@@ -234,7 +264,7 @@ async def test_beam_search_gives_up_when_the_frontier_stays_dead() -> None:
         PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=3, max_tokens=1000), FAR
     )
     assert res.stop_reason == "exhausted" and res.text == ""
-    assert len(be.calls) == 5  # the first round and four re-samples
+    assert len(be.calls) == MAX_EXPANSIONS_PER_STATE  # the root, then its re-samples
     assert res.hidden_tokens == be.generated_tokens
 
 
@@ -284,3 +314,45 @@ def test_budgets_come_from_config_with_request_overrides_and_fail_with_the_valid
         budget_from_config("best_of_n", cfg, {"samples": 0})
     with pytest.raises(StrategyError, match="valid: single_pass"):
         budget_from_config("mcts", cfg, {})
+
+
+def fixing(prompt: str, i: int, req: GenerationRequest) -> str:
+    """Greedy invents arithmetic at step 2; a sampled continuation after step 1 is right."""
+    lines = SOLUTION.split("\n")
+    if req.temperature == 0.0:
+        return lines[0] + "\n10-4=7 (left: 4 7)\n4*7=24 (left: 24)\nAnswer: 4*7 = 24"
+    if prompt.endswith(lines[0] + "\n"):
+        return "\n".join(lines[1:]) + "\nignored chatter"
+    return WRONG
+
+
+async def test_bounded_reasoning_backs_up_to_its_last_valid_line_with_an_exact_checker() -> None:
+    be = FakeBackend(fixing)
+    res = await get_strategy("bounded_reasoning").run(
+        PUZZLE, be, Game24Verifier(), Budget(max_tokens=200, temperature=0.0), FAR
+    )
+    assert res.text == SOLUTION and res.stop_reason == "verified"
+    assert [c.temperature for c in be.calls] == [0.0, 0.8]
+    assert (be.calls[1].prompt or "").endswith("(left: 4 4 10)\n")
+    assert res.samples == 2
+    assert res.visible_tokens == len(SOLUTION)
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+
+
+async def test_bounded_reasoning_without_a_checker_is_one_greedy_chain() -> None:
+    be = FakeBackend(fixing)
+    res = await get_strategy("bounded_reasoning").run(
+        PUZZLE, be, None, Budget(max_tokens=200, temperature=0.0), FAR
+    )
+    assert len(be.calls) == 1 and res.answer == "4*7 = 24" and res.stop_reason == "answered"
+
+
+async def test_bounded_reasoning_corrections_stay_within_the_thinking_budget() -> None:
+    be = FakeBackend.canned([WRONG])  # every continuation is wrong from its first line
+    res = await get_strategy("bounded_reasoning").run(
+        PUZZLE, be, Game24Verifier(), Budget(max_tokens=150, temperature=0.0), FAR
+    )
+    assert res.stop_reason == "budget" and res.score == 0.0
+    forced = be.calls[-1].max_tokens if (be.calls[-1].prompt or "").endswith("Answer: ") else 0
+    assert be.generated_tokens <= 150 + forced
+    assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
