@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import inspect
 import json
 import random
 import statistics
@@ -50,19 +51,48 @@ class Item:
 
 
 def parse_arm(spec: str, base: dict[str, Budget] | None = None) -> tuple[str, str, Budget]:
-    """``"best_of_n:samples=16"`` -> (row name, strategy, budget)."""
+    """``"best_of_n:samples=16"`` -> (row name, strategy, budget).
+
+    Fields are ``Budget``'s; a strategy's own constructor options (``threshold`` and
+    ``adaptive`` of self-consistency) are accepted too and read by ``arm_options``.
+    """
     from policies.registry import STRATEGIES
 
     name, _, params = spec.partition(":")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
     data = (base or {}).get(name, _default_budget(name)).model_dump()
+    options = _strategy_options(name)
     for kv in filter(None, params.split(",")):
         key, _, value = kv.partition("=")
+        if key in options:
+            continue
         if key not in data:
-            raise ValueError(f"unknown budget field {key!r}; valid: {', '.join(data)}")
+            valid = ", ".join([*data, *options])
+            raise ValueError(f"unknown budget field {key!r}; valid: {valid}")
         data[key] = float(value) if key == "temperature" else int(value)
     return spec, name, Budget(**data)
+
+
+def _strategy_options(strategy: str) -> dict[str, inspect.Parameter]:
+    """The keyword options of ``strategy``'s constructor (none for most strategies)."""
+    from policies.registry import STRATEGIES
+
+    params = inspect.signature(STRATEGIES[strategy].__init__).parameters
+    return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def arm_options(spec: str) -> dict[str, Any]:
+    """Constructor options named in an arm spec, e.g. ``self_consistency:threshold=0.9``."""
+    name, _, params = spec.partition(":")
+    options = _strategy_options(name)
+    out: dict[str, Any] = {}
+    for kv in filter(None, params.split(",")):
+        key, _, value = kv.partition("=")
+        if key in options:
+            default = options[key].default
+            out[key] = bool(int(value)) if isinstance(default, bool) else type(default)(value)
+    return out
 
 
 def _default_budget(strategy: str) -> Budget:
@@ -170,12 +200,19 @@ def item_problem(item: Item) -> Problem:
     )
 
 
-def strategy_runner(backend: Backend, strategy: str, budget: Budget, timeout_s: float) -> Runner:
-    """An async callable running ``strategy`` on one item."""
+def strategy_runner(
+    backend: Backend,
+    strategy: str,
+    budget: Budget,
+    timeout_s: float,
+    options: dict[str, Any] | None = None,
+) -> Runner:
+    """An async callable running ``strategy`` (built with ``options``) on one item, with the
+    verifier serving would use and a deadline ``timeout_s`` after it starts."""
     from policies.registry import get_strategy
 
     async def run(item: Item) -> StrategyResult:
-        return await get_strategy(strategy).run(
+        return await get_strategy(strategy, **(options or {})).run(
             item_problem(item),
             backend,
             serving_verifier(item),
@@ -415,7 +452,7 @@ def run_bench(
         if backend is None:
             backend = load()
         rows: list[tuple[str, Runner]] = [
-            (name, strategy_runner(backend, strat, budget, timeout_s))
+            (name, strategy_runner(backend, strat, budget, timeout_s, arm_options(name)))
             for name, strat, budget in specs
         ] + list((extra_rows or {}).items())
         if auto:

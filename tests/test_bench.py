@@ -41,6 +41,18 @@ def test_arms_parse_into_strategy_and_budget_and_bad_ones_say_what_is_valid() ->
         parse_arm("beam_search:beams=3")
 
 
+def test_arms_may_set_a_strategys_own_options_and_only_its_own() -> None:
+    from router.bench import arm_options
+
+    spec = "self_consistency:samples=32,threshold=0.9,adaptive=0"
+    _, strategy, budget = parse_arm(spec)
+    assert (strategy, budget.samples) == ("self_consistency", 32)
+    assert arm_options(spec) == {"threshold": 0.9, "adaptive": False}
+    assert arm_options("best_of_n:samples=4") == {}
+    with pytest.raises(ValueError, match="unknown budget field 'threshold'"):
+        parse_arm("best_of_n:threshold=0.9")
+
+
 def test_datasets_load_game24_rows_arithmetic_and_jsonl(game24_csv: Path, tmp_path: Path) -> None:
     items = load_items("game24", rows="0-2,900-901", path=game24_csv)
     assert [i.id for i in items] == ["g24-0", "g24-1", "g24-2", "g24-900", "g24-901"]
