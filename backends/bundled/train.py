@@ -24,16 +24,16 @@ class Recipe:
     """Model shape and optimisation settings (the model card records them)."""
 
     n_layer: int = 4
-    n_embd: int = 128
-    n_head: int = 4
+    n_embd: int = 192
+    n_head: int = 6
     n_positions: int = 192
-    steps: int = 1300
+    steps: int = 1500
     batch_size: int = 48
     lr: float = 2e-3
-    warmup_steps: int = 60
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     min_lr_fraction: float = 0.05
-    p_game24: float = 0.5
+    p_game24: float = 0.75
 
 
 TINY = Recipe(n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=4, warmup_steps=1)
