@@ -278,8 +278,13 @@ async def label_chunk(
             }
             arm_out["single_pass"] = dict(greedy)
             # Bounded reasoning is greedy too; when the greedy answer ends within the probe,
-            # its trace is the same one (it only differs when the budget would force an answer).
-            if any(a.strategy == "bounded_reasoning" for a in arms) and has_answer(probe_c.text):
+            # its trace is the same one, unless a step checker makes it back up and re-sample
+            # (exact verifiers: then it is run for real).
+            if (
+                any(a.strategy == "bounded_reasoning" for a in arms)
+                and has_answer(probe_c.text)
+                and not exact
+            ):
                 arm_out["bounded_reasoning"] = dict(greedy)
         records.append(
             {

@@ -152,7 +152,9 @@ async def cmd_label(args: argparse.Namespace) -> None:
     arms = [a for a in default_arms() if a.name not in set(args.skip_arms.split(","))]
     runner = None
     if any(a.strategy in ("bounded_reasoning", "beam_search") for a in arms):
-        runner = strategy_runner(backend, AdaptiveSettings().budgets)
+        from backends.batching import MicroBatcher
+
+        runner = strategy_runner(MicroBatcher(backend), AdaptiveSettings().budgets)
     t0 = time.time()
 
     def progress(done: int, total: int) -> None:
@@ -430,6 +432,39 @@ async def cmd_live(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1))
 
 
+async def cmd_add_arms(args: argparse.Namespace) -> None:
+    """Run arms a pool cannot stand for (beam search) for real on existing label records."""
+    from backends.batching import MicroBatcher
+    from backends.transformers_backend import TransformersBackend
+    from difficulty.labels import run_real_arms
+
+    model_dir = args.model_dir
+    if model_dir is None:
+        from backends.bundled.paths import bundled_model_path
+
+        model_dir = bundled_model_path()
+    tb = TransformersBackend.from_pretrained(
+        model_dir, device=args.device, dtype="float32", torch_threads=args.threads
+    )
+    backend = MicroBatcher(tb)
+    recs = load_jsonl(args.labels)
+    items = [LabelItem(r["text"], r.get("reference"), r.get("kind")) for r in recs]
+    arms = [a for a in default_arms() if a.name in set(args.arms.split(","))]
+    runner = strategy_runner(backend, AdaptiveSettings().budgets)
+    t0 = time.time()
+    for start in range(0, len(recs), 64):
+        await run_real_arms(
+            recs[start : start + 64], items[start : start + 64], arms, runner, args.concurrency
+        )
+        print(
+            f"  {min(start + 64, len(recs))}/{len(recs)} ({time.time() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+    await backend.close()
+    args.out.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    print(f"wrote {len(recs)} records to {args.out} in {time.time() - t0:.0f} s")
+
+
 async def cmd_merge(args: argparse.Namespace) -> None:
     """Merge live shards into one result with its summary and a Pareto plot."""
     rows: list[dict[str, Any]] = []
@@ -545,8 +580,22 @@ def main(argv: list[str] | None = None) -> None:
     mer.add_argument("parts", nargs="+", type=Path)
     mer.add_argument("--out", type=Path, default=Path("bench-out/router_live.json"))
     mer.add_argument("--eval", type=Path, default=None, help="evaluate JSON (lambda sweep)")
+    add = sub.add_parser("add-arms")
+    add.add_argument("--labels", type=Path, required=True)
+    add.add_argument("--out", type=Path, required=True)
+    add.add_argument("--arms", default="beam_search")
+    add.add_argument("--model-dir", type=Path, default=None)
+    add.add_argument("--device", default="cpu")
+    add.add_argument("--threads", type=int, default=2)
+    add.add_argument("--concurrency", type=int, default=32)
     args = p.parse_args(argv)
-    cmds = {"label": cmd_label, "evaluate": cmd_evaluate, "live": cmd_live, "merge": cmd_merge}
+    cmds = {
+        "label": cmd_label,
+        "evaluate": cmd_evaluate,
+        "live": cmd_live,
+        "merge": cmd_merge,
+        "add-arms": cmd_add_arms,
+    }
     asyncio.run(cmds[args.cmd](args))
 
 
