@@ -2,7 +2,7 @@
 
 ``RouterService`` is what the FastAPI ingress calls; tests drive it directly with a
 ``FakeBackend``. It turns every failure into an ``APIError`` (4xx for the client's mistakes,
-503/504 for ours), so no input produces a 500.
+408 when the deadline passes, 503 when backends are down), so no input produces a 500.
 """
 
 from __future__ import annotations
@@ -393,7 +393,7 @@ class RouterService:
         if all(r.stop_reason == "deadline" and not r.text for r in results):
             await self._log(problem, decision, results, latency_ms, kind, "timeout", api_key_id)
             raise APIError(
-                504,
+                408,
                 f"no answer within the deadline of {self.deadline_ms(options):.0f} ms; "
                 "raise acr.timeout_ms or lower the budget",
                 type="timeout_error",
@@ -492,7 +492,7 @@ class RouterService:
                 raise bad_request(str(exc), "acr.budget") from exc
         if last is None:
             raise APIError(
-                504,
+                408,
                 "deadline passed before the model could answer",
                 type="timeout_error",
                 code="deadline_exceeded",
@@ -566,7 +566,7 @@ class RouterService:
                 break
             except TimeoutError as exc:
                 raise APIError(
-                    504,
+                    408,
                     "no answer within the deadline",
                     type="timeout_error",
                     code="deadline_exceeded",

@@ -101,7 +101,7 @@ async def test_streaming_sends_chunks_then_usage_then_done(
     assert chunks[-1]["usage"]["completion_tokens"] > 0
 
 
-async def test_a_slow_backend_gets_a_504_envelope_at_the_deadline() -> None:
+async def test_a_slow_backend_gets_a_408_envelope_at_the_deadline() -> None:
     rt = make(backend=FakeBackend(solution, latency_s=2.0))
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=rt.http_app), base_url="http://t"
@@ -110,7 +110,7 @@ async def test_a_slow_backend_gets_a_504_envelope_at_the_deadline() -> None:
             "/v1/chat/completions",
             json={**CHAT, "reasoning_effort": "low", "acr": {"timeout_ms": 100}},
         )
-    assert r.status_code == 504
+    assert r.status_code == 408
     assert r.json()["error"]["code"] == "deadline_exceeded"
 
 
