@@ -8,9 +8,9 @@ learned PRM); without one, by how often they were proposed and their log-prob. A
 ``Answer:`` line finishes a beam; an exactly verified answer ends the search.
 
 When every child of a round is pruned (all proposals invalid, or every finished answer
-rejected by an exact verifier) the search does not give up while it has budget: each dead
-state is sampled again with fresh seeds (a few times), then it backtracks to the best valid states it
-set aside earlier (deepest first), as Tree of Thoughts' DFS does. The budget is
+rejected by an exact verifier) the search does not give up while it has budget: dead states
+are sampled again with fresh seeds, and a state that keeps failing yields to the valid states
+set aside earlier (backtracking, as Tree of Thoughts' DFS does). The budget is
 ``max_tokens * beam_width * expansions`` generated tokens in all (the tokens of ``beam_width``
 full traces of ``expansions`` proposals each), at most ``max_steps`` lines per trace and
 ``ROUNDS_PER_STEP * max_steps`` rounds of expansion.
@@ -32,7 +32,7 @@ from policies.common import call_until, finish, mean_logprob, request_for
 #: longest single step (line) a proposal may take, in tokens
 STEP_TOKENS = 48
 #: how often one state may be expanded (the first time plus re-samples)
-MAX_EXPANSIONS_PER_STATE = 4
+MAX_EXPANSIONS_PER_STATE = 8
 #: rounds of expansion allowed per step of ``max_steps`` (re-samples and backtracking)
 ROUNDS_PER_STEP = 3
 
@@ -135,15 +135,17 @@ class BeamSearch(Strategy):
             if finished and not (verifier is not None and verifier.exact):
                 stop = "answered"  # nothing says the answers are wrong: stop here
                 break
-            # Dead frontier: re-sample its states, then backtrack to set-aside states.
-            options = [b for b in beams if expanded[tuple(b.lines)] < MAX_EXPANSIONS_PER_STATE]
-            options += pool
-            if not options:
+            # Dead frontier: its states go back to the set-aside pool, and the next frontier
+            # is the pool's best, where every failed expansion of a state counts as one step
+            # back up the tree: a deep state is re-sampled, a state that keeps failing yields
+            # to a shallower sibling (backtracking).
+            pool += [b for b in beams if expanded[tuple(b.lines)] < MAX_EXPANSIONS_PER_STATE]
+            if not pool:
                 stop = "exhausted"
                 break
-            options.sort(key=lambda b: (len(b.lines), b.score), reverse=True)
-            beams = options[: budget.beam_width]
-            pool = [b for b in pool if all(b is not c for c in beams)]
+            pool.sort(key=lambda b: (len(b.lines) - expanded[tuple(b.lines)], b.score))
+            beams = pool[-budget.beam_width :][::-1]
+            pool = pool[: -budget.beam_width]
         chosen = _best(finished, beams, verifier is not None)
         return finish(
             self.name,
