@@ -76,9 +76,9 @@ class BeamSearch(Strategy):
         pool: list[Beam] = []  # valid states set aside, for backtracking
         expanded: Counter[tuple[str, ...]] = Counter()
         finished: list[Candidate] = []
-        prompt_tokens = generated = spent = samples = calls = 0
+        prompt_tokens = generated = spent = samples = rounds = 0
         stop: StopReason = "budget"
-        while calls < ROUNDS_PER_STEP * budget.max_steps:
+        while rounds < ROUNDS_PER_STEP * budget.max_steps:
             expanded.update(tuple(b.lines) for b in beams)
             results = await asyncio.gather(
                 *(
@@ -92,7 +92,7 @@ class BeamSearch(Strategy):
                             stop=["\n"],
                             logprobs=True,
                             prompt=base + "".join(line + "\n" for line in b.lines),
-                            seed=_seed(problem, calls, i),
+                            seed=_seed(problem, rounds, i),
                         ),
                         deadline,
                         clock,
@@ -100,7 +100,7 @@ class BeamSearch(Strategy):
                     for i, b in enumerate(beams)
                 )
             )
-            calls += 1
+            rounds += 1
             if any(r is None for r in results):
                 stop = "deadline"
             proposals: list[tuple[Beam, str, int, float]] = []
