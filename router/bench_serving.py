@@ -55,10 +55,14 @@ def sampling_throughput(
 
 
 def overhead_latency(client: httpx.Client, requests: int = 200) -> dict[str, float]:
-    """p50/p99 (ms) of ``/healthz`` and of a 1-token completion through the same proxy."""
-    health, trivial = [], []
+    """p50/p99 (ms) of ``/healthz``, ``/v1/route`` and a 1-token completion, same proxy."""
+    health, trivial, route = [], [], []
     body = {"prompt": "1", "max_tokens": 1, "acr": {"strategy": "single_pass"}}
+    route_body = {"messages": [{"role": "user", "content": "4 9 10 13"}]}
     for _ in range(requests):
+        t0 = time.perf_counter()
+        client.post("/v1/route", json=route_body).raise_for_status()
+        route.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
         client.get("/healthz").raise_for_status()
         health.append((time.perf_counter() - t0) * 1000)
@@ -71,6 +75,8 @@ def overhead_latency(client: httpx.Client, requests: int = 200) -> dict[str, flo
         "healthz_p99_ms": _percentile(health, 0.99),
         "trivial_p50_ms": _percentile(trivial, 0.5),
         "trivial_p99_ms": _percentile(trivial, 0.99),
+        "route_p50_ms": _percentile(route, 0.5),
+        "route_p99_ms": _percentile(route, 0.99),
     }
 
 
