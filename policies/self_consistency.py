@@ -4,6 +4,10 @@ Samples arrive in batches of ``budget.batch_size`` up to ``budget.samples``. Aft
 batch it stops when an exact verifier accepts a candidate (``verified``) or when the
 leading answer is statistically settled: Adaptive-Consistency's Beta criterion,
 P(leader's share > 1/2) >= ``threshold`` (``settled``). The answer is the majority vote.
+
+Where an exact verifier scored the samples, agreement is not evidence: every unverified
+answer is known to be wrong, so only ``verified`` or the sample budget ends the run (it is
+"sample until verified"); the vote applies where there is no exact verifier.
 """
 
 from __future__ import annotations
@@ -81,7 +85,10 @@ class SelfConsistency(Strategy):
             if verified:
                 stop = "verified"
                 break
-            if self.adaptive and self._settled(cands):
+            checked = (
+                verifier is not None and verifier.exact and any(c.score is not None for c in new)
+            )
+            if self.adaptive and not checked and self._settled(cands):
                 stop = "settled"
                 break
         chosen = self._choose(cands, lp, stop)

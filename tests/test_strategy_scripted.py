@@ -354,3 +354,15 @@ async def test_bounded_reasoning_corrections_stay_within_the_thinking_budget() -
     forced = be.calls[-1].max_tokens if (be.calls[-1].prompt or "").endswith("Answer: ") else 0
     assert be.generated_tokens <= 150 + forced
     assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
+
+
+async def test_self_consistency_does_not_settle_on_answers_an_exact_verifier_rejected() -> None:
+    be = FakeBackend(lambda p, i, r: WRONG)  # the same wrong answer every time
+    res = await get_strategy("self_consistency").run(
+        PUZZLE, be, Game24Verifier(), Budget(samples=12, batch_size=4), FAR
+    )
+    assert res.stop_reason == "budget" and res.samples == 12
+    unchecked = await get_strategy("self_consistency").run(
+        PUZZLE, FakeBackend(lambda p, i, r: WRONG), None, Budget(samples=12, batch_size=4), FAR
+    )
+    assert unchecked.stop_reason == "settled" and unchecked.samples == 4
