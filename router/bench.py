@@ -344,8 +344,14 @@ def summarise(records: list[dict[str, Any]], *, by_group: bool = False) -> list[
     return out
 
 
+#: rows known only after the fact: drawn for reference, never on the frontier
+REFERENCE_ROWS = ("oracle",)
+
+
 def pareto(summary: list[dict[str, Any]]) -> list[str]:
-    """Rows not beaten on both accuracy and tokens by another row."""
+    """Rows not beaten on both accuracy and tokens by another row (reference rows such as the
+    oracle, which no policy can run, are left out)."""
+    summary = [s for s in summary if s["row"] not in REFERENCE_ROWS]
     front = []
     for a in summary:
         if not any(
@@ -367,14 +373,16 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     front = set(pareto(summary))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 4.8))
     for s in summary:
         on = s["row"] in front
+        ref = s["row"] in REFERENCE_ROWS
         ax.scatter(
             s["mean_tokens"],
             s["accuracy"],
-            s=60 if on else 30,
-            color="#cc3311" if on else "#4477aa",
+            s=90 if ref else 60 if on else 30,
+            marker="*" if ref else "o",
+            color="#999999" if ref else "#cc3311" if on else "#4477aa",
             zorder=3,
         )
         ax.annotate(
@@ -388,6 +396,7 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     if pts:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#cc3311", lw=1, zorder=2)
     ax.set_xscale("log")
+    ax.margins(x=0.25)  # room for the labels of the rightmost rows
     ax.set_xlabel("mean generated tokens per item (log)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
