@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from router.config import load_config
+from router.config import AutoscalingConfig, load_config
 from router.embedded_redis import EmbeddedRedis, free_port
 from router.load_test import run_load
 from router.serve_local import APP_NAME, LocalService
@@ -38,8 +38,7 @@ def service(aof_redis: EmbeddedRedis) -> Iterator[LocalService]:
     cfg.redis.reconnect_backoff_max_ms = 500
     # Two small replicas so that killing one leaves another to retry on.
     cfg.model.num_cpus = 0.5
-    cfg.model.autoscaling.min_replicas = 2
-    cfg.model.autoscaling.max_replicas = 2
+    cfg.model.autoscaling = AutoscalingConfig(min_replicas=2, max_replicas=2)
     svc = LocalService(cfg).start()
     yield svc
     svc.stop()
