@@ -206,6 +206,8 @@ class BoundedReasoning(Strategy):
                 return segments, generated, calls, "deadline"
             calls += 1
             comp = res.completions[0]
+            if res.completion_tokens <= 0:
+                return segments, generated, calls, "budget"  # a backend that makes no progress
             generated += res.completion_tokens
             segments.append(_kept(comp, cut_after_answer(comp.text)))
 
