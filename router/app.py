@@ -71,7 +71,7 @@ class ModelReplica:
             path,
             device=cfg.device,
             dtype=cfg.dtype,
-            torch_threads=cfg.torch_threads,
+            torch_threads=cfg.torch_threads or max(1, int(cfg.num_cpus)),
             name=cfg.name,
         )
         batched: Any = self.generate_batched

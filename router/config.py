@@ -132,7 +132,9 @@ class ModelConfig(_Section):
     )
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (0 = CPU).")
-    torch_threads: NonNegativeInt = Field(default=0, description="0 lets torch decide.")
+    torch_threads: NonNegativeInt = Field(
+        default=0, description="0 uses the replica's num_cpus (at least 1)."
+    )
     max_batch_size: PositiveInt = Field(default=8, le=256, description="Requests per batch.")
     batch_wait_timeout_ms: float = Field(default=5.0, ge=0, le=1000)
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
