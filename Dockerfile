@@ -38,7 +38,7 @@ COPY backends ./backends
 # Checked from / so that the installed package, not the source tree, answers.
 RUN pip install . \
  && cd / && python -c "from backends.bundled.paths import bundled_model_path as p; \
-assert (p() / 'model.safetensors').is_file() and '/site-packages/' in str(p()), p(); print(p())"
+assert (p() / 'game24' / 'model.safetensors').is_file() and '/site-packages/' in str(p()), p(); print(p())"
 
 RUN useradd --create-home --uid 1000 ray
 USER 1000

@@ -5,11 +5,17 @@ things ``generate`` does not give together: ``n`` samples of one prompt from one
 prefill (the prompt's KV cache is computed once and copied to its ``n`` rows), several
 requests with different sampling parameters, seeds and stop strings in one batch, and the
 entropy of every sampled position (the difficulty probe's signal).
+
+A checkpoint directory may also be a bundle of experts that share one tokenizer:
+``bundle.json`` names a default sub-directory and maps task tokens to sub-directories
+(``{"default": "game24", "routes": {"<24>": "game24", "<calc>": "arithmetic"}}``), and each
+prompt goes to the expert its first token names. The bundled model is such a bundle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import threading
 import time
@@ -29,6 +35,8 @@ from backends.base import (
     GenerationRequest,
     GenerationResult,
 )
+
+BUNDLE_FILE = "bundle.json"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -75,8 +83,11 @@ class TransformersBackend(Backend):
         *,
         name: str = "model",
         max_rows: int = 512,
+        experts: dict[int, torch.nn.Module] | None = None,
     ) -> None:
         self.model = model.eval()
+        # First prompt token id -> the model that serves such prompts; others get ``model``.
+        self.experts = {k: m.eval() for k, m in (experts or {}).items()}
         self.tokenizer = tokenizer
         self.name = name
         self.max_rows = max_rows
@@ -104,12 +115,37 @@ class TransformersBackend(Backend):
         p = Path(path)
         if not p.is_dir():
             raise BackendError(f"model path {str(p)!r} is not a directory", retryable=False)
+        if (p / BUNDLE_FILE).is_file():
+            return cls._from_bundle(p, dev, dtype, name or p.name)
         tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            p, local_files_only=True, dtype=resolve_dtype(dtype, dev)
-        )
-        model = model.to(dev)  # type: ignore[arg-type]
-        return cls(model, tokenizer, name=name or p.name)
+        return cls(_load_model(p, dev, dtype), tokenizer, name=name or p.name)
+
+    @classmethod
+    def _from_bundle(cls, p: Path, dev: torch.device, dtype: str, name: str) -> TransformersBackend:
+        try:
+            spec = json.loads((p / BUNDLE_FILE).read_text())
+            default, routes = str(spec["default"]), dict(spec["routes"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BackendError(
+                f"{p / BUNDLE_FILE} must be JSON with 'default' (a sub-directory) and "
+                f"'routes' (task token -> sub-directory): {exc}",
+                retryable=False,
+            ) from exc
+        tokenizer = AutoTokenizer.from_pretrained(p / default, local_files_only=True)
+        loaded = {default: _load_model(p / default, dev, dtype)}
+        experts: dict[int, torch.nn.Module] = {}
+        for token, sub in routes.items():
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+                raise BackendError(
+                    f"{p / BUNDLE_FILE} routes {token!r}, which is not one token of the "
+                    "bundle's tokenizer",
+                    retryable=False,
+                )
+            if sub not in loaded:
+                loaded[sub] = _load_model(p / sub, dev, dtype)
+            experts[token_id] = loaded[sub]
+        return cls(loaded[default], tokenizer, name=name, experts=experts)
 
     # -- Backend interface -------------------------------------------------------------------
 
@@ -171,13 +207,22 @@ class TransformersBackend(Backend):
                 else r.model_copy(update={"max_tokens": max(1, limit - len(p))})
                 for r, p in zip(group, prompts, strict=True)
             ]
-        with self._lock:
-            try:
-                results = self._decode(prompts, group)
-            except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
-                raise BackendError(f"out of GPU memory for {len(group)} requests") from exc
-        for i, res in zip(indices, results, strict=True):
-            out[i] = res
+        # Each expert decodes its own prompts; a plain checkpoint has one part.
+        parts: dict[int, list[int]] = {}
+        for j, p in enumerate(prompts):
+            parts.setdefault(id(self._model_for(p)), []).append(j)
+        for js in parts.values():
+            sub_prompts, sub_group = [prompts[j] for j in js], [group[j] for j in js]
+            with self._lock:
+                try:
+                    results = self._decode(sub_prompts, sub_group, self._model_for(sub_prompts[0]))
+                except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
+                    raise BackendError(f"out of GPU memory for {len(js)} requests") from exc
+            for j, res in zip(js, results, strict=True):
+                out[indices[j]] = res
+
+    def _model_for(self, prompt_ids: list[int]) -> torch.nn.Module:
+        return self.experts.get(prompt_ids[0], self.model) if prompt_ids else self.model
 
     def context_limit(self) -> int | None:
         """The model's context size in tokens, when its config declares one."""
@@ -212,7 +257,7 @@ class TransformersBackend(Backend):
 
     @torch.inference_mode()
     def _decode(
-        self, prompts: list[list[int]], requests: list[GenerationRequest]
+        self, prompts: list[list[int]], requests: list[GenerationRequest], model: torch.nn.Module
     ) -> list[GenerationResult]:
         t0 = time.perf_counter()
         device = self.device
@@ -230,7 +275,7 @@ class TransformersBackend(Backend):
             mask[j, width - len(u) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        pre = self.model(
+        pre = model(
             input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True
         )
         t_prefill = time.perf_counter()
@@ -278,7 +323,7 @@ class TransformersBackend(Backend):
                 active = [active[b] for b in keep]
             attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
             pos = pos + 1
-            step = self.model(
+            step = model(
                 input_ids=next_ids.view(-1, 1),
                 attention_mask=attn,
                 position_ids=pos.view(-1, 1),
@@ -389,9 +434,18 @@ class TransformersBackend(Backend):
 
     def describe(self) -> dict[str, Any]:
         """Device, dtype and size, for logs and ``/v1/models``."""
-        params = sum(p.numel() for p in self.model.parameters())
+        models = {id(m): m for m in [self.model, *self.experts.values()]}
+        params = sum(p.numel() for m in models.values() for p in m.parameters())
         dtype = next(self.model.parameters()).dtype
-        return {"device": str(self.device), "dtype": str(dtype), "parameters": params}
+        return {"device": str(self.device), "dtype": str(dtype), "parameters": params,
+                "experts": len(models)}
+
+
+def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=resolve_dtype(dtype, dev)
+    )
+    return model.to(dev)  # type: ignore[arg-type]
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -55,11 +55,11 @@ FAST_PATH_MS = 10.0
 def default_budgets() -> dict[str, Budget]:
     """The service config's default strategy budgets (``router.config``), for standalone use."""
     return {
-        "single_pass": Budget(max_tokens=96, samples=1, batch_size=4, temperature=0.0),
-        "bounded_reasoning": Budget(max_tokens=128, samples=1, batch_size=4, temperature=0.0),
-        "best_of_n": Budget(max_tokens=96, samples=16, batch_size=16, temperature=0.8),
-        "self_consistency": Budget(max_tokens=96, samples=16, batch_size=4, temperature=0.8),
-        "beam_search": Budget(max_tokens=96, beam_width=3, expansions=8, max_steps=8),
+        "single_pass": Budget(max_tokens=160, samples=1, batch_size=4, temperature=0.0),
+        "bounded_reasoning": Budget(max_tokens=160, samples=1, batch_size=4, temperature=0.0),
+        "best_of_n": Budget(max_tokens=160, samples=16, batch_size=16, temperature=0.8),
+        "self_consistency": Budget(max_tokens=160, samples=16, batch_size=4, temperature=0.8),
+        "beam_search": Budget(max_tokens=160, beam_width=3, expansions=8, max_steps=8),
     }
 
 

@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> None:
     lab.add_argument("--arith-per-k", type=int, default=20)
     lab.add_argument("--samples", type=int, default=32)
     lab.add_argument("--probe-tokens", type=int, default=96)
-    lab.add_argument("--max-tokens", type=int, default=96)
+    lab.add_argument("--max-tokens", type=int, default=160)
     lab.add_argument("--chunk", type=int, default=16)
     lab.add_argument("--seed", type=int, default=1)
     lab.add_argument("--limit", type=int, default=0)

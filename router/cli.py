@@ -58,14 +58,15 @@ def train_model(
         Path, typer.Option(help="game24.csv (rows 0-99 and 900-999 are held out).")
     ] = DEFAULT_GAME24_CSV,
     seed: Annotated[int, typer.Option(help="Seed that fixes data, init and sampling.")] = 0,
-    steps: Annotated[int | None, typer.Option(help="Override the number of steps.")] = None,
     tiny: Annotated[bool, typer.Option(help="A few steps on a tiny config (smoke test).")] = False,
+    device: Annotated[str, typer.Option(help="cpu (as shipped) or cuda.")] = "cpu",
 ) -> None:
-    """Train the bundled reasoning model from scratch and write it with its model card."""
-    from backends.bundled.train import train_model as _train
+    """Train the bundled model (both experts) from scratch and write it with its card."""
+    from backends.bundled.train import train_bundle
 
-    metrics = _train(output_dir, data_csv, seed=seed, steps=steps, tiny=tiny, progress=True)
-    typer.echo(f"wrote {output_dir}: {metrics}")
+    metrics = train_bundle(output_dir, data_csv, seed=seed, tiny=tiny, progress=True,
+                           device=device)
+    typer.echo(f"wrote {output_dir} in {metrics['wall_seconds']} s")
 
 
 @app.command("bench-model")

@@ -167,7 +167,9 @@ class VerifierConfig(_Section):
 class StrategyBudgetConfig(_Section):
     """Default budget of one strategy (see ``policies.base.Budget``)."""
 
-    max_tokens: PositiveInt = Field(default=96, le=32768)
+    # Long enough for an 8-operand arithmetic scratchpad (~130 tokens); most answers end
+    # far sooner at their end-of-sequence token, so the cap costs nothing there.
+    max_tokens: PositiveInt = Field(default=160, le=32768)
     samples: PositiveInt = Field(default=1, le=256)
     batch_size: PositiveInt = Field(default=4, le=256)
     beam_width: PositiveInt = Field(default=1, le=64)
@@ -179,7 +181,7 @@ class StrategyBudgetConfig(_Section):
 def _default_budgets() -> dict[str, StrategyBudgetConfig]:
     return {
         "single_pass": StrategyBudgetConfig(samples=1, temperature=0.0),
-        "bounded_reasoning": StrategyBudgetConfig(samples=1, temperature=0.0, max_tokens=128),
+        "bounded_reasoning": StrategyBudgetConfig(samples=1, temperature=0.0, max_tokens=160),
         "best_of_n": StrategyBudgetConfig(samples=16, batch_size=16),
         "self_consistency": StrategyBudgetConfig(samples=16, batch_size=4),
         "beam_search": StrategyBudgetConfig(beam_width=3, expansions=8, max_steps=8),

@@ -16,18 +16,18 @@ from backends.verifiers.numeric import extract_answer
 # Rows 0-99 of game24.csv (held out) that the shipped weights solve greedily; a regression
 # check of the weights, not a claim about unseen puzzles (see MODEL_CARD.md for those).
 EASY_PUZZLES = [
-    (2, 2, 10, 10),
+    (1, 1, 4, 6),
     (1, 1, 4, 8),
-    (11, 11, 12, 12),
-    (3, 7, 7, 8),
-    (1, 1, 3, 9),
-    (1, 1, 11, 13),
-    (1, 6, 6, 12),
-    (1, 1, 5, 5),
-    (1, 9, 9, 12),
-    (2, 3, 3, 12),
-    (3, 8, 10, 10),
-    (3, 8, 9, 9),
+    (4, 6, 11, 11),
+    (1, 1, 12, 12),
+    (1, 1, 2, 6),
+    (1, 1, 3, 6),
+    (4, 6, 7, 7),
+    (4, 5, 12, 12),
+    (12, 12, 12, 12),
+    (2, 11, 11, 12),
+    (1, 1, 1, 11),
+    (1, 1, 11, 12),
 ]
 
 
@@ -36,13 +36,14 @@ def backend() -> TransformersBackend:
     return TransformersBackend.from_pretrained(bundled_model_path(), device="cpu")
 
 
-def test_the_checkpoint_loads_offline_through_the_auto_classes(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("expert", ["game24", "arithmetic"])
+def test_each_expert_loads_offline_through_the_auto_classes(
+    monkeypatch: pytest.MonkeyPatch, expert: str
 ) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    path = bundled_model_path()
+    path = bundled_model_path() / expert
     assert (path / "model.safetensors").is_file()
     assert (path / "model.safetensors").stat().st_size < 20_000_000
     tok = AutoTokenizer.from_pretrained(path)
@@ -54,7 +55,26 @@ def test_the_checkpoint_loads_offline_through_the_auto_classes(
         add_generation_prompt=True,
     )
     assert prompt == "<24> 4 9 10 13\n"
-    assert (path / "MODEL_CARD.md").is_file()
+    assert (bundled_model_path() / "MODEL_CARD.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("expert", "prompt"), [("game24", "<24> 4 9 10 13\n"), ("arithmetic", "<calc> 52+69-7\n")]
+)
+def test_the_backend_sends_each_task_to_its_own_expert(
+    backend: TransformersBackend, expert: str, prompt: str
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = bundled_model_path() / expert
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    ref = model.generate(**ids, max_new_tokens=40, do_sample=False, pad_token_id=0)
+    expected = tok.decode(ref[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    got = backend.generate_batch_sync([GenerationRequest(prompt=prompt, max_tokens=40)])
+    assert got[0].completions[0].text == expected[: len(got[0].completions[0].text)]
+    assert got[0].completions[0].text.strip()
 
 
 def test_easy_puzzles_are_mostly_solved_greedily(backend: TransformersBackend) -> None:
@@ -84,11 +104,16 @@ def test_arithmetic_answers_follow_the_scratchpad_format(backend: TransformersBa
 
 
 def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: Path) -> None:
-    from backends.bundled.train import train_model
+    from backends.bundled.train import EXPERTS, train_bundle
 
-    metrics = train_model(tmp_path / "m", game24_csv, seed=1, tiny=True, progress=False)
-    assert metrics["steps"] == 4
+    metrics = train_bundle(tmp_path / "m", game24_csv, seed=1, tiny=True, progress=False)
+    assert set(metrics["experts"]) == set(EXPERTS)
+    assert all(m["steps"] == 4 for m in metrics["experts"].values())
     reloaded = TransformersBackend.from_pretrained(tmp_path / "m", device="cpu")
-    out = reloaded.generate_batch_sync([GenerationRequest(prompt="<24> 1 2 3 4\n", max_tokens=5)])
-    assert out[0].completions[0].tokens >= 1
+    assert reloaded.describe()["experts"] == len(EXPERTS)
+    out = reloaded.generate_batch_sync([
+        GenerationRequest(prompt="<24> 1 2 3 4\n", max_tokens=5),
+        GenerationRequest(prompt="<calc> 1+2\n", max_tokens=5),
+    ])
+    assert all(o.completions[0].tokens >= 1 for o in out)
     assert (tmp_path / "m" / "MODEL_CARD.md").read_text().startswith("# acr-bundled")

@@ -76,15 +76,25 @@ def test_arithmetic_scratchpad_steps_are_each_right_and_end_in_the_answer(
     lines = q.scratchpad().splitlines()
     assert lines[-1] == f"Answer: {q.answer()}"
 
-    def unrev(s: str) -> int:
-        return -int(s[1:][::-1]) if s.startswith("-") else int(s[::-1])
-
     for line in lines[:-1]:
         lhs, rhs = line.split("=")
-        op = "*" if "*" in lhs else ("+" if "+" in lhs[1:] else "-")
-        i = lhs.index(op, 1)
-        a, b = unrev(lhs[:i]), unrev(lhs[i + 1 :])
-        assert {"+": a + b, "-": a - b, "*": a * b}[op] == unrev(rhs)
+        op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
+        a_text, b_text = lhs.split(op)
+        # Every scratchpad number is 4 digits wide, so digits line up at fixed offsets.
+        assert len(a_text) == len(rhs) == arithmetic.WIDTH
+        a = arithmetic.unfixed(a_text)
+        b = int(b_text) if op == "*" else arithmetic.unfixed(b_text)
+        assert {"+": a + b, "-": a - b, "*": a * b}[op] == arithmetic.unfixed(rhs)
+    total = arithmetic.unfixed(lines[-2].split("=")[1])
+    assert total == abs(q.answer())
+
+
+def test_arithmetic_scratchpad_of_the_worked_example_is_exactly_as_documented() -> None:
+    q = arithmetic.parse_expression("52+69-70*3")
+    assert q is not None
+    assert q.scratchpad().splitlines() == [
+        "0700*3=0120", "2500+9600=1210", "1210-0120=1199", "0000-1199=9800", "Answer: -89",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -147,3 +157,18 @@ def test_held_out_puzzles_never_appear_in_training(game24_csv: Path) -> None:
         for prompt, _ in mix.batch(step / 40, 16):
             assert prompt not in held_prompts
             assert prompt not in banned
+
+
+def test_value_check_rejects_a_right_step_into_a_dead_end_and_keeps_a_live_one() -> None:
+    from backends.verifiers.game24 import Game24Verifier
+
+    # 13-9=4 leaves 4 4 10, from which (10-4)*4 = 24; 4+9=13 leaves 10 13 13, a dead end.
+    live = ["13-9=4 (left: 4 4 10)"]
+    dead = ["4+9=13 (left: 10 13 13)"]
+    assert game24.check_steps((4, 9, 10, 13), dead) == [True]
+    assert game24.check_steps((4, 9, 10, 13), dead, require_reachable=True) == [False]
+    assert game24.check_steps((4, 9, 10, 13), live, require_reachable=True) == [True]
+    v = Game24Verifier()
+    assert v.score_steps("4 9 10 13", dead) == [0.0]
+    assert v.score_steps("4 9 10 13", live) == [1.0]
+    assert Game24Verifier(value_check=False).score_steps("4 9 10 13", dead) == [1.0]

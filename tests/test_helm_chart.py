@@ -483,5 +483,5 @@ def test_the_dockerfile_builds_what_the_chart_runs() -> None:
     for package in project["tool"]["setuptools"]["packages"]["find"]["include"]:
         name = package.rstrip("*")
         assert re.search(rf"^COPY {name} \./{name}$", text, flags=re.M), name
-    assert (ROOT / "backends" / "bundled" / "model" / "config.json").is_file()
+    assert (ROOT / "backends" / "bundled" / "model" / "bundle.json").is_file()
     assert "backends/bundled/model" not in (ROOT / ".dockerignore").read_text()

@@ -246,14 +246,33 @@ async def test_beam_search_backtracks_to_a_set_aside_state_when_its_beam_dies() 
         return stepwise(prompt, 0, req)
 
     be = FakeBackend(script)
+    # Without the value check the dead end looks valid, which is what this test needs.
+    blind = Game24Verifier(value_check=False)
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=1, expansions=4, max_tokens=400), FAR
+        PUZZLE, be, blind, Budget(beam_width=1, expansions=4, max_tokens=400), FAR
     )
     assert res.stop_reason == "verified" and res.text == SOLUTION
     # The root, the dead end (proposed most often, so expanded first), then, since a failed
     # expansion counts as a step back up, the set-aside sibling rather than the dead end again.
     assert (be.calls[1].prompt or "").endswith(dead_end + "\n")
     assert (be.calls[2].prompt or "").endswith(good[0] + "\n")
+
+
+async def test_beam_search_with_the_value_check_never_expands_a_dead_end() -> None:
+    dead_end = "4+9=13 (left: 10 13 13)"
+    good = SOLUTION.split("\n")
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        if prompt.endswith(": 4 9 10 13\n"):
+            return (good[0] if i == 3 else dead_end) + "\n"
+        return stepwise(prompt, 0, req)
+
+    be = FakeBackend(script)
+    res = await get_strategy("beam_search").run(
+        PUZZLE, be, Game24Verifier(), Budget(beam_width=1, expansions=4, max_tokens=400), FAR
+    )
+    assert res.stop_reason == "verified" and res.text == SOLUTION
+    assert not any((c.prompt or "").endswith(dead_end + "\n") for c in be.calls)
 
 
 async def test_beam_search_gives_up_when_the_frontier_stays_dead() -> None:

@@ -140,3 +140,35 @@ def test_generation_stops_at_the_context_size_instead_of_crashing(
     prompt = "1" * (limit - 3)
     res = backend.generate_batch_sync([GenerationRequest(prompt=prompt, max_tokens=50)])[0]
     assert res.completions[0].tokens <= 3
+
+
+def _bundle(root: Path, routes: dict[str, str]) -> Path:
+    import json
+
+    build_tiny_checkpoint(root / "a", seed=0)
+    build_tiny_checkpoint(root / "b", seed=1)
+    (root / "bundle.json").write_text(json.dumps({"default": "a", "routes": routes}))
+    return root
+
+
+def test_a_bundle_sends_each_prompt_to_the_expert_its_first_token_names(
+    tmp_path: Path,
+) -> None:
+    bundle = TransformersBackend.from_pretrained(_bundle(tmp_path, {"x": "b"}), device="cpu")
+    alone = {
+        name: TransformersBackend.from_pretrained(tmp_path / name, device="cpu")
+        for name in ("a", "b")
+    }
+    reqs = [GenerationRequest(prompt=p, max_tokens=12) for p in ("x12+3=", "12+3=", "x9-4=")]
+    mixed = bundle.generate_batch_sync(reqs)  # both experts in one batch
+    want = ["b", "a", "b"]
+    for req, res, name in zip(reqs, mixed, want, strict=True):
+        ref = {n: b.generate_batch_sync([req])[0].completions[0].text for n, b in alone.items()}
+        assert ref["a"] != ref["b"]  # the two experts are distinguishable on this prompt
+        assert res.completions[0].text == ref[name]
+    assert bundle.describe()["experts"] == 2
+
+
+def test_a_bundle_that_routes_an_unknown_token_fails_with_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BackendError, match="not one token"):
+        TransformersBackend.from_pretrained(_bundle(tmp_path, {"<nope>": "b"}), device="cpu")

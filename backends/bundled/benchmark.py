@@ -158,6 +158,7 @@ def run_model_benchmark(
     temperature: float = TEMPERATURE,
     arithmetic_per_count: int = 30,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every measurement, write JSON (+ PNG beside it) and return the report."""
     from rich.console import Console
@@ -165,7 +166,7 @@ def run_model_benchmark(
     from backends.transformers_backend import TransformersBackend
 
     console = Console(stderr=True, quiet=not progress)
-    backend = TransformersBackend.from_pretrained(model_dir, device="cpu")
+    backend = TransformersBackend.from_pretrained(model_dir, device=device)
     rows = game24.read_csv_puzzles(data_csv)
     report: dict[str, Any] = {"temperature": temperature, "samples": samples}
     with console.status("Game of 24, rows 900-999"):

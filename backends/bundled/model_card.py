@@ -11,14 +11,18 @@ def write_model_card(
     model_dir: Path, training: dict[str, Any], benchmark: dict[str, Any] | None
 ) -> Path:
     """Write ``MODEL_CARD.md`` in ``model_dir``; returns its path."""
-    r = training["recipe"]
+    experts = training["experts"]
+    g, a = experts["game24"], experts["arithmetic"]
     lines = [
         "# acr-bundled: a tiny reasoning model trained by this project",
         "",
-        "A GPT-2 causal LM trained from scratch by `acr train-model` on two tasks with exactly",
-        "checkable answers. It exists so that the router can be built, tested and benchmarked",
-        "offline: its accuracy falls with difficulty, more samples and search raise it, and its",
-        "confidence predicts its failures.",
+        "Two GPT-2 causal LMs trained from scratch by `acr train-model` on tasks with exactly",
+        "checkable answers, one per task, sharing one tokenizer and chat template. It exists so",
+        "that the router can be built, tested and benchmarked offline: its accuracy falls with",
+        "difficulty, more samples and search raise it, and its confidence predicts its failures.",
+        "`bundle.json` maps each prompt's task token to its expert (`<24>` -> `game24/`,",
+        "`<calc>` -> `arithmetic/`); `TransformersBackend` routes by it, and each expert is an",
+        "ordinary checkpoint that loads through `AutoModelForCausalLM` on its own.",
         "",
         "## Data",
         "",
@@ -27,28 +31,38 @@ def write_model_card(
         "  (fractions in brackets, `+`/`*` small operand first, no negative intermediates);",
         "  each example is one puzzle with one of its solutions drawn uniformly.",
         "- Arithmetic, 2-8 operands of 1-2 digits, `+ - *` (times a single digit), products",
-        "  first then left to right, one operation per line with numbers written",
-        "  least-significant digit first; the answer line in ordinary notation.",
+        "  first then left to right, one operation per line, numbers as 4-digit ten's",
+        "  complement written least-significant digit first (`0700*3=0120`,",
+        "  `1210-0120=1199`), a negation line for a negative total, then the answer line in",
+        "  ordinary notation (`Answer: -89`). A curriculum favours few operands early.",
         "",
         "## Held out (never trained on)",
         "",
         "- Every puzzle in rows 0-99 and 900-999 of `game24.csv` (ToT's test slice is 900-999)",
         "  and a fixed seeded 10% of the other solvable puzzles "
-        f"({training['heldout_puzzles']} puzzles held out, {training['train_puzzles']} trained).",
+        f"({g['heldout_puzzles']} puzzles held out, {g['train_puzzles']} trained).",
         "- Arithmetic evaluation questions come from their own seed and are filtered out of",
         "  the training stream.",
         "",
         "## Recipe",
         "",
-        f"- GPT-2, {r['n_layer']} layers, width {r['n_embd']}, {r['n_head']} heads, context "
-        f"{r['n_positions']}; {training['parameters']:,} parameters; character tokens plus",
-        "  `<24>`, `<calc>`, `(left: `, `Answer: `.",
-        f"- AdamW lr {r['lr']} (warm-up {r['warmup_steps']}, cosine to {r['min_lr_fraction']}),"
-        f" betas (0.9, 0.98), weight decay {r['weight_decay']}, batch {r['batch_size']}, "
-        f"{r['steps']} steps, gradient clip 1.0, loss on responses only.",
-        f"- Seed {training['seed']}: {training['train_seconds']} s on "
-        f"{training['torch_threads']} CPU threads; final training loss "
-        f"{training['final_loss']} per token.",
+    ]
+    for name, m in (("game24", g), ("arithmetic", a)):
+        r = m["recipe"]
+        lines += [
+            f"- `{name}/`: GPT-2, {r['n_layer']} layers, width {r['n_embd']}, {r['n_head']} "
+            f"heads, context {r['n_positions']}; {m['parameters']:,} parameters. AdamW lr "
+            f"{r['lr']} (warm-up {r['warmup_steps']}, cosine to {r['min_lr_fraction']}), betas "
+            f"(0.9, 0.98), weight decay {r['weight_decay']}, batch {r['batch_size']}, "
+            f"{r['steps']} steps, bf16 autocast {r['bf16_autocast']}, gradient clip 1.0, loss "
+            f"on responses only; {m['train_seconds']} s on {m['torch_threads']} thread(s); "
+            f"final training loss {m['final_loss']} per token.",
+        ]
+    lines += [
+        "- Character tokens plus `<24>`, `<calc>`, `(left: `, `Answer: `.",
+        f"- Seed {training['seed']}; both experts "
+        f"{'side by side' if training['parallel'] else 'one after the other'} on "
+        f"{training['cpu_cores']} CPU cores: {training['wall_seconds']} s wall-clock.",
         "",
     ]
     if benchmark:

@@ -8,8 +8,8 @@ MODEL_DIR = Path(__file__).resolve().parent / "model"
 
 
 def bundled_model_path() -> Path:
-    """Directory of the shipped checkpoint (``config.json``, safetensors, tokenizer files)."""
-    if not (MODEL_DIR / "config.json").is_file():
+    """Directory of the shipped bundle (``bundle.json`` and one checkpoint per expert)."""
+    if not (MODEL_DIR / "bundle.json").is_file():
         raise FileNotFoundError(
             f"the bundled model is missing at {MODEL_DIR}; run `acr train-model --output-dir "
             f"{MODEL_DIR}` to build it"

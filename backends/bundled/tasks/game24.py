@@ -128,6 +128,11 @@ def _reaches(values: tuple[Fraction, ...]) -> bool:
     return False
 
 
+def can_reach_24(values: list[Fraction]) -> bool:
+    """Whether the numbers left after some steps can still make 24 (memoised)."""
+    return _reaches(tuple(sorted(values)))
+
+
 def is_solvable(numbers: tuple[int, ...]) -> bool:
     """Whether any sequence of steps reaches 24 (memoised over multisets)."""
     return _reaches(tuple(sorted(Fraction(n) for n in numbers)))
@@ -279,10 +284,14 @@ def check_answer(numbers: tuple[int, ...], text: str) -> bool:
     return value == TARGET and sorted(used) == sorted(numbers)
 
 
-def check_steps(numbers: tuple[int, ...], steps: list[str]) -> list[bool]:
+def check_steps(
+    numbers: tuple[int, ...], steps: list[str], require_reachable: bool = False
+) -> list[bool]:
     """Per-step validity; every step after the first invalid one is invalid too.
 
-    An ``Answer:`` line is valid when it is a correct final answer.
+    An ``Answer:`` line is valid when it is a correct final answer. With
+    ``require_reachable`` a step is also invalid when the numbers it leaves can no longer
+    make 24: Tree of Thoughts' "impossible" value judgement, made exactly.
     """
     available = [Fraction(n) for n in numbers]
     out: list[bool] = []
@@ -293,7 +302,7 @@ def check_steps(numbers: tuple[int, ...], steps: list[str]) -> list[bool]:
                 ok = check_answer(numbers, line)
             else:
                 nxt = check_step(available, line)
-                ok = nxt is not None
+                ok = nxt is not None and (not require_reachable or can_reach_24(nxt))
                 if nxt is not None:
                     available = nxt
         out.append(ok)
