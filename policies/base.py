@@ -24,6 +24,7 @@ StopReason = Literal[
     "budget",  # token or sample budget spent
     "verified",  # an exact verifier accepted a candidate
     "settled",  # adaptive stopping: the leading answer is statistically settled
+    "dispersed",  # adaptive stopping: answers so scattered that no majority is forming
     "deadline",  # out of time, best-so-far returned
     "exhausted",  # search frontier empty
 ]

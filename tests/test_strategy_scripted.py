@@ -128,6 +128,27 @@ async def test_self_consistency_keeps_sampling_while_answers_disagree() -> None:
     assert res.answer == "1"
 
 
+async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
+    counter = {"n": 0}
+
+    def distinct(p: str, i: int, r: GenerationRequest) -> str:
+        counter["n"] += 1
+        return f"Answer: {counter['n']}"
+
+    res = await get_strategy("self_consistency").run(
+        Problem(text="q", prompt="q"), FakeBackend(distinct), None,
+        Budget(samples=16, batch_size=4), FAR,
+    )
+    assert res.stop_reason == "dispersed" and res.samples == 4
+    # The futility rule off: the same stream runs to the sample budget.
+    counter["n"] = 0
+    off = await STRATEGIES["self_consistency"](dispersed_share=0.0).run(
+        Problem(text="q", prompt="q"), FakeBackend(distinct), None,
+        Budget(samples=16, batch_size=4), FAR,
+    )
+    assert off.stop_reason == "budget" and off.samples == 16
+
+
 async def test_self_consistency_stops_at_the_first_exactly_verified_answer() -> None:
     be = FakeBackend(lambda p, i, r: SOLUTION if i == 2 else WRONG)
     res = await get_strategy("self_consistency").run(
