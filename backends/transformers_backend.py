@@ -208,14 +208,14 @@ class TransformersBackend(Backend):
                 for r, p in zip(group, prompts, strict=True)
             ]
         # Each expert decodes its own prompts; a plain checkpoint has one part.
-        parts: dict[int, list[int]] = {}
+        parts: dict[torch.nn.Module, list[int]] = {}
         for j, p in enumerate(prompts):
-            parts.setdefault(id(self._model_for(p)), []).append(j)
-        for js in parts.values():
+            parts.setdefault(self._model_for(p), []).append(j)
+        for model, js in parts.items():
             sub_prompts, sub_group = [prompts[j] for j in js], [group[j] for j in js]
             with self._lock:
                 try:
-                    results = self._decode(sub_prompts, sub_group, self._model_for(sub_prompts[0]))
+                    results = self._decode(sub_prompts, sub_group, model)
                 except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
                     raise BackendError(f"out of GPU memory for {len(js)} requests") from exc
             for j, res in zip(js, results, strict=True):

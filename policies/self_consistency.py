@@ -101,12 +101,14 @@ class SelfConsistency(Strategy):
             checked = (
                 verifier is not None and verifier.exact and any(c.score is not None for c in new)
             )
-            if self.adaptive and not checked and self._settled(cands):
-                stop = "settled"
-                break
-            if self.adaptive and not checked and self._dispersed(cands):
-                stop = "dispersed"
-                break
+            if self.adaptive and not checked:
+                ranking = vote([c.answer for c in cands])
+                if self._settled(ranking):
+                    stop = "settled"
+                    break
+                if self._dispersed(ranking, len(cands)):
+                    stop = "dispersed"
+                    break
         chosen = self._choose(cands, lp, stop)
         return finish(
             self.name,
@@ -121,18 +123,16 @@ class SelfConsistency(Strategy):
             stop_reason=stop,
         )
 
-    def _settled(self, cands: list[Candidate]) -> bool:
-        ranking = vote([c.answer for c in cands])
+    def _settled(self, ranking: list[tuple[str, int]]) -> bool:
         if not ranking:
             return False
         v1 = ranking[0][1]
         v2 = ranking[1][1] if len(ranking) > 1 else 0
         return prob_leader_ahead(v1, v2) >= self.threshold
 
-    def _dispersed(self, cands: list[Candidate]) -> bool:
-        ranking = vote([c.answer for c in cands])
+    def _dispersed(self, ranking: list[tuple[str, int]], drawn: int) -> bool:
         leader = ranking[0][1] if ranking else 0
-        return leader <= self.dispersed_share * len(cands)
+        return leader <= self.dispersed_share * drawn
 
     def _choose(
         self, cands: list[Candidate], lp: dict[int, float], stop: StopReason

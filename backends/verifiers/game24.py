@@ -20,9 +20,10 @@ class Game24Verifier(ProcessVerifier):
     ``score_steps`` checks each line: operands available, arithmetic exact (fractions), the
     ``(left: ...)`` list right, and (``value_check``, on by default) that the numbers left
     can still make 24; 0.0 from the first failing step on. The value check is what makes
-    step search beat best-of-N here: on rows 900-999 beam search went from 0.63 to 0.86
-    with it, because a right step into a dead end is pruned at once instead of after the
-    remaining steps have been sampled.
+    step search beat best-of-N here: on rows 900-999 beam search with the previous bundled
+    model went from 0.63 to 0.86 with it (the current model reaches 0.91-0.97), because a
+    right step into a dead end is pruned at once instead of after the remaining steps have
+    been sampled.
     """
 
     name = "game24"
