@@ -15,17 +15,22 @@ prompt goes to the expert its first token names. The bundled model is such a bun
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+if TYPE_CHECKING:
+    from backends.continuous_batching import ContinuousBatcher
 
 from backends.base import (
     Backend,
@@ -37,6 +42,7 @@ from backends.base import (
 )
 
 BUNDLE_FILE = "bundle.json"
+BATCHING_MODES = ("continuous", "static")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -84,6 +90,7 @@ class TransformersBackend(Backend):
         name: str = "model",
         max_rows: int = 512,
         experts: dict[int, torch.nn.Module] | None = None,
+        batching: str = "continuous",
     ) -> None:
         self.model = model.eval()
         # First prompt token id -> the model that serves such prompts; others get ``model``.
@@ -96,6 +103,13 @@ class TransformersBackend(Backend):
         pad = tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else (self.eos_id or 0)
         self._lock = threading.Lock()
+        if batching not in BATCHING_MODES:
+            raise BackendError(
+                f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}",
+                retryable=False,
+            )
+        self.batching = batching
+        self._continuous: ContinuousBatcher | None = None
 
     @classmethod
     def from_pretrained(
@@ -106,8 +120,14 @@ class TransformersBackend(Backend):
         dtype: str = "auto",
         torch_threads: int = 0,
         name: str | None = None,
+        batching: str = "continuous",
     ) -> TransformersBackend:
-        """Load a local checkpoint (no hub access) and return a ready backend."""
+        """Load a local checkpoint (no hub access) and return a ready backend.
+
+        ``batching`` is how concurrent ``generate`` calls share forward passes:
+        ``continuous`` (rows join and leave between decode steps) or ``static`` (each call
+        decodes on its own; callers batch with ``generate_batch_sync``).
+        """
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         hf_logging.disable_progress_bar()
@@ -116,9 +136,30 @@ class TransformersBackend(Backend):
         if not p.is_dir():
             raise BackendError(f"model path {str(p)!r} is not a directory", retryable=False)
         if (p / BUNDLE_FILE).is_file():
-            return cls._from_bundle(p, dev, dtype, name or p.name)
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-        return cls(_load_model(p, dev, dtype), tokenizer, name=name or p.name)
+            backend = cls._from_bundle(p, dev, dtype, name or p.name)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
+            backend = cls(_load_model(p, dev, dtype), tokenizer, name=name or p.name)
+        backend.set_batching(batching)
+        return backend
+
+    def set_batching(self, batching: str) -> None:
+        """Choose ``continuous`` or ``static`` batching for ``generate`` (see
+        ``from_pretrained``); a model whose KV cache cannot be padded and trimmed (sliding
+        window layers) stays ``static``."""
+        if batching not in BATCHING_MODES:
+            raise BackendError(
+                f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}",
+                retryable=False,
+            )
+        if batching == "continuous" and not all(
+            _plain_cache(m, self.device) for m in {id(m): m for m in self._models()}.values()
+        ):
+            batching = "static"
+        self.batching = batching
+
+    def _models(self) -> list[torch.nn.Module]:
+        return [self.model, *self.experts.values()]
 
     @classmethod
     def _from_bundle(cls, p: Path, dev: torch.device, dtype: str, name: str) -> TransformersBackend:
@@ -150,9 +191,26 @@ class TransformersBackend(Backend):
     # -- Backend interface -------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Serve one request in a worker thread; see ``generate_batch_sync``."""
-        results = await asyncio.to_thread(self.generate_batch_sync, [request])
-        return results[0]
+        """Serve one request. With continuous batching it joins the running batch at the
+        next decode step and returns as soon as its own rows end; with static batching it
+        decodes alone in a worker thread (see ``generate_batch_sync``)."""
+        if self.batching == "static":
+            results = await asyncio.to_thread(self.generate_batch_sync, [request])
+            return results[0]
+        prompt = self._prompt_ids(request)
+        if self._continuous is None:
+            from backends.continuous_batching import ContinuousBatcher
+
+            self._continuous = ContinuousBatcher(self, max_rows=self.max_rows)
+        capped = self._capped(request, prompt)
+        fut = self._continuous.submit(prompt, capped, self._model_for(prompt))
+        return await asyncio.wrap_future(fut)
+
+    async def close(self) -> None:
+        """Stop the continuous batching worker, if one was started."""
+        if self._continuous is not None:
+            await asyncio.to_thread(self._continuous.close)
+            self._continuous = None
 
     async def render_chat(self, messages: list[ChatMessage]) -> str:
         """The checkpoint's chat template applied to ``messages`` with a generation prompt."""
@@ -196,17 +254,8 @@ class TransformersBackend(Backend):
         indices: list[int],
         out: list[GenerationResult | None],
     ) -> None:
-        group = [requests[i] for i in indices]
-        prompts = [self._prompt_ids(r) for r in group]
-        limit = self.context_limit()
-        if limit is not None:
-            # Absolute position embeddings end at the context size: cap generation there.
-            group = [
-                r
-                if len(p) + r.max_tokens <= limit
-                else r.model_copy(update={"max_tokens": max(1, limit - len(p))})
-                for r, p in zip(group, prompts, strict=True)
-            ]
+        prompts = [self._prompt_ids(requests[i]) for i in indices]
+        group = [self._capped(requests[i], p) for i, p in zip(indices, prompts, strict=True)]
         # Each expert decodes its own prompts; a plain checkpoint has one part.
         parts: dict[torch.nn.Module, list[int]] = {}
         for j, p in enumerate(prompts):
@@ -220,6 +269,14 @@ class TransformersBackend(Backend):
                     raise BackendError(f"out of GPU memory for {len(js)} requests") from exc
             for j, res in zip(js, results, strict=True):
                 out[indices[j]] = res
+
+    def _capped(self, request: GenerationRequest, prompt_ids: list[int]) -> GenerationRequest:
+        """``request`` with ``max_tokens`` cut so that prompt plus output fit the context."""
+        limit = self.context_limit()
+        if limit is None or len(prompt_ids) + request.max_tokens <= limit:
+            return request
+        # Absolute position embeddings end at the context size: cap generation there.
+        return request.model_copy(update={"max_tokens": max(1, limit - len(prompt_ids))})
 
     def _model_for(self, prompt_ids: list[int]) -> torch.nn.Module:
         return self.experts.get(prompt_ids[0], self.model) if prompt_ids else self.model
@@ -275,9 +332,7 @@ class TransformersBackend(Backend):
             mask[j, width - len(u) :] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        pre = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True
-        )
+        pre = forward(model, input_ids, mask, positions, None)
         t_prefill = time.perf_counter()
 
         # Row r samples from prompt row_src[r]; copy the cache rows accordingly.
@@ -288,7 +343,7 @@ class TransformersBackend(Backend):
                 row_src.append(unique[tuple(p)])
                 rows.append(_Row(request=ri, tokens=[], logprobs=[], entropies=[]))
         src = torch.tensor(row_src, device=device)
-        cache = pre.past_key_values
+        cache = output_cache(pre)
         cache.reorder_cache(src)
         logits = pre.logits[:, -1, :].float().index_select(0, src)
         attn = mask.index_select(0, src)
@@ -301,7 +356,8 @@ class TransformersBackend(Backend):
         active = list(range(len(rows)))  # row index of each live batch position
 
         for _step in range(max_new):
-            next_ids, logp, ent = self._sample(logits, temps, top_ps, active, rows, gens)
+            owners = [rows[i].request for i in active]
+            next_ids, logp, ent = self._sample(logits, temps, top_ps, owners, gens)
             keep: list[int] = []
             for b, row_i in enumerate(active):
                 row = rows[row_i]
@@ -323,14 +379,8 @@ class TransformersBackend(Backend):
                 active = [active[b] for b in keep]
             attn = torch.cat([attn, attn.new_ones((len(active), 1))], dim=1)
             pos = pos + 1
-            step = model(
-                input_ids=next_ids.view(-1, 1),
-                attention_mask=attn,
-                position_ids=pos.view(-1, 1),
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = step.past_key_values
+            step = forward(model, next_ids.view(-1, 1), attn, pos.view(-1, 1), cache)
+            cache = output_cache(step)
             logits = step.logits[:, -1, :].float()
         t_end = time.perf_counter()
         return self._results(prompts, requests, rows, t0, t_prefill, t_end)
@@ -348,11 +398,13 @@ class TransformersBackend(Backend):
         logits: torch.Tensor,
         temps: torch.Tensor,
         top_ps: torch.Tensor,
-        active: list[int],
-        rows: list[_Row],
-        gens: list[torch.Generator],
+        owners: list[int],
+        gens: Sequence[torch.Generator] | Mapping[int, torch.Generator],
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Pick one token per live row; returns ids, their log-probs and the entropies.
+
+        ``owners[b]`` names the request of batch row ``b``, whose generator is
+        ``gens[owners[b]]``.
 
         Log-probs and entropies are of the model's own distribution (temperature 1), which
         is what confidence signals are calibrated on, whatever temperature sampled the token.
@@ -370,7 +422,7 @@ class TransformersBackend(Backend):
             # samples whatever else shares the batch.
             by_request: dict[int, list[int]] = {}
             for k, b in enumerate(sampled_rows.tolist()):
-                by_request.setdefault(rows[active[b]].request, []).append(k)
+                by_request.setdefault(owners[b], []).append(k)
             for req_i, ks in by_request.items():
                 sel = torch.tensor(ks, device=logits.device)
                 draws = torch.multinomial(probs[sel], 1, generator=gens[req_i]).flatten()
@@ -405,22 +457,7 @@ class TransformersBackend(Backend):
     ) -> list[GenerationResult]:
         per_req: list[list[Completion]] = [[] for _ in requests]
         for row in rows:
-            req = requests[row.request]
-            toks = row.tokens
-            if self.eos_id is not None and toks and toks[-1] == self.eos_id:
-                toks = toks[:-1]
-            text = _cut_at_stop(
-                str(self.tokenizer.decode(toks, skip_special_tokens=True)), req.stop
-            )
-            per_req[row.request].append(
-                Completion(
-                    text=text,
-                    tokens=len(row.tokens),
-                    finish_reason="stop" if row.finish_reason == "stop" else "length",
-                    token_logprobs=row.logprobs if req.logprobs else None,
-                    token_entropies=row.entropies if req.logprobs else None,
-                )
-            )
+            per_req[row.request].append(self._completion(row, requests[row.request]))
         timings = {
             "prefill_ms": (t_prefill - t0) * 1000,
             "decode_ms": (t_end - t_prefill) * 1000,
@@ -432,13 +469,32 @@ class TransformersBackend(Backend):
             for comps, p in zip(per_req, prompts, strict=True)
         ]
 
+    def _completion(self, row: _Row, req: GenerationRequest) -> Completion:
+        """The OpenAI-shaped completion of one finished row."""
+        toks = row.tokens
+        if self.eos_id is not None and toks and toks[-1] == self.eos_id:
+            toks = toks[:-1]
+        text = _cut_at_stop(str(self.tokenizer.decode(toks, skip_special_tokens=True)), req.stop)
+        return Completion(
+            text=text,
+            tokens=len(row.tokens),
+            finish_reason="stop" if row.finish_reason == "stop" else "length",
+            token_logprobs=row.logprobs if req.logprobs else None,
+            token_entropies=row.entropies if req.logprobs else None,
+        )
+
     def describe(self) -> dict[str, Any]:
         """Device, dtype and size, for logs and ``/v1/models``."""
-        models = {id(m): m for m in [self.model, *self.experts.values()]}
+        models = {id(m): m for m in self._models()}
         params = sum(p.numel() for m in models.values() for p in m.parameters())
         dtype = next(self.model.parameters()).dtype
-        return {"device": str(self.device), "dtype": str(dtype), "parameters": params,
-                "experts": len(models)}
+        return {
+            "device": str(self.device),
+            "dtype": str(dtype),
+            "parameters": params,
+            "experts": len(models),
+            "batching": self.batching,
+        }
 
 
 def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:
@@ -446,6 +502,53 @@ def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:
         path, local_files_only=True, dtype=resolve_dtype(dtype, dev)
     )
     return model.to(dev)  # type: ignore[arg-type]
+
+
+@torch.inference_mode()
+def _plain_cache(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether ``model``'s KV cache is one full-length tensor pair per layer, which is what
+    continuous batching pads, concatenates and trims (sliding-window layers are not)."""
+    ids = torch.zeros((1, 1), dtype=torch.long, device=device)
+    cache = output_cache(forward(model, ids, torch.ones_like(ids), torch.zeros_like(ids), None))
+    if hasattr(cache, "layers"):
+        return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+    return hasattr(cache, "key_cache")
+
+
+def forward(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache: Any,
+) -> Any:
+    """One cached forward pass; ``cache`` is None for a prefill.
+
+    transformers renamed the cache argument from ``past_key_values`` to ``cache`` (5.2x);
+    the name is taken from the model's signature so both generations of the library work.
+    """
+    name = _CACHE_ARG.get(type(model))
+    if name is None:
+        params = inspect.signature(model.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        _CACHE_ARG[type(model)] = name
+    kwargs: dict[str, Any] = {name: cache} if cache is not None else {}
+    return model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=True,
+        **kwargs,
+    )
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward pass returned, under either of its names."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
+
+
+_CACHE_ARG: dict[type, str] = {}
 
 
 def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,10 @@
 always-search measures what it can sustain (completed requests/s); (3) open-loop Poisson
 arrivals at ``--load-x`` times that rate, once with always-search and once with the adaptive
 policy, each request with a deadline of 3x the SLO. The backend is the in-process model
-behind ``MicroBatcher`` (concurrent requests share decode loops, as Ray Serve's batching
-does). Reports the share of requests within the SLO, latency percentiles, accuracy and
-tokens for both.
+with continuous batching (rows join and leave between decode steps); ``--batching static``
+puts ``MicroBatcher`` in front instead, as Ray Serve's ``@serve.batch`` does. ``--threads``
+is the decode thread's torch threads. Reports the share of requests within the SLO, latency
+percentiles, accuracy and tokens for both.
 """
 
 from __future__ import annotations
@@ -177,9 +178,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         model_dir = bundled_model_path()
     tb = TransformersBackend.from_pretrained(
-        model_dir, device=args.device, dtype="float32", torch_threads=args.threads
+        model_dir,
+        device=args.device,
+        dtype="float32",
+        torch_threads=args.threads,
+        batching=args.batching,
     )
-    backend = MicroBatcher(tb)
+    # Static batching needs a batcher in front; continuous batching is the backend's own.
+    backend: Any = MicroBatcher(tb) if args.batching == "static" else tb
     model = RouterModel.load(args.model)
     items = split_items("test", args.csv, 0, 20, 1)
     base = make(backend, model, 1e6, 1e4)
@@ -195,6 +201,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "always_search_sustained_tok_s": round(tok_s, 1),
         "offered_req_s": round(rate, 3),
         "load_x": args.load_x,
+        "batching": args.batching,
         "duration_s": args.duration_s,
     }
     high = await open_loop(
@@ -217,6 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--slo-ms", type=float, default=0.0)
     p.add_argument("--load-x", type=float, default=2.0)
     p.add_argument("--workers", type=int, default=16)

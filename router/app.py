@@ -4,7 +4,8 @@
 chart's ``serveConfigV2`` use (``router.app:app_builder``). It binds:
 
 - ``ModelReplica``: the transformers model, one per replica (``num_cpus``/``num_gpus`` from
-  config), batching concurrent requests with ``@serve.batch``;
+  config), batching concurrent requests continuously (rows join and leave between decode
+  steps, ``model.batching: continuous``) or with ``@serve.batch`` (``static``);
 - ``RouterIngress``: the FastAPI ingress running the router's strategies, which call the
   model replicas through a ``DeploymentHandle`` wrapped as a ``Backend``.
 """
@@ -73,6 +74,7 @@ class ModelReplica:
             dtype=cfg.dtype,
             torch_threads=cfg.torch_threads or max(1, int(cfg.num_cpus)),
             name=cfg.name,
+            batching=cfg.batching,
         )
         batched: Any = self.generate_batched
         batched.set_max_batch_size(cfg.max_batch_size)
@@ -88,6 +90,11 @@ class ModelReplica:
             return {"error": str(exc), "retryable": exc.retryable}
         except ValueError as exc:
             return {"error": f"invalid generation request: {exc}", "retryable": False}
+        if self.backend.batching == "continuous":
+            try:
+                return _result_to_dict(await self.backend.generate(req))
+            except BackendError as exc:
+                return {"error": str(exc), "retryable": exc.retryable}
         result: dict[str, Any] = await self.generate_batched(req)
         return result
 

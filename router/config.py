@@ -135,8 +135,18 @@ class ModelConfig(_Section):
     torch_threads: NonNegativeInt = Field(
         default=0, description="0 uses the replica's num_cpus (at least 1)."
     )
-    max_batch_size: PositiveInt = Field(default=8, le=256, description="Requests per batch.")
-    batch_wait_timeout_ms: float = Field(default=5.0, ge=0, le=1000)
+    batching: Literal["continuous", "static"] = Field(
+        default="continuous",
+        description="'continuous': requests join and leave the running batch between decode "
+        "steps; 'static': Ray Serve's @serve.batch collects requests and each batch decodes "
+        "until its longest row ends (max_batch_size, batch_wait_timeout_ms).",
+    )
+    max_batch_size: PositiveInt = Field(
+        default=8, le=256, description="Requests per batch (static batching)."
+    )
+    batch_wait_timeout_ms: float = Field(
+        default=5.0, ge=0, le=1000, description="Wait to fill a batch (static batching)."
+    )
     autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
     base_url: str | None = Field(default=None, description="For kind 'openai': server URL.")
     api_key_env: str | None = Field(

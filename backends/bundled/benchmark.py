@@ -42,11 +42,24 @@ def auroc(scores: list[float], labels: list[int]) -> float | None:
     return float(roc_auc_score(labels, scores))
 
 
-def _generate(backend: Any, prompts: list[str], n: int, temperature: float, seed: int,
-              max_tokens: int, logprobs: bool = False) -> list[list[Any]]:
+def _generate(
+    backend: Any,
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    seed: int,
+    max_tokens: int,
+    logprobs: bool = False,
+) -> list[list[Any]]:
     reqs = [
-        GenerationRequest(prompt=p, n=n, max_tokens=max_tokens, temperature=temperature,
-                          seed=seed + i, logprobs=logprobs)
+        GenerationRequest(
+            prompt=p,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed + i,
+            logprobs=logprobs,
+        )
         for i, p in enumerate(prompts)
     ]
     out: list[list[Any]] = []
@@ -56,15 +69,18 @@ def _generate(backend: Any, prompts: list[str], n: int, temperature: float, seed
     return out
 
 
-def game24_report(backend: Any, puzzles: list[tuple[int, ...]], samples: int,
-                  temperature: float) -> dict[str, Any]:
+def game24_report(
+    backend: Any, puzzles: list[tuple[int, ...]], samples: int, temperature: float
+) -> dict[str, Any]:
     """Greedy, per-sample and best-of-N success, entropy AUROC, pass-rate histogram."""
     prompts = [model_prompt(game24.puzzle_text(p)) for p in puzzles]
     greedy = _generate(backend, prompts, 1, 0.0, 0, 128, logprobs=True)
     g_ok = [game24.check_answer(p, g[0].text) for p, g in zip(puzzles, greedy, strict=True)]
     sampled = _generate(backend, prompts, samples, temperature, 1, 128)
-    correct = [sum(game24.check_answer(p, c.text) for c in cs)
-               for p, cs in zip(puzzles, sampled, strict=True)]
+    correct = [
+        sum(game24.check_answer(p, c.text) for c in cs)
+        for p, cs in zip(puzzles, sampled, strict=True)
+    ]
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
     bon = {k: statistics.fmean(pass_at_k(samples, c, k) for c in correct) for k in ks}
     ent = [g[0].mean_entropy() or 0.0 for g in greedy]
@@ -80,8 +96,9 @@ def game24_report(backend: Any, puzzles: list[tuple[int, ...]], samples: int,
     }
 
 
-def arithmetic_report(backend: Any, per_count: int, votes: int,
-                      temperature: float) -> dict[str, Any]:
+def arithmetic_report(
+    backend: Any, per_count: int, votes: int, temperature: float
+) -> dict[str, Any]:
     """Greedy and majority-vote accuracy by operand count, and the entropy AUROC."""
     qs = arithmetic.heldout_questions(per_count)
     prompts = [model_prompt(q.text()) for q in qs]
@@ -119,8 +136,9 @@ def speed_report(backend: Any, repeats: int = 3) -> dict[str, float]:
     for n in (1, 16):
         rates = []
         for r in range(repeats):
-            req = GenerationRequest(prompt=prompt, n=n, max_tokens=96, temperature=TEMPERATURE,
-                                    seed=r)
+            req = GenerationRequest(
+                prompt=prompt, n=n, max_tokens=96, temperature=TEMPERATURE, seed=r
+            )
             t0 = time.perf_counter()
             out = backend.generate_batch_sync([req])[0]
             rates.append(out.completion_tokens / (time.perf_counter() - t0))
@@ -136,9 +154,11 @@ def plot_pass_rates(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("Game of 24 rows 900-999", report["game24_900_999"]["pass_rates"]),
-              ("Game of 24 rows 0-99", report["game24_0_99"]["pass_rates"]),
-              ("Arithmetic 2-8 operands", report["arithmetic"]["pass_rates"])]
+    panels = [
+        ("Game of 24 rows 900-999", report["game24_900_999"]["pass_rates"]),
+        ("Game of 24 rows 0-99", report["game24_0_99"]["pass_rates"]),
+        ("Arithmetic 2-8 operands", report["arithmetic"]["pass_rates"]),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
     for ax, (title, rates) in zip(axes, panels, strict=True):
         ax.hist(rates, bins=[i / 16 for i in range(17)], color="#4477aa")

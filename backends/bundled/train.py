@@ -160,10 +160,12 @@ def train_model(
                 g["lr"] = _lr_at(step, r)
             pairs = mix.batch(step / max(1, r.steps), r.batch_size)
             ids, mask, labels = _batch(tokenizer, pairs, eos)
-            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                                enabled=r.bf16_autocast):
+            with torch.autocast(
+                torch.device(device).type, dtype=torch.bfloat16, enabled=r.bf16_autocast
+            ):
                 loss = model(
-                    input_ids=ids.to(device), attention_mask=mask.to(device),
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
                     labels=labels.to(device),
                 ).loss
             opt.zero_grad(set_to_none=True)
@@ -174,8 +176,11 @@ def train_model(
             recent = sum(losses[-20:]) / len(losses[-20:])
             bar.update(task, advance=1, loss=recent)
             if plain and (step + 1) % max(1, r.steps // 20) == 0:
-                print(f"{label}: step {step + 1}/{r.steps} loss {recent:.3f} "
-                      f"{time.time() - t0:.0f} s", flush=True)
+                print(
+                    f"{label}: step {step + 1}/{r.steps} loss {recent:.3f} "
+                    f"{time.time() - t0:.0f} s",
+                    flush=True,
+                )
     seconds = time.time() - t0
     model.eval()
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -222,14 +227,20 @@ def train_bundle(
     jobs = []
     for name, (_, recipe) in EXPERTS.items():
         r = replace(TINY, p_game24=recipe.p_game24) if tiny else recipe
-        jobs.append({
-            "output_dir": output_dir / name, "data_csv": data_csv, "seed": seed,
-            "recipe": r, "device": device, "label": name,
-            "threads": max(1, cores // len(EXPERTS)) if parallel else 0,
-            "progress": progress,
-            # Two rich bars from two processes would garble each other: print lines.
-            "plain_progress": parallel,
-        })
+        jobs.append(
+            {
+                "output_dir": output_dir / name,
+                "data_csv": data_csv,
+                "seed": seed,
+                "recipe": r,
+                "device": device,
+                "label": name,
+                "threads": max(1, cores // len(EXPERTS)) if parallel else 0,
+                "progress": progress,
+                # Two rich bars from two processes would garble each other: print lines.
+                "plain_progress": parallel,
+            }
+        )
     t0 = time.time()
     if parallel:
         ctx = multiprocessing.get_context("spawn")

@@ -1,0 +1,358 @@
+"""Continuous batching for ``TransformersBackend``: rows join and leave between decode steps.
+
+A static batch runs until its longest row ends, and a request that arrives meanwhile waits
+for all of it before its own batch starts; under load that wait is most of a short
+request's latency. Here one worker thread owns a running batch per model (per expert of a
+bundle). Between two decode steps it prefills whatever requests arrived, left-pads their
+KV caches to the running batch's length and appends them as new rows; a row that ends
+(EOS, a stop string, ``max_tokens``) leaves at once, and a request whose rows have all
+ended gets its result then, not when the batch drains. A request whose caller gave up (its
+future was cancelled, e.g. by a deadline) leaves too, so abandoned work stops costing steps.
+
+The experts of a bundle take turns one step at a time, so a Game-of-24 prompt is never
+queued behind a whole arithmetic decode. Sampling, stop handling and accounting are the
+backend's own (``_sample``, ``_finished``, ``_completion``): a seeded request draws from its
+own generator, so its samples do not depend on what else shares the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from backends.base import Completion, GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from backends.transformers_backend import TransformersBackend, _Row
+
+
+@dataclass
+class _Job:
+    """One request from submission to its result."""
+
+    prompt: list[int]
+    request: GenerationRequest
+    model: torch.nn.Module
+    future: Future[GenerationResult]
+    submitted: float
+    generator: torch.Generator | None = None
+    rows: list[_Row] = field(default_factory=list)
+    open_rows: int = 0
+    admitted: float = 0.0
+    prefill_ms: float = 0.0
+
+
+@dataclass
+class _Running:
+    """The running batch of one model: one entry per live row, tensors in the same order."""
+
+    cache: Any
+    attn: torch.Tensor  # [rows, cache length] 1 where the key is real, 0 for left padding
+    pos: torch.Tensor  # [rows] position id of each row's last token
+    logits: torch.Tensor  # [rows, vocab] next-token logits
+    temps: torch.Tensor
+    top_ps: torch.Tensor
+    owners: list[_Job]
+    rows: list[_Row]
+
+
+class ContinuousBatcher:
+    """Serves ``submit`` calls from a worker thread that steps every running batch in turn.
+
+    ``max_rows`` caps the live rows of one model's batch; a request that would exceed it
+    waits for rows to leave (a request bigger than the cap runs alone). The thread starts on
+    the first ``submit`` and stops on ``close``.
+    """
+
+    def __init__(self, backend: TransformersBackend, *, max_rows: int = 512) -> None:
+        self.backend = backend
+        self.max_rows = max_rows
+        self._cv = threading.Condition()
+        self._pending: list[_Job] = []
+        self._running: dict[torch.nn.Module, _Running] = {}
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        # OpenMP thread counts are per thread: the worker must be told the count its
+        # creator was configured with, or it runs with the library default.
+        self._threads = torch.get_num_threads()
+        self.steps = 0  # decode steps taken, all models together (for tests and metrics)
+
+    def submit(
+        self, prompt: list[int], request: GenerationRequest, model: torch.nn.Module
+    ) -> Future[GenerationResult]:
+        """Queue one request (prompt ids already checked and ``max_tokens`` already capped);
+        returns a future that the worker completes. Cancelling it drops the request's rows."""
+        fut: Future[GenerationResult] = Future()
+        job = _Job(prompt, request, model, fut, time.perf_counter())
+        with self._cv:
+            if self._stopped:
+                raise RuntimeError("the continuous batcher is closed")
+            self._pending.append(job)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="acr-continuous-batching", daemon=True
+                )
+                self._thread.start()
+            self._cv.notify()
+        return fut
+
+    def close(self) -> None:
+        """Stop the worker; requests still queued or running fail with ``RuntimeError``."""
+        with self._cv:
+            self._stopped = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def live_rows(self) -> int:
+        """Rows decoding right now, all models together."""
+        return sum(len(r.rows) for r in self._running.values())
+
+    # -- the worker ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        torch.set_num_threads(self._threads)
+        while True:
+            with self._cv:
+                while not self._stopped and not self._pending and not self._running:
+                    self._cv.wait()
+                if self._stopped:
+                    self._fail_all(RuntimeError("the continuous batcher was closed"))
+                    return
+                pending, self._pending = self._pending, []
+            waiting = self._admit(pending)
+            if waiting:
+                with self._cv:
+                    self._pending[:0] = waiting
+            for model in list(self._running):
+                self._guarded(model, lambda m=model: self._step(m))
+
+    def _guarded(self, model: torch.nn.Module, fn: Any) -> None:
+        """Run ``fn``; on an exception fail every request of ``model``'s batch and drop it,
+        so one bad step cannot stall the other requests or kill the worker."""
+        try:
+            with self.backend._lock:
+                fn()
+        except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch
+            running = self._running.pop(model, None)
+            for job in {id(j): j for j in (running.owners if running else [])}.values():
+                _fail(job, exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        jobs = list(self._pending)
+        for running in self._running.values():
+            jobs.extend(running.owners)
+        self._pending, self._running = [], {}
+        for job in {id(j): j for j in jobs}.values():
+            _fail(job, exc)
+
+    def _admit(self, pending: list[_Job]) -> list[_Job]:
+        """Prefill and append the jobs that fit; returns those that must wait."""
+        waiting: list[_Job] = []
+        by_model: dict[torch.nn.Module, list[_Job]] = {}
+        for job in pending:
+            if job.future.cancelled():
+                continue
+            by_model.setdefault(job.model, []).append(job)
+        for model, jobs in by_model.items():
+            live = len(self._running[model].rows) if model in self._running else 0
+            take: list[_Job] = []
+            for job in jobs:
+                if live and live + job.request.n > self.max_rows:
+                    waiting.append(job)
+                    continue
+                take.append(job)
+                live += job.request.n
+            if take:
+                self._guarded_admit(model, take)
+        return waiting
+
+    def _guarded_admit(self, model: torch.nn.Module, jobs: list[_Job]) -> None:
+        try:
+            with self.backend._lock:
+                self._prefill(model, jobs)
+        except Exception as exc:  # noqa: BLE001 - only these jobs fail; the batch goes on
+            for job in jobs:
+                _fail(job, exc)
+
+    @torch.inference_mode()
+    def _prefill(self, model: torch.nn.Module, jobs: list[_Job]) -> None:
+        from backends.transformers_backend import _Row, forward, output_cache
+
+        backend = self.backend
+        device = backend.device
+        t0 = time.perf_counter()
+        unique: dict[tuple[int, ...], int] = {}
+        for job in jobs:
+            unique.setdefault(tuple(job.prompt), len(unique))
+        uniq = list(unique)
+        width = max(len(u) for u in uniq)
+        ids = torch.full((len(uniq), width), backend.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(uniq), width), dtype=torch.long)
+        for j, u in enumerate(uniq):
+            ids[j, width - len(u) :] = torch.tensor(u)
+            mask[j, width - len(u) :] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = forward(model, ids, mask, positions, None)
+        src_list: list[int] = []
+        owners: list[_Job] = []
+        rows: list[_Row] = []
+        for job in jobs:
+            job.generator = backend._generator(job.request, device)
+            for _ in range(job.request.n):
+                row = _Row(request=0, tokens=[], logprobs=[], entropies=[])
+                job.rows.append(row)
+                rows.append(row)
+                owners.append(job)
+                src_list.append(unique[tuple(job.prompt)])
+            job.open_rows = job.request.n
+        src = torch.tensor(src_list, device=device)
+        cache = output_cache(out)
+        cache.reorder_cache(src)
+        new = _Running(
+            cache=cache,
+            attn=mask.index_select(0, src),
+            pos=positions[:, -1].index_select(0, src),
+            logits=out.logits[:, -1, :].float().index_select(0, src),
+            temps=torch.tensor([j.request.temperature for j in owners], device=device),
+            top_ps=torch.tensor([j.request.top_p for j in owners], device=device),
+            owners=owners,
+            rows=rows,
+        )
+        t1 = time.perf_counter()
+        for job in jobs:
+            job.admitted, job.prefill_ms = t1, (t1 - t0) * 1000
+        old = self._running.get(model)
+        self._running[model] = new if old is None else _merge(old, new)
+
+    @torch.inference_mode()
+    def _step(self, model: torch.nn.Module) -> None:
+        """Sample one token for every live row, retire finished rows and finished requests,
+        then run one forward pass for the rows that go on."""
+        from backends.transformers_backend import forward, output_cache
+
+        run = self._running[model]
+        backend = self.backend
+        owner_ids = [id(j) for j in run.owners]
+        gens = {id(j): j.generator for j in run.owners if j.generator is not None}
+        next_ids, logp, ent = backend._sample(run.logits, run.temps, run.top_ps, owner_ids, gens)
+        keep: list[int] = []
+        for b, (job, row) in enumerate(zip(run.owners, run.rows, strict=True)):
+            if job.future.done():  # cancelled by its caller, or failed
+                continue
+            row.tokens.append(int(next_ids[b]))
+            row.logprobs.append(float(logp[b]))
+            row.entropies.append(float(ent[b]))
+            if backend._finished(row, job.request):
+                row.done = True
+                job.open_rows -= 1
+                if job.open_rows == 0:
+                    self._finish(job)
+            else:
+                keep.append(b)
+        self.steps += 1
+        if not keep:
+            del self._running[model]
+            return
+        if len(keep) < len(run.rows):
+            idx = torch.tensor(keep, device=backend.device)
+            run.cache.reorder_cache(idx)
+            run.attn, run.pos, next_ids = run.attn[idx], run.pos[idx], next_ids[idx]
+            run.temps, run.top_ps = run.temps[idx], run.top_ps[idx]
+            run.owners = [run.owners[b] for b in keep]
+            run.rows = [run.rows[b] for b in keep]
+        _trim_left(run)
+        run.attn = torch.cat([run.attn, run.attn.new_ones((len(run.rows), 1))], dim=1)
+        run.pos = run.pos + 1
+        out = forward(model, next_ids.view(-1, 1), run.attn, run.pos.view(-1, 1), run.cache)
+        run.cache = output_cache(out)
+        run.logits = out.logits[:, -1, :].float()
+
+    def _finish(self, job: _Job) -> None:
+        now = time.perf_counter()
+        completions: list[Completion] = [
+            self.backend._completion(row, job.request) for row in job.rows
+        ]
+        result = GenerationResult(
+            completions=completions,
+            prompt_tokens=len(job.prompt),
+            model=self.backend.name,
+            timings_ms={
+                "queue_ms": (job.admitted - job.submitted) * 1000 - job.prefill_ms,
+                "prefill_ms": job.prefill_ms,
+                "decode_ms": (now - job.admitted) * 1000,
+            },
+        )
+        if not job.future.done():
+            job.future.set_result(result)
+
+
+def _fail(job: _Job, exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
+
+
+def _layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, each ``[rows, heads, length, head_dim]``."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
+
+
+def _set_layers(cache: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    if hasattr(cache, "layers"):
+        for layer, (k, v) in zip(cache.layers, kv, strict=True):
+            layer.keys, layer.values = k, v
+    else:  # transformers 4.x
+        cache.key_cache = [k for k, _ in kv]
+        cache.value_cache = [v for _, v in kv]
+
+
+def _pad_left(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    missing = length - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _merge(old: _Running, new: _Running) -> _Running:
+    """One batch holding ``old``'s rows then ``new``'s; the shorter side is left-padded
+    (masked keys) to the longer one's cache length."""
+    length = max(old.attn.shape[1], new.attn.shape[1])
+    kv = [
+        (
+            torch.cat([_pad_left(ko, length, 2), _pad_left(kn, length, 2)], dim=0),
+            torch.cat([_pad_left(vo, length, 2), _pad_left(vn, length, 2)], dim=0),
+        )
+        for (ko, vo), (kn, vn) in zip(_layers(old.cache), _layers(new.cache), strict=True)
+    ]
+    _set_layers(old.cache, kv)
+    return _Running(
+        cache=old.cache,
+        attn=torch.cat([_pad_left(old.attn, length, 1), _pad_left(new.attn, length, 1)], dim=0),
+        pos=torch.cat([old.pos, new.pos]),
+        logits=torch.cat([old.logits, new.logits]),
+        temps=torch.cat([old.temps, new.temps]),
+        top_ps=torch.cat([old.top_ps, new.top_ps]),
+        owners=old.owners + new.owners,
+        rows=old.rows + new.rows,
+    )
+
+
+def _trim_left(run: _Running) -> None:
+    """Drop cache columns that no live row attends to (padding left by rows that ended), so
+    the cache is as long as the longest live row rather than growing for ever."""
+    used = run.attn.any(dim=0).nonzero()
+    lead = int(used[0]) if used.numel() else 0
+    if lead == 0:
+        return
+    run.attn = run.attn[:, lead:]
+    _set_layers(run.cache, [(k[:, :, lead:, :], v[:, :, lead:, :]) for k, v in _layers(run.cache)])

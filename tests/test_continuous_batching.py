@@ -1,0 +1,154 @@
+"""Continuous batching against a tiny real checkpoint: rows join and leave between decode
+steps, and nothing a caller sees may depend on what else shares the batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import backends.transformers_backend as tb_module
+from backends.base import GenerationRequest
+from backends.transformers_backend import TransformersBackend
+from tests.tiny_model import build_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def backend(checkpoint: Path) -> TransformersBackend:
+    return TransformersBackend.from_pretrained(checkpoint, device="cpu", batching="continuous")
+
+
+async def _staggered(
+    backend: TransformersBackend, reqs: list[GenerationRequest], gap_s: float
+) -> list[list[str]]:
+    async def one(i: int, req: GenerationRequest) -> list[str]:
+        await asyncio.sleep(i * gap_s)
+        return [c.text for c in (await backend.generate(req)).completions]
+
+    return list(await asyncio.gather(*(one(i, r) for i, r in enumerate(reqs))))
+
+
+async def test_requests_that_join_a_running_batch_get_what_they_would_get_alone(
+    backend: TransformersBackend,
+) -> None:
+    reqs = [
+        GenerationRequest(prompt="1+1=", max_tokens=40),
+        GenerationRequest(prompt="a much longer prompt: 17*3-2=", max_tokens=30),
+        GenerationRequest(prompt="9", max_tokens=5),
+        GenerationRequest(prompt="xyz", max_tokens=60),
+    ]
+    alone = [[c.text for c in backend.generate_batch_sync([r])[0].completions] for r in reqs]
+    together = await _staggered(backend, reqs, 0.004)
+    assert together == alone
+    assert backend._continuous is not None
+    # Staggered, they overlapped: fewer steps than decoding them one after another.
+    assert backend._continuous.steps < sum(r.max_tokens for r in reqs)
+    await backend.close()
+
+
+async def test_a_seed_reproduces_samples_whatever_joins_the_batch(
+    backend: TransformersBackend,
+) -> None:
+    seeded = GenerationRequest(prompt="12+3=", n=4, max_tokens=20, temperature=1.0, seed=11)
+    other = GenerationRequest(prompt="xyz", n=3, max_tokens=9, temperature=1.3, seed=5)
+    first = [c.text for c in backend.generate_batch_sync([seeded])[0].completions]
+    _, mixed = await _staggered(backend, [other, seeded], 0.002)
+    assert mixed == first
+    assert len(set(first)) > 1
+    await backend.close()
+
+
+async def test_a_short_request_returns_while_a_longer_one_started_earlier_runs_on(
+    backend: TransformersBackend,
+) -> None:
+    order: list[str] = []
+
+    async def run(tag: str, req: GenerationRequest, delay_s: float) -> int:
+        await asyncio.sleep(delay_s)
+        res = await backend.generate(req)
+        order.append(tag)
+        return res.completions[0].tokens
+
+    long_tokens, short_tokens = await asyncio.gather(
+        run("long", GenerationRequest(prompt="1+1=", max_tokens=200), 0.0),
+        run("short", GenerationRequest(prompt="7", max_tokens=3), 0.01),
+    )
+    assert (long_tokens, short_tokens) == (200, 3)
+    # A static batch would have held the short request until the long one ended.
+    assert order == ["short", "long"]
+    await backend.close()
+
+
+async def test_a_cancelled_request_stops_costing_decode_steps(
+    backend: TransformersBackend,
+) -> None:
+    task = asyncio.create_task(backend.generate(GenerationRequest(prompt="5", max_tokens=200)))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.05)
+    batcher = backend._continuous
+    assert batcher is not None
+    steps = batcher.steps
+    assert batcher.live_rows() == 0
+    assert steps < 200  # it left the batch instead of decoding to max_tokens
+    # The worker is still serving.
+    res = await backend.generate(GenerationRequest(prompt="7", max_tokens=4))
+    assert res.completions[0].tokens == 4
+    await backend.close()
+
+
+async def test_a_failing_decode_step_fails_its_requests_and_the_worker_goes_on(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tb_module.forward
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected forward failure")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tb_module, "forward", flaky)
+    with pytest.raises(RuntimeError, match="injected"):
+        await backend.generate(GenerationRequest(prompt="5", max_tokens=20))
+    res = await backend.generate(GenerationRequest(prompt="5", max_tokens=6))
+    assert res.completions[0].tokens == 6
+    await backend.close()
+
+
+async def test_bundle_experts_take_turns_in_continuous_batching(tmp_path: Path) -> None:
+    build_tiny_checkpoint(tmp_path / "a", seed=0)
+    build_tiny_checkpoint(tmp_path / "b", seed=1)
+    (tmp_path / "bundle.json").write_text(json.dumps({"default": "a", "routes": {"x": "b"}}))
+    bundle = TransformersBackend.from_pretrained(tmp_path, device="cpu")
+    assert bundle.describe()["batching"] == "continuous"
+    reqs = [GenerationRequest(prompt=p, max_tokens=12) for p in ("x12+3=", "12+3=", "x9-4=")]
+    static = [[c.text for c in r.completions] for r in bundle.generate_batch_sync(reqs)]
+    assert await _staggered(bundle, reqs, 0.001) == static
+    await bundle.close()
+
+
+async def test_static_batching_still_serves_generate(checkpoint: Path) -> None:
+    backend = TransformersBackend.from_pretrained(checkpoint, device="cpu", batching="static")
+    req = GenerationRequest(prompt="1+1=", max_tokens=8)
+    res = await backend.generate(req)
+    assert backend._continuous is None
+    assert res.completions[0].text == backend.generate_batch_sync([req])[0].completions[0].text
+
+
+def test_an_unknown_batching_mode_is_refused_with_the_valid_ones(checkpoint: Path) -> None:
+    from backends.base import BackendError
+
+    with pytest.raises(BackendError, match="continuous, static"):
+        TransformersBackend.from_pretrained(checkpoint, device="cpu", batching="dynamic")
