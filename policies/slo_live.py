@@ -193,7 +193,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     l0 = float(np.median([r["latency_ms"] for r in unloaded[2:]]))
     slo_ms = args.slo_ms or 4 * l0
     req_s, tok_s = await closed_loop(base, items, args.workers, args.capacity_s)
-    rate = args.load_x * req_s
+    # ``--rate`` fixes the offered load, e.g. to another batching mode's sustained rate.
+    rate = args.rate or args.load_x * req_s
     deadline_s = 3 * slo_ms / 1000
     report: dict[str, Any] = {
         "always_search_unloaded_p50_ms": round(l0, 1),
@@ -223,10 +224,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model-dir", type=Path, default=None)
     p.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=2)
+    # One torch thread: in a worker thread two OpenMP threads ran a greedy decode 2.5x
+    # slower than one on this 2-core machine (269 vs 104 ms), and the event loop needs a core.
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batching", choices=["continuous", "static"], default="continuous")
     p.add_argument("--slo-ms", type=float, default=0.0)
     p.add_argument("--load-x", type=float, default=2.0)
+    p.add_argument("--rate", type=float, default=0.0, help="offered requests/s (0: load-x)")
     p.add_argument("--workers", type=int, default=16)
     p.add_argument("--capacity-s", type=float, default=20.0)
     p.add_argument("--duration-s", type=float, default=40.0)

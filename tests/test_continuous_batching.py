@@ -152,3 +152,30 @@ def test_an_unknown_batching_mode_is_refused_with_the_valid_ones(checkpoint: Pat
 
     with pytest.raises(BackendError, match="continuous, static"):
         TransformersBackend.from_pretrained(checkpoint, device="cpu", batching="dynamic")
+
+
+async def test_rows_that_would_pad_too_much_start_a_cohort_of_their_own(
+    checkpoint: Path,
+) -> None:
+    from backends.continuous_batching import ContinuousBatcher
+
+    backend = TransformersBackend.from_pretrained(checkpoint, device="cpu")
+    reqs = [
+        GenerationRequest(prompt="1+1=", max_tokens=120),
+        GenerationRequest(prompt="7", max_tokens=60),
+    ]
+    alone = [[c.text for c in backend.generate_batch_sync([r])[0].completions] for r in reqs]
+    seen: list[int] = []
+    for pad_budget in (0, 10_000):
+        backend._continuous = ContinuousBatcher(backend, max_pad_row_tokens=pad_budget)
+        batcher = backend._continuous
+
+        async def watch(b: ContinuousBatcher = batcher) -> None:
+            await asyncio.sleep(0.06)
+            seen.append(b.cohorts())
+
+        got, _ = await asyncio.gather(_staggered(backend, reqs, 0.03), watch())
+        assert got == alone
+        await backend.close()
+    # No padding allowed: the late request runs beside the first; plenty allowed: it joins.
+    assert seen == [2, 1]
