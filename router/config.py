@@ -133,7 +133,10 @@ class ModelConfig(_Section):
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (0 = CPU).")
     torch_threads: NonNegativeInt = Field(
-        default=0, description="0 uses the replica's num_cpus (at least 1)."
+        default=0,
+        description="0 uses the replica's num_cpus (at least 1). Decoding runs in a worker "
+        "thread, where a small model ran 2.5x slower on 2 OpenMP threads than on 1 (2-core "
+        "CPU): scale CPU models out with replicas rather than threads.",
     )
     batching: Literal["continuous", "static"] = Field(
         default="continuous",
