@@ -245,6 +245,24 @@ class LoadTracker:
         )
 
 
+def repeats_probe(strategy: str, budget: Budget, est: DifficultyEstimate) -> bool:
+    """Whether running ``strategy`` would only repeat the finished greedy probe.
+
+    Bounded reasoning backtracks only on an exact checker; without one it is a single greedy
+    chain, token for token the probe's when the probe ended by itself, so it can only cost
+    what single pass (served from the probe) gets for free. On the benchmark's arithmetic the
+    two agreed on all 112 such questions while the router, reading noise in its per-arm
+    models, sent 58 of them to bounded reasoning (23 tokens a request on the mix).
+    """
+    return (
+        strategy == "bounded_reasoning"
+        and est.probe_finished
+        and not est.exact_verifier
+        and budget.temperature == 0
+        and budget.max_tokens >= est.probe_tokens
+    )
+
+
 def probe_as_result(probe: ProbeResult, strategy: str = "single_pass") -> StrategyResult:
     """The probe's greedy completion as the single-pass ``StrategyResult`` (no new tokens).
 
@@ -434,6 +452,7 @@ class AdaptivePolicy:
             probs={n: float(p) for n, p in zip(self.model.arm_names, probs, strict=True)},
             probe_tokens=probe_tokens,
             probe_reusable=probe is not None and self._reusable(probe),
+            probe_finished=probe is not None and probe.finish_reason == "stop",
             probe_verdict=probe.verifier_score if probe is not None else None,
             exact_verifier=self.has_exact_verifier(text)
             if exact_verifier is None
@@ -469,11 +488,13 @@ class AdaptivePolicy:
         per_sample = self._sample_tokens(est)
         out = []
         for arm in self.arms:
+            budget = self.budget_of(arm.strategy, arm, override)
+            if repeats_probe(arm.strategy, budget, est):
+                continue
             prior = self.model.bin_stat(arm.name, est.bin)
             prior_p = prior.successes / prior.trials if prior.trials else est.probs[arm.name]
             a0, b0 = beta_prior(prior_p, k)
             on = online.get(arm.name, OnlineStat())
-            budget = self.budget_of(arm.strategy, arm, override)
             tok0 = prior.tokens_mean or budget.max_tokens * budget.samples
             lat0 = prior.latency_ms_mean or 1000.0 * tok0 / self.settings.capacity_tokens_per_s
             w0 = k if prior.trials else 1.0

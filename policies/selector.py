@@ -65,6 +65,9 @@ class DifficultyEstimate(BaseModel):
     probs: dict[str, float] = Field(default_factory=dict, description="arm -> P(success)")
     probe_tokens: int = Field(default=0, ge=0, description="Tokens the probe spent.")
     probe_reusable: bool = Field(default=False, description="Probe is a full greedy answer.")
+    probe_finished: bool = Field(
+        default=False, description="The probe ended by itself (not at its token cap)."
+    )
     exact_verifier: bool = Field(
         default=False, description="An exact checker judges this task (samplers stop early)."
     )

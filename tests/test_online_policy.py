@@ -129,6 +129,27 @@ async def test_a_verified_probe_is_served_as_the_single_pass_answer(model: Route
     assert backend.calls == 1  # the answer was never generated twice
 
 
+def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_probe(
+    model: RouterModel,
+) -> None:
+    from difficulty.probe import ProbeSummary
+
+    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    assert "bounded_reasoning" in {a.strategy for a in pol.arms}
+
+    def offered(text: str, finish_reason: str) -> set[str]:
+        probe = ProbeSummary(tokens=12, finish_reason=finish_reason, mean_entropy=0.4)
+        est = pol.estimate(text, probe, probe_tokens=12)
+        return {a.strategy for a in pol.arm_stats(est, {})}
+
+    # No exact checker and a finished greedy probe: bounded reasoning is that same trace.
+    assert "bounded_reasoning" not in offered("What is 12+7*3?", "stop")
+    assert "single_pass" in offered("What is 12+7*3?", "stop")
+    # A cut probe, or an exact checker to backtrack on, makes it a different computation.
+    assert "bounded_reasoning" in offered("What is 12+7*3?", "length")
+    assert "bounded_reasoning" in offered("4 6 1 1", "stop")
+
+
 async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterModel) -> None:
     pol = AdaptivePolicy(
         settings(lambda_per_1k_tokens=0.01),
