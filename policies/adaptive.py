@@ -71,7 +71,7 @@ class AdaptiveSettings(BaseModel):
     policy_version: str = "v1"
     latency_slo_ms: float = Field(default=10_000, gt=0)
     cost_cap_tokens: float = Field(default=4096, gt=0)
-    lambda_per_1k_tokens: float = Field(default=0.05, ge=0)
+    lambda_per_1k_tokens: float = Field(default=0.1, ge=0)
     exploration_rate: float = Field(default=0.05, ge=0, le=1)
     decision_cache_ttl_s: int = Field(default=300, ge=0)
     probe_tokens: int = Field(default=64, ge=0)

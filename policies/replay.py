@@ -96,6 +96,63 @@ def oracle_row(items: Sequence[dict[str, Any]], arms: Sequence[str]) -> dict[str
     }
 
 
+def _cheapest_solver(item: dict[str, Any], arms: Sequence[str]) -> str:
+    """The oracle's pick: the cheapest arm that solved ``item``, else the cheapest arm."""
+    cands = [(float(item["arms"][a]["tokens"]), a) for a in arms if a in item["arms"]]
+    solved = [c for c in cands if item["arms"][c[1]]["correct"]]
+    return min(solved or cands)[1]
+
+
+def _base_unless_failed(item: dict[str, Any], arms: Sequence[str], base: str) -> str:
+    """Keep ``base`` unless it failed on ``item`` and another arm solved it."""
+    if item["arms"].get(base, {}).get("correct"):
+        return base
+    return next((a for a in arms if item["arms"].get(a, {}).get("correct")), base)
+
+
+def oracle_repeatability(
+    first: Sequence[dict[str, Any]],
+    second: Sequence[dict[str, Any]],
+    arms: Sequence[str],
+    base: str,
+) -> dict[str, Any]:
+    """How much of the oracle's edge over ``base`` repeats in an independent labelling run.
+
+    ``first`` and ``second`` label the same prompts with different sampling seeds. Per-item
+    choices are made with hindsight from ``first`` and scored on ``second``: the oracle's own
+    rule (cheapest arm that solved it) and ``base`` unless it failed and another arm solved it.
+    Whatever a choice made with knowledge of a whole previous run cannot recover, no policy
+    that sees only the prompt (and a probe) can either; the rest of the oracle's edge is
+    sampling luck.
+    """
+    by_text = {it["text"]: it for it in first}
+    pairs = [(by_text[it["text"]], it) for it in second if it["text"] in by_text]
+    if not pairs:
+        raise ValueError("the two labellings share no prompts")
+
+    def score(pick: Any) -> dict[str, float]:
+        outcomes = [b["arms"].get(pick(a), {}) for a, b in pairs]
+        acc = float(np.mean([bool(o.get("correct")) for o in outcomes]))
+        tok = float(np.mean([float(o.get("tokens") or 0) for o in outcomes]))
+        return {"accuracy": round(acc, 4), "mean_tokens": round(tok, 1)}
+
+    seconds = [b for _, b in pairs]
+    base_row = fixed_arm_rows(seconds)[base]
+    oracle = oracle_row(seconds, arms)
+    hind = score(lambda a: _base_unless_failed(a, arms, base))
+    gap = oracle["accuracy"] - base_row["accuracy"]
+    return {
+        "items": len(pairs),
+        "base": {"arm": base, **base_row},
+        "oracle": oracle,
+        "oracle_picks_from_first_run": score(lambda a: _cheapest_solver(a, arms)),
+        "base_unless_failed_in_first_run": hind,
+        "gap_recovered_with_hindsight": None
+        if gap <= 0
+        else round((hind["accuracy"] - base_row["accuracy"]) / gap, 4),
+    }
+
+
 def _result(tokens: float, ok: bool) -> StrategyResult:
     return StrategyResult(
         strategy="replay",

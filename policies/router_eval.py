@@ -432,6 +432,21 @@ async def cmd_live(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=1))
 
 
+async def cmd_oracle_check(args: argparse.Namespace) -> None:
+    """How much of the oracle's edge repeats across two labelling runs (both directions)."""
+    from policies.replay import oracle_repeatability
+
+    a, b = load_jsonl(args.first), load_jsonl(args.second)
+    best = args.base
+    result = {
+        "first_to_second": oracle_repeatability(a, b, CONFIGURED_ARMS, best),
+        "second_to_first": oracle_repeatability(b, a, CONFIGURED_ARMS, best),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
+
+
 async def cmd_add_arms(args: argparse.Namespace) -> None:
     """Run arms a pool cannot stand for (beam search) for real on existing label records."""
     from backends.batching import MicroBatcher
@@ -530,7 +545,7 @@ def pareto_plot(summary: dict[str, Any], sweep: list[dict[str, Any]] | None, out
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry: ``label``, ``evaluate``, ``live`` or ``merge``."""
+    """CLI entry: ``label``, ``evaluate``, ``live``, ``merge``, ``add-arms``, ``oracle-check``."""
     p = argparse.ArgumentParser(prog="python -m policies.router_eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     lab = sub.add_parser("label")
@@ -553,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--test", type=Path, required=True)
     ev.add_argument("--model", type=Path, required=True)
     ev.add_argument("--out", type=Path, default=Path("bench-out/router_eval.json"))
-    ev.add_argument("--lam", type=float, default=0.05)
+    ev.add_argument("--lam", type=float, default=0.1)
     ev.add_argument("--slo-ms", type=float, default=2000.0)
     ev.add_argument("--load-x", type=float, default=2.0)
     ev.add_argument("--capacity", type=float, default=5000.0)
@@ -567,7 +582,7 @@ def main(argv: list[str] | None = None) -> None:
     live.add_argument("--arith-per-k", type=int, default=20)
     live.add_argument("--limit", type=int, default=0)
     live.add_argument("--seed", type=int, default=1)
-    live.add_argument("--lam", type=float, default=0.05)
+    live.add_argument("--lam", type=float, default=0.1)
     live.add_argument("--exploration", type=float, default=0.0)
     live.add_argument("--threads", type=int, default=2)
     live.add_argument("--device", default="cpu")
@@ -588,8 +603,16 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--device", default="cpu")
     add.add_argument("--threads", type=int, default=2)
     add.add_argument("--concurrency", type=int, default=32)
+    orc = sub.add_parser(
+        "oracle-check", help="how much of the oracle's edge repeats in a second labelling run"
+    )
+    orc.add_argument("--first", type=Path, required=True, help="labels of one run")
+    orc.add_argument("--second", type=Path, required=True, help="same prompts, another seed")
+    orc.add_argument("--base", default="beam_search", help="the best fixed strategy")
+    orc.add_argument("--out", type=Path, default=Path("bench-out/oracle_check.json"))
     args = p.parse_args(argv)
     cmds = {
+        "oracle-check": cmd_oracle_check,
         "label": cmd_label,
         "evaluate": cmd_evaluate,
         "live": cmd_live,
