@@ -131,8 +131,11 @@ def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
     t0 = min((r["t"] for r in rows), default=0.0)
     warm = np.asarray([r["latency_ms"] for r in rows if r["t"] - t0 >= 5.0])
     arms: dict[str, int] = {}
+    missed: dict[str, int] = {}
     for r in rows:
         arms[r["arm"]] = arms.get(r["arm"], 0) + 1
+        if r["latency_ms"] > slo_ms:
+            missed[r["arm"]] = missed.get(r["arm"], 0) + 1
     return {
         "requests": len(rows),
         "slo_ms": round(slo_ms, 1),
@@ -144,6 +147,7 @@ def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
         "accuracy": round(float(np.mean([r["correct"] for r in rows])), 4) if rows else None,
         "mean_tokens": round(float(np.mean([r["tokens"] for r in rows])), 1) if rows else None,
         "arms": dict(sorted(arms.items(), key=lambda kv: -kv[1])),
+        "missed_slo_by_arm": dict(sorted(missed.items(), key=lambda kv: -kv[1])),
     }
 
 
