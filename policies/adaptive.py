@@ -14,6 +14,7 @@ deadline_ms)`` and ``record(decision, result, reward)``) by duck typing, without
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import logging
 import random
@@ -807,6 +808,16 @@ class AdaptivePolicy:
             return self._probes.pop(decision.decision_id, None)
         return self._probes.get(decision.decision_id)
 
+    def continued_problem(self, problem: Problem, decision: Decision) -> Problem | None:
+        """``problem`` with the cut probe as its answer prefix when the decision says single
+        pass should continue it (``continue_probe``); None otherwise. Keeps the probe."""
+        if not decision.continue_probe:
+            return None
+        probe = self.decision_probe(decision, pop=False)
+        if probe is None or not probe.text or probe.finish_reason == "stop":
+            return None
+        return dataclasses.replace(problem, prefix=probe.text, prefix_tokens=probe.tokens)
+
     def probe_answer(self, decision: Decision) -> StrategyResult | None:
         """The single-pass ``StrategyResult`` built from the probe when ``reuse_probe``."""
         if not decision.reuse_probe:
@@ -871,8 +882,10 @@ class AdaptivePolicy:
             result, total = reused, reused.completion_tokens + reused.verifier_tokens
         else:
             strategy = get_strategy(decision.strategy)
+            # A cut probe is the start of the greedy answer: single pass only adds the rest.
+            run_on = self.continued_problem(problem, decision) or problem
             result = await strategy.run(
-                problem, self.backend, verifier, decision.budget, deadline, clock=self.clock
+                run_on, self.backend, verifier, decision.budget, deadline, clock=self.clock
             )
             total = result.completion_tokens + result.verifier_tokens + decision.probe_tokens
         if learn:

@@ -58,7 +58,10 @@ class Problem:
     """One request as strategies see it: chat ``messages`` or a raw ``prompt``.
 
     ``text`` is the user's problem (the last user message, or the raw prompt) and is what
-    verifiers read. ``reference`` is a known answer (benchmarks only).
+    verifiers read. ``reference`` is a known answer (benchmarks only). ``prefix`` is the
+    start of the answer already generated greedily (the router's probe, cut at its token
+    limit) and ``prefix_tokens`` its length: single pass continues from it instead of
+    generating it again.
     """
 
     text: str
@@ -67,6 +70,8 @@ class Problem:
     reference: str | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    prefix: str = ""
+    prefix_tokens: int = 0
 
 
 @dataclass

@@ -211,6 +211,9 @@ async def replay_auto(
         else:
             arm = it["arms"].get(d.arm) or {"correct": False, "tokens": d.predicted_cost_tokens}
             ok, tok = bool(arm["correct"]), float(arm["tokens"] or 0.0)
+            if d.continue_probe and probe is not None:
+                # Single pass continues the cut probe: its first tokens are the probe's.
+                tok = max(0.0, tok - probe.tokens)
         correct.append(ok)
         tokens.append(tok + (probe.tokens if probe else 0))
         mix[d.arm] = mix.get(d.arm, 0) + 1

@@ -132,7 +132,8 @@ class Decision(BaseModel):
 
     ``public()`` is the ``router`` object of responses and of ``/v1/route``; ``headers()`` the
     ``x-acr-*`` response headers. ``reuse_probe`` tells the service that the probe's greedy
-    completion *is* the single-pass answer (do not generate it again).
+    completion *is* the single-pass answer (do not generate it again); ``continue_probe``
+    that single pass should continue the probe, which its token limit cut short.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -152,6 +153,7 @@ class Decision(BaseModel):
     explored: bool = False
     probe_tokens: int = 0
     reuse_probe: bool = False
+    continue_probe: bool = False
     downgraded: bool = False
     candidates: list[Candidate] = Field(default_factory=list)
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -174,6 +176,7 @@ class Decision(BaseModel):
             "downgraded": self.downgraded,
             "probe_tokens": self.probe_tokens,
             "reuse_probe": self.reuse_probe,
+            "continue_probe": self.continue_probe,
             "candidates": [c.model_dump() for c in self.candidates],
         }
 
@@ -251,9 +254,24 @@ def _p_success(arm: ArmStats, est: DifficultyEstimate, draw: float | None) -> fl
     return min(1.0, max(0.0, arm.p_model + online))
 
 
+def continues_probe(strategy: str, budget: Budget, est: DifficultyEstimate) -> bool:
+    """Whether ``strategy`` would continue a probe cut by its token limit: greedy single
+    pass, whose first tokens are exactly the probe's."""
+    return (
+        strategy == "single_pass"
+        and not est.probe_reusable
+        and not est.probe_finished
+        and est.probe_tokens > 0
+        and budget.temperature == 0
+        and budget.max_tokens > est.probe_tokens
+    )
+
+
 def _cost(arm: ArmStats, est: DifficultyEstimate) -> float:
     if arm.strategy == "single_pass" and est.probe_reusable:
         return 0.0  # the probe already produced this answer
+    if continues_probe(arm.strategy, arm.budget, est):
+        return max(1.0, arm.tokens_mean - est.probe_tokens)  # only the rest is generated
     return arm.tokens_mean
 
 
@@ -375,6 +393,7 @@ def select(
         explored=explored,
         probe_tokens=est.probe_tokens,
         reuse_probe=reuse,
+        continue_probe=continues_probe(arm.strategy, arm.budget, est),
         downgraded=downgraded,
         candidates=cands,
     )

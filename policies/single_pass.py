@@ -6,12 +6,17 @@ import time
 
 from backends.base import Backend
 from backends.verifiers.base import Verifier
-from policies.base import Budget, Clock, Problem, Strategy, StrategyResult
+from backends.verifiers.numeric import extract_answer
+from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
 from policies.common import call_until, candidate_of, finish, out_of_time, request_for, score_all
 
 
 class SinglePass(Strategy):
-    """One sample at ``budget.temperature`` (0 = greedy) within ``budget.max_tokens``."""
+    """One sample at ``budget.temperature`` (0 = greedy) within ``budget.max_tokens``.
+
+    Given a ``problem.prefix`` (a greedy start of the answer, e.g. the router's cut probe) it
+    generates only the rest, within what is left of ``budget.max_tokens``.
+    """
 
     name = "single_pass"
 
@@ -26,19 +31,37 @@ class SinglePass(Strategy):
     ) -> StrategyResult:
         """The one completion; ``stop_reason`` is answered, budget or deadline."""
         started = clock()
+        prompt = None
+        max_tokens = budget.max_tokens
+        if problem.prefix:
+            # Continue the greedy prefix (the probe) rather than generate it again.
+            base = problem.prompt
+            if base is None:
+                base = await backend.render_chat(problem.messages or [])
+            prompt = base + problem.prefix
+            max_tokens = max(1, budget.max_tokens - problem.prefix_tokens)
         req = request_for(
-            problem, n=1, max_tokens=budget.max_tokens, temperature=budget.temperature
+            problem, n=1, max_tokens=max_tokens, temperature=budget.temperature, prompt=prompt
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
             return out_of_time(self.name, started, clock)
         cand = candidate_of(res.completions[0])
+        if problem.prefix:
+            # The prefix's tokens were generated (and counted) by whoever made it.
+            text = problem.prefix + cand.text
+            cand = Candidate(
+                text=text,
+                tokens=cand.tokens,
+                answer=extract_answer(text),
+                finish_reason=cand.finish_reason,
+            )
         spent, _ = score_all(verifier, problem, [cand])
         return finish(
             self.name,
             chosen=cand,
             candidates=[cand],
-            prompt_tokens=res.prompt_tokens,
+            prompt_tokens=max(0, res.prompt_tokens - problem.prefix_tokens),
             generated_tokens=res.completion_tokens,
             verifier_tokens=spent,
             started=started,

@@ -198,7 +198,11 @@ class _Sim:
         if arm is None:  # an arm without labels for this item: count it as a failure
             arm = {"correct": False, "tokens": d.predicted_cost_tokens or 0.0}
         r.correct = bool(arm["correct"])
-        self.start_arm(r, d.arm, float(arm["tokens"]))
+        tokens = float(arm["tokens"])
+        if d.continue_probe and probe:
+            # Single pass continues the cut probe: its first tokens are the probe's.
+            tokens = max(0.0, tokens - float(probe.tokens))
+        self.start_arm(r, d.arm, tokens)
 
     async def arrive(self, rid: int, item: dict[str, Any]) -> None:
         r = _Req(rid, item, self.now)

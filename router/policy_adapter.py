@@ -41,6 +41,10 @@ class AdaptiveDecider:
         """The probe's completion when it already is the single-pass answer."""
         return self.policy.probe_answer(decision)
 
+    def continued_problem(self, problem: Problem, decision: Any) -> Problem | None:
+        """``problem`` prefixed with the cut probe when single pass should continue it."""
+        return self.policy.continued_problem(problem, decision)
+
     async def record(
         self, decision: Any, result: StrategyResult | None, reward: float | None
     ) -> None:

@@ -126,23 +126,35 @@ class ServedResult:
     latency_ms: float
     task_kind: str
     probe_reused: bool = False
+    probe_continued: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
     def probe_hidden(self) -> int:
         """Probe tokens that count as hidden (0 when the probe is the answer itself)."""
-        # A reused probe *is* the visible answer; otherwise its tokens were spent unseen.
-        return 0 if self.probe_reused else self.decision.probe_tokens
+        # A reused probe *is* the visible answer and a continued one its start; otherwise
+        # its tokens were spent unseen.
+        if self.probe_reused or self.probe_continued:
+            return 0
+        return self.decision.probe_tokens
 
     @property
     def completion_tokens(self) -> int:
         """Every generated token, including the probe's and the hidden ones."""
-        return sum(r.completion_tokens for r in self.results) + self.probe_hidden
+        # A continued probe starts the visible answer but is not in the results' counts.
+        visible_probe = self.decision.probe_tokens if self.probe_continued else 0
+        return sum(r.completion_tokens for r in self.results) + self.probe_hidden + visible_probe
 
     @property
     def reasoning_tokens(self) -> int:
         """The hidden part of ``completion_tokens``."""
         return sum(r.hidden_tokens for r in self.results) + self.probe_hidden
+
+
+def _plain(n: int, max_tokens: int | None, temperature: float | None, problem: Problem) -> bool:
+    """A request the probe can answer or start: one greedy choice, no stop strings and no
+    token cap tighter than the probe had."""
+    return n == 1 and (temperature or 0.0) <= 0 and not problem.stop and max_tokens is None
 
 
 def prompt_hash(text: str) -> str:
@@ -376,6 +388,10 @@ class RouterService:
             decision.budget = decision.budget.model_copy(update={"temperature": temperature})
         kind, verifier = self.verifier_lookup(problem.text)
         reused = self._reused_probe(decision, n, max_tokens, temperature, problem)
+        continued = None
+        if reused is None and _plain(n, max_tokens, temperature, problem):
+            cont = getattr(self.decider, "continued_problem", None)
+            continued = cont(problem, decision) if cont is not None else None
         try:
             # Strategies honour the deadline themselves; this outer bound guarantees that a
             # stuck backend call can never make the client hang past it.
@@ -383,7 +399,7 @@ class RouterService:
                 [reused]
                 if reused is not None
                 else await asyncio.wait_for(
-                    self._run_all(problem, decision, verifier, deadline, n),
+                    self._run_all(continued or problem, decision, verifier, deadline, n),
                     timeout=max(0.001, deadline - self.clock()) + DEADLINE_GRACE_S,
                 )
             )
@@ -408,6 +424,7 @@ class RouterService:
             latency_ms=latency_ms,
             task_kind=kind,
             probe_reused=reused is not None,
+            probe_continued=continued is not None,
         )
         self._count(served)
         if self.limiter is not None:
@@ -521,7 +538,7 @@ class RouterService:
         reuse = getattr(self.decider, "reused_answer", None)
         if reuse is None or not getattr(decision, "reuse_probe", False):
             return None
-        if n != 1 or (temperature or 0.0) > 0 or problem.stop or max_tokens is not None:
+        if not _plain(n, max_tokens, temperature, problem):
             return None
         result: StrategyResult | None = reuse(decision)
         return result

@@ -150,6 +150,55 @@ def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_prob
     assert "bounded_reasoning" in offered("4 6 1 1", "stop")
 
 
+class LongAnswerBackend(Backend):
+    """One long greedy answer; a request cut short gets its first ``max_tokens`` characters."""
+
+    name = "fake"
+    ANSWER = "12+7*3: 7*3=21, 12+21=33. Answer: 33"
+
+    def __init__(self) -> None:
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self.requests.append(request)
+        prompt = request.prompt or ""
+        done = next(
+            (k for k in range(len(self.ANSWER), 0, -1) if prompt.endswith(self.ANSWER[:k])), 0
+        )
+        rest = self.ANSWER[done:]
+        text = rest[: request.max_tokens]
+        c = Completion(
+            text=text,
+            tokens=len(text),
+            finish_reason="stop" if len(text) == len(rest) else "length",
+            token_logprobs=[-0.1] * len(text),
+            token_entropies=[0.2] * len(text),
+        )
+        return GenerationResult(completions=[c], prompt_tokens=5)
+
+    async def render_chat(self, messages: list[ChatMessage]) -> str:
+        return "Q:" + messages[-1].content + "\n"
+
+
+async def test_single_pass_after_a_cut_probe_continues_it_and_counts_each_token_once(
+    model: RouterModel,
+) -> None:
+    backend = LongAnswerBackend()
+    # A huge lambda makes the cheapest arm, single pass, the choice.
+    pol = AdaptivePolicy(
+        settings(lambda_per_1k_tokens=50.0), backend=backend, model=model, verifier_lookup=lookup
+    )
+    text = "What is 12+7*3?"
+    problem = Problem(text=text, messages=[ChatMessage(role="user", content=text)])
+    d, res, total = await pol.solve(problem, None, time.monotonic() + 30)
+    assert d.strategy == "single_pass" and d.continue_probe and not d.reuse_probe
+    probe_req, rest_req = backend.requests
+    assert probe_req.max_tokens == 16
+    assert rest_req.prompt == "Q:" + text + "\n" + backend.ANSWER[:16]
+    assert res.text == backend.ANSWER and res.answer == "33"
+    assert total == len(backend.ANSWER)  # 16 probe tokens + the rest, nothing twice
+
+
 async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterModel) -> None:
     pol = AdaptivePolicy(
         settings(lambda_per_1k_tokens=0.01),

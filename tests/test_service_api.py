@@ -227,3 +227,36 @@ async def test_limits_are_enforced_with_the_valid_range_in_the_message(
     err = r.json()["error"]
     assert err["param"] == param
     assert rt.backend.calls == [], "nothing unvalidated may reach the backend"  # type: ignore[attr-defined]
+
+
+async def test_single_pass_continues_a_cut_probe_and_usage_counts_each_token_once() -> None:
+    answer = "Work: " + "7*3=21, 12+21=33; " * 8 + "Answer: 33"  # longer than the probe
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        done = next((k for k in range(len(answer), 0, -1) if prompt.endswith(answer[:k])), 0)
+        return answer[done:]
+
+    cfg = load_config(
+        env={"ACR_POLICY_LAMBDA_PER_1K_TOKENS": "50", "ACR_POLICY_EXPLORATION_RATE": "0"}
+    )
+    rt = make(cfg, FakeBackend(script))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=rt.http_app), base_url="http://t"
+    ) as client:
+        r = await client.post(
+            "/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "What is 12+7*3?"}]},
+        )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    be = rt.backend
+    assert isinstance(be, FakeBackend)
+    assert body["router"]["strategy"] == "single_pass"
+    assert body["router"]["continue_probe"] is True
+    probe, rest = be.calls
+    assert probe.max_tokens < len(answer)  # the probe was cut
+    assert rest.prompt is not None and rest.prompt.endswith(answer[: probe.max_tokens])
+    assert body["choices"][0]["message"]["content"] == answer
+    # Every generated token once, all of them visible.
+    assert body["usage"]["completion_tokens"] == be.generated_tokens == len(answer)
+    assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0

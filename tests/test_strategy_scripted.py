@@ -66,6 +66,27 @@ async def test_single_pass_is_greedy_and_one_sample() -> None:
     assert res.stop_reason == "answered"
 
 
+async def test_single_pass_continues_a_greedy_prefix_instead_of_generating_it_again() -> None:
+    import dataclasses
+
+    prefix = SOLUTION[:20]
+
+    def script(prompt: str, i: int, req: GenerationRequest) -> str:
+        return SOLUTION[len(prefix) :] if prompt.endswith(prefix) else SOLUTION
+
+    be = FakeBackend(script)
+    problem = dataclasses.replace(PUZZLE, prefix=prefix, prefix_tokens=len(prefix))
+    budget = Budget(max_tokens=200, temperature=0.0)
+    res = await get_strategy("single_pass").run(problem, be, Game24Verifier(), budget, FAR)
+    assert res.text == SOLUTION and res.score == 1.0
+    assert res.answer == "(13-9)*(10-4) = 24"
+    call = be.calls[0]
+    assert call.prompt is not None and call.prompt.endswith(prefix)
+    assert call.max_tokens == 200 - len(prefix)
+    # Only the continuation is new work; the prefix was counted by whoever generated it.
+    assert res.completion_tokens == be.generated_tokens == len(SOLUTION) - len(prefix)
+
+
 async def test_bounded_reasoning_cuts_after_the_answer_and_counts_the_rest_hidden() -> None:
     be = FakeBackend(lambda p, i, r: SOLUTION + "\nmore chatter after the answer")
     res = await get_strategy("bounded_reasoning").run(PUZZLE, be, None, Budget(max_tokens=500), FAR)
@@ -136,15 +157,21 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
         return f"Answer: {counter['n']}"
 
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"), FakeBackend(distinct), None,
-        Budget(samples=16, batch_size=4), FAR,
+        Problem(text="q", prompt="q"),
+        FakeBackend(distinct),
+        None,
+        Budget(samples=16, batch_size=4),
+        FAR,
     )
     assert res.stop_reason == "dispersed" and res.samples == 4
     # The futility rule off: the same stream runs to the sample budget.
     counter["n"] = 0
     off = await STRATEGIES["self_consistency"](dispersed_share=0.0).run(
-        Problem(text="q", prompt="q"), FakeBackend(distinct), None,
-        Budget(samples=16, batch_size=4), FAR,
+        Problem(text="q", prompt="q"),
+        FakeBackend(distinct),
+        None,
+        Budget(samples=16, batch_size=4),
+        FAR,
     )
     assert off.stop_reason == "budget" and off.samples == 16
 

@@ -172,3 +172,25 @@ def test_a_bundle_sends_each_prompt_to_the_expert_its_first_token_names(
 def test_a_bundle_that_routes_an_unknown_token_fails_with_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="not one token"):
         TransformersBackend.from_pretrained(_bundle(tmp_path, {"<nope>": "b"}), device="cpu")
+
+
+async def test_continuing_a_cut_greedy_prefix_gives_the_full_greedy_answer(
+    backend: TransformersBackend,
+) -> None:
+    from policies.base import Budget, Problem
+    from policies.single_pass import SinglePass
+
+    full = backend.generate_batch_sync([GenerationRequest(prompt="12+3=", max_tokens=40)])[0]
+    probe = backend.generate_batch_sync([GenerationRequest(prompt="12+3=", max_tokens=15)])[0]
+    assert probe.completions[0].finish_reason == "length"
+    problem = Problem(
+        text="12+3=",
+        prompt="12+3=",
+        prefix=probe.completions[0].text,
+        prefix_tokens=probe.completions[0].tokens,
+    )
+    res = await SinglePass().run(
+        problem, backend, None, Budget(max_tokens=40, temperature=0.0), deadline=1e12
+    )
+    assert res.text == full.completions[0].text
+    assert res.completion_tokens == full.completions[0].tokens - 15
