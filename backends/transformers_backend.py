@@ -103,12 +103,7 @@ class TransformersBackend(Backend):
         pad = tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else (self.eos_id or 0)
         self._lock = threading.Lock()
-        if batching not in BATCHING_MODES:
-            raise BackendError(
-                f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}",
-                retryable=False,
-            )
-        self.batching = batching
+        self.batching = _checked_mode(batching)
         self._continuous: ContinuousBatcher | None = None
 
     @classmethod
@@ -147,11 +142,7 @@ class TransformersBackend(Backend):
         """Choose ``continuous`` or ``static`` batching for ``generate`` (see
         ``from_pretrained``); a model whose KV cache cannot be padded and trimmed (sliding
         window layers) stays ``static``."""
-        if batching not in BATCHING_MODES:
-            raise BackendError(
-                f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}",
-                retryable=False,
-            )
+        batching = _checked_mode(batching)
         if batching == "continuous" and not all(
             _plain_cache(m, self.device) for m in {id(m): m for m in self._models()}.values()
         ):
@@ -502,6 +493,15 @@ def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:
         path, local_files_only=True, dtype=resolve_dtype(dtype, dev)
     )
     return model.to(dev)  # type: ignore[arg-type]
+
+
+def _checked_mode(batching: str) -> str:
+    if batching not in BATCHING_MODES:
+        raise BackendError(
+            f"batching must be one of {', '.join(BATCHING_MODES)}, got {batching!r}",
+            retryable=False,
+        )
+    return batching
 
 
 @torch.inference_mode()
