@@ -17,10 +17,11 @@ own generator, so its samples do not depend on what else shares the batch.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -322,12 +323,13 @@ class ContinuousBatcher:
                 "decode_ms": (now - job.admitted) * 1000,
             },
         )
-        if not job.future.done():
+        # The caller may cancel between any check and this call (another thread): ignore.
+        with contextlib.suppress(InvalidStateError):
             job.future.set_result(result)
 
 
 def _fail(job: _Job, exc: BaseException) -> None:
-    if not job.future.done():
+    with contextlib.suppress(InvalidStateError):
         job.future.set_exception(exc)
 
 

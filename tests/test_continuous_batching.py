@@ -179,3 +179,19 @@ async def test_rows_that_would_pad_too_much_start_a_cohort_of_their_own(
         await backend.close()
     # No padding allowed: the late request runs beside the first; plenty allowed: it joins.
     assert seen == [2, 1]
+
+
+def test_a_result_for_a_request_cancelled_meanwhile_is_dropped_quietly(
+    backend: TransformersBackend,
+) -> None:
+    from concurrent.futures import Future
+
+    from backends.continuous_batching import ContinuousBatcher, _fail, _Job
+
+    batcher = ContinuousBatcher(backend)
+    fut: Future[Any] = Future()
+    job = _Job([1, 2], GenerationRequest(prompt="12", max_tokens=2), backend.model, fut, 0.0)
+    fut.cancel()  # the caller's deadline fired between the worker's check and its answer
+    batcher._finish(job)
+    _fail(job, RuntimeError("late"))
+    assert fut.cancelled()
