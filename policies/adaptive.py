@@ -129,6 +129,7 @@ class _Inflight:
     started_at: float
     concurrency: int
     predicted_ms: float = 0.0
+    strategy: str = ""
 
 
 class LoadTracker:
@@ -162,6 +163,9 @@ class LoadTracker:
         self._sat_time = 0.0
         self._sat_tokens = 0.0
         self.slowdown = 1.0
+        # Per strategy: one that makes several sequential calls (bounded reasoning's
+        # backtracking, beam steps) can run slower than predicted while others do not.
+        self.slowdown_by: dict[str, float] = {}
         self.call_ms = 0.0
         self._call_mean = 0.0
         self._call_dev = 0.0
@@ -181,12 +185,15 @@ class LoadTracker:
         deadline_s: float,
         now: float | None = None,
         predicted_ms: float = 0.0,
+        strategy: str = "",
     ) -> None:
         """Count a request as in flight with ``tokens`` predicted to generate and
-        ``predicted_ms`` predicted latency (from the start of its decision)."""
+        ``predicted_ms`` predicted latency (from the start of its decision) for ``strategy``."""
         t = self.clock() if now is None else now
         self._advance(t)
-        self.jobs[key] = _Inflight(tokens, t + deadline_s, t, len(self.jobs) + 1, predicted_ms)
+        self.jobs[key] = _Inflight(
+            tokens, t + deadline_s, t, len(self.jobs) + 1, predicted_ms, strategy
+        )
         self.recent.append((t, tokens))
 
     def end(self, key: str, tokens: float | None, now: float | None = None) -> None:
@@ -197,10 +204,15 @@ class LoadTracker:
         if job is None:
             return
         if job.predicted_ms >= 20.0:
-            # Latency the model did not foresee: rise fast (SLOs are at stake), decay slowly.
             ratio = min(20.0, max(0.5, (t - job.started_at) * 1000 / job.predicted_ms))
-            rate = 0.2 if ratio > self.slowdown else 0.05
-            self.slowdown = min(20.0, max(0.5, (1 - rate) * self.slowdown + rate * ratio))
+            self.slowdown = _ewma_ratio(self.slowdown, ratio)
+            # A strategy priced out of use is never observed again: let its own factor drift
+            # back to the common one as other requests finish, so it is not shut out for good.
+            for name, factor in self.slowdown_by.items():
+                self.slowdown_by[name] = factor + 0.01 * (self.slowdown - factor)
+            if job.strategy:
+                mine = self.slowdown_by.get(job.strategy, self.slowdown)
+                self.slowdown_by[job.strategy] = _ewma_ratio(mine, ratio)
         if not tokens or tokens <= 0:
             return
         if len(self.jobs) + 1 >= self.saturated_at:
@@ -242,8 +254,16 @@ class LoadTracker:
             elapsed_ms=elapsed_ms,
             utilization=offered / capacity,
             slowdown=self.slowdown,
+            slowdown_by_strategy=dict(self.slowdown_by),
             call_ms=self.call_ms,
         )
+
+
+def _ewma_ratio(current: float, ratio: float) -> float:
+    """Observed/predicted latency folded into a running factor: rise fast (SLOs are at
+    stake), decay slowly."""
+    rate = 0.2 if ratio > current else 0.05
+    return min(20.0, max(0.5, (1 - rate) * current + rate * ratio))
 
 
 def repeats_probe(strategy: str, budget: Budget, est: DifficultyEstimate) -> bool:
@@ -671,6 +691,7 @@ class AdaptivePolicy:
                 expires_s,
                 t0,
                 predicted_ms=(d.predicted_latency_ms or 0.0) + spent_ms,
+                strategy=d.strategy,
             )
         else:
             self._probes.pop(d.decision_id, None)

@@ -111,6 +111,11 @@ class Load(BaseModel):
     slowdown: float = Field(
         default=1.0, gt=0, description="Observed over predicted latency, learned live."
     )
+    slowdown_by_strategy: dict[str, float] = Field(
+        default_factory=dict,
+        description="The same ratio per strategy, where one has been observed (a strategy "
+        "that makes several sequential calls can run slower than one call's model says).",
+    )
     call_ms: float = Field(
         default=0.0, ge=0, description="Recent latency of one backend call (probe, pass)."
     )
@@ -209,7 +214,11 @@ def _round(v: float | None, nd: int = 4) -> float | None:
 
 
 def predict_latency_ms(
-    cost_tokens: float, unloaded_ms: float, load: Load, calls: float = 1.0
+    cost_tokens: float,
+    unloaded_ms: float,
+    load: Load,
+    calls: float = 1.0,
+    strategy: str | None = None,
 ) -> float:
     """Latency of an arm that generates ``cost_tokens`` under ``load``, in ms.
 
@@ -218,7 +227,8 @@ def predict_latency_ms(
     work that arrives meanwhile shares the backend too, which divides the rate by (1 - rho)
     for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency. The
     live ``slowdown`` (observed / predicted latency of recent requests) corrects what this
-    model misses, e.g. a batching backend's head-of-line waits. And an arm that makes ``calls``
+    model misses, e.g. a batching backend's head-of-line waits; ``strategy``'s own ratio is
+    used once one was observed (``Load.slowdown_by_strategy``). And an arm that makes ``calls``
     sequential backend calls takes at least ``calls`` times the latency one call has right
     now (``call_ms``, measured on the probe and single calls): a busy batching server makes
     every call wait for a decode cycle, however few tokens it needs.
@@ -229,7 +239,8 @@ def predict_latency_ms(
     free = 1.0 - min(load.utilization, 0.9)
     loaded_ms = 1000.0 * shared / (load.capacity_tokens_per_s * free)
     per_call = calls * load.call_ms
-    return load.overhead_ms + max(max(unloaded_ms, loaded_ms) * load.slowdown, per_call)
+    slowdown = load.slowdown_by_strategy.get(strategy or "", load.slowdown)
+    return load.overhead_ms + max(max(unloaded_ms, loaded_ms) * slowdown, per_call)
 
 
 def thompson_draws(
@@ -292,7 +303,7 @@ def score_arms(
         latency = (
             0.0
             if cost == 0 and arm.strategy == "single_pass"
-            else predict_latency_ms(cost, arm.latency_ms_mean, load, arm.calls)
+            else predict_latency_ms(cost, arm.latency_ms_mean, load, arm.calls, arm.strategy)
         )
         feasible = latency <= remaining_ms and cost + est.probe_tokens <= slo.cost_cap_tokens
         utility = p - slo.lambda_per_1k_tokens * cost / 1000.0
@@ -415,7 +426,8 @@ def shrink_budget(
             return float(math.ceil(b.samples / max(1, b.batch_size)))
         return float(b.max_steps) if strategy == "beam_search" else 1.0
 
-    cost, lat = tokens_mean, predict_latency_ms(tokens_mean, unloaded_ms, load, calls(budget))
+    cost = tokens_mean
+    lat = predict_latency_ms(tokens_mean, unloaded_ms, load, calls(budget), strategy)
     shrunk = False
     b = budget
     while lat > remaining and (b.samples > 1 or b.beam_width > 1 or b.expansions > 1):
@@ -432,7 +444,7 @@ def shrink_budget(
         factor = scale_to / scale_from
         cost *= factor
         unloaded_ms *= factor
-        lat = predict_latency_ms(cost, unloaded_ms, load, calls(b))
+        lat = predict_latency_ms(cost, unloaded_ms, load, calls(b), strategy)
         shrunk = True
     return b, cost, lat, shrunk
 

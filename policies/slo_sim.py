@@ -189,6 +189,7 @@ class _Sim:
             self.slo_ms / 500,
             self.now,
             predicted_ms=d.predicted_latency_ms or 0.0,
+            strategy=d.strategy,
         )
         if d.reuse_probe:
             r.correct = bool(probe and (probe.verifier_score or 0) >= 0.5)

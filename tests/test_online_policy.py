@@ -471,6 +471,35 @@ def test_the_load_tracker_learns_how_much_slower_requests_are_than_predicted() -
     assert t.snapshot().slowdown < 1.2  # and it recovers when predictions hold again
 
 
+def test_a_strategy_slower_than_predicted_is_priced_slower_without_slowing_the_others() -> None:
+    from policies.selector import predict_latency_ms
+
+    now = [0.0]
+    t = LoadTracker(1000.0, clock=lambda: now[0])
+    for i in range(30):
+        # Single passes take what was predicted; bounded reasoning 3x (it backtracked).
+        t.begin(f"s{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="single_pass")
+        now[0] += 0.1
+        t.end(f"s{i}", 50)
+        t.begin(f"b{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="bounded_reasoning")
+        now[0] += 0.3
+        t.end(f"b{i}", 50)
+    load = t.snapshot()
+    assert load.slowdown_by_strategy["bounded_reasoning"] > 2.5
+    assert load.slowdown_by_strategy["single_pass"] < 1.5 < load.slowdown
+    slow = predict_latency_ms(50, 100.0, load, strategy="bounded_reasoning")
+    fast = predict_latency_ms(50, 100.0, load, strategy="single_pass")
+    unseen = predict_latency_ms(50, 100.0, load, strategy="beam_search")
+    assert slow > 1.8 * fast
+    assert unseen == predict_latency_ms(50, 100.0, load)  # the global factor
+    # Priced out and no longer chosen, bounded reasoning drifts back as others finish.
+    for i in range(300):
+        t.begin(f"x{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="single_pass")
+        now[0] += 0.1
+        t.end(f"x{i}", 50)
+    assert t.snapshot().slowdown_by_strategy["bounded_reasoning"] < 1.3
+
+
 async def test_a_deadline_too_short_to_deliberate_takes_single_pass_at_once(
     model: RouterModel,
 ) -> None:
