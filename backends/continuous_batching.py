@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from backends.transformers_backend import TransformersBackend, _Row
 
 
-@dataclass
+# eq=False: jobs and batches are found and removed by identity; field equality would
+# compare tensors (ambiguous) and futures.
+@dataclass(eq=False)
 class _Job:
     """One request from submission to its result."""
 
@@ -49,7 +51,7 @@ class _Job:
     prefill_ms: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Running:
     """A running batch (cohort) of one model: one entry per live row, tensors in order."""
 
@@ -209,24 +211,12 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def _prefill(self, model: torch.nn.Module, jobs: list[_Job]) -> None:
-        from backends.transformers_backend import _Row, forward, output_cache
+        from backends.transformers_backend import _Row, output_cache
 
         backend = self.backend
         device = backend.device
         t0 = time.perf_counter()
-        unique: dict[tuple[int, ...], int] = {}
-        for job in jobs:
-            unique.setdefault(tuple(job.prompt), len(unique))
-        uniq = list(unique)
-        width = max(len(u) for u in uniq)
-        ids = torch.full((len(uniq), width), backend.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(uniq), width), dtype=torch.long)
-        for j, u in enumerate(uniq):
-            ids[j, width - len(u) :] = torch.tensor(u)
-            mask[j, width - len(u) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = forward(model, ids, mask, positions, None)
+        unique, out, mask, positions = backend._prefill_unique(model, [j.prompt for j in jobs])
         src_list: list[int] = []
         owners: list[_Job] = []
         rows: list[_Row] = []
@@ -258,10 +248,12 @@ class ContinuousBatcher:
             job.admitted, job.prefill_ms = t1, (t1 - t0) * 1000
         cohorts = [i for i, r in enumerate(self._running) if r.model is model]
         if cohorts:
-            young = cohorts[-1]
-            merged = _merge(self._running[young], new)
-            if len(cohorts) >= self.max_cohorts or _padding(merged) <= self.max_pad_row_tokens:
-                self._running[young] = merged
+            young = self._running[cohorts[-1]]
+            if (
+                len(cohorts) >= self.max_cohorts
+                or _merged_padding(young, new) <= self.max_pad_row_tokens
+            ):
+                self._running[cohorts[-1]] = _merge(young, new)
                 return
         self._running.append(new)
 
@@ -386,9 +378,11 @@ def _merge(old: _Running, new: _Running) -> _Running:
     )
 
 
-def _padding(run: _Running) -> int:
-    """Padded (masked) row-positions in ``run``'s cache."""
-    return int(run.attn.numel() - run.attn.sum())
+def _merged_padding(old: _Running, new: _Running) -> int:
+    """Padded (masked) row-positions ``_merge(old, new)`` would hold, without merging."""
+    length = max(old.attn.shape[1], new.attn.shape[1])
+    real = int(old.attn.sum()) + int(new.attn.sum())
+    return length * (old.attn.shape[0] + new.attn.shape[0]) - real
 
 
 def _trim_left(run: _Running) -> None:

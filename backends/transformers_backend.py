@@ -309,21 +309,7 @@ class TransformersBackend(Backend):
     ) -> list[GenerationResult]:
         t0 = time.perf_counter()
         device = self.device
-        # One prefill per distinct prompt: siblings (n samples, beam states with equal
-        # prefixes across requests) share it.
-        unique: dict[tuple[int, ...], int] = {}
-        for p in prompts:
-            unique.setdefault(tuple(p), len(unique))
-        uniq = list(unique)
-        width = max(len(u) for u in uniq)
-        input_ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(uniq), width), dtype=torch.long)
-        for j, u in enumerate(uniq):
-            input_ids[j, width - len(u) :] = torch.tensor(u)
-            mask[j, width - len(u) :] = 1
-        input_ids, mask = input_ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        pre = forward(model, input_ids, mask, positions, None)
+        unique, pre, mask, positions = self._prefill_unique(model, prompts)
         t_prefill = time.perf_counter()
 
         # Row r samples from prompt row_src[r]; copy the cache rows accordingly.
@@ -375,6 +361,26 @@ class TransformersBackend(Backend):
             logits = step.logits[:, -1, :].float()
         t_end = time.perf_counter()
         return self._results(prompts, requests, rows, t0, t_prefill, t_end)
+
+    def _prefill_unique(
+        self, model: torch.nn.Module, prompts: list[list[int]]
+    ) -> tuple[dict[tuple[int, ...], int], Any, torch.Tensor, torch.Tensor]:
+        """One left-padded prefill per distinct prompt (siblings: n samples, beam states with
+        equal prefixes, share it). Returns (prompt -> row, forward output, attention mask,
+        position ids)."""
+        unique: dict[tuple[int, ...], int] = {}
+        for p in prompts:
+            unique.setdefault(tuple(p), len(unique))
+        uniq = list(unique)
+        width = max(len(u) for u in uniq)
+        input_ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(uniq), width), dtype=torch.long)
+        for j, u in enumerate(uniq):
+            input_ids[j, width - len(u) :] = torch.tensor(u)
+            mask[j, width - len(u) :] = 1
+        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return unique, forward(model, input_ids, mask, positions, None), mask, positions
 
     def _generator(self, req: GenerationRequest, device: torch.device) -> torch.Generator:
         g = torch.Generator(device=device)
