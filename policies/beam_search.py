@@ -27,7 +27,7 @@ from backends.base import Backend, GenerationResult
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
 from backends.verifiers.numeric import extract_answer, normalize_answer
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
-from policies.common import call_until, finish, mean_logprob, request_for
+from policies.common import base_prompt, call_until, finish, mean_logprob, request_for
 
 #: longest single step (line) a proposal may take, in tokens
 STEP_TOKENS = 48
@@ -67,10 +67,7 @@ class BeamSearch(Strategy):
         exhausted (every state was expanded and nothing is left to backtrack to) or deadline.
         """
         started = clock()
-        base = problem.prompt
-        if base is None and problem.messages is not None:
-            base = await backend.render_chat(problem.messages)
-        base = base or ""
+        base = await base_prompt(problem, backend)
         token_budget = budget.max_tokens * budget.beam_width * budget.expansions
         beams = [Beam()]
         pool: list[Beam] = []  # valid states set aside, for backtracking

@@ -31,7 +31,7 @@ from policies.base import (
     Strategy,
     StrategyResult,
 )
-from policies.common import call_until, finish, request_for, score_all
+from policies.common import base_prompt, call_until, finish, request_for, score_all
 
 FORCED_ANSWER_TOKENS = 24
 #: temperature of a continuation after a rejected line (greedy would repeat the same line)
@@ -179,7 +179,7 @@ class BoundedReasoning(Strategy):
     ) -> tuple[list[_Segment], int, int, StopReason]:
         """Back up to the last valid line and continue until an answer passes or the budget
         is spent; returns (kept segments, tokens generated, calls, stop reason)."""
-        base = await self._base_prompt(problem, backend)
+        base = await base_prompt(problem, backend)
         calls = 1
         while True:
             text = "".join(s.text for s in segments)
@@ -211,12 +211,6 @@ class BoundedReasoning(Strategy):
             generated += res.completion_tokens
             segments.append(_kept(comp, cut_after_answer(comp.text)))
 
-    async def _base_prompt(self, problem: Problem, backend: Backend) -> str:
-        """The raw prompt the chain continues (the chat template applied)."""
-        if problem.prompt is not None:
-            return problem.prompt
-        return await backend.render_chat(problem.messages or [])
-
     async def _force_answer(
         self,
         problem: Problem,
@@ -226,7 +220,7 @@ class BoundedReasoning(Strategy):
         clock: Clock,
     ) -> tuple[str, int] | None:
         """``Answer: `` appended and a short greedy answer; (added text, tokens) or None."""
-        base = await self._base_prompt(problem, backend)
+        base = await base_prompt(problem, backend)
         suffix = ("" if text.endswith("\n") or not text else "\n") + "Answer: "
         req = request_for(
             problem,

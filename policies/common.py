@@ -37,6 +37,16 @@ def request_for(
     )
 
 
+async def base_prompt(problem: Problem, backend: Backend) -> str:
+    """The raw prompt a continuation extends: ``problem.prompt``, or its chat messages with
+    the backend's template applied."""
+    if problem.prompt is not None:
+        return problem.prompt
+    if problem.messages is None:
+        return ""
+    return await backend.render_chat(problem.messages)
+
+
 async def call_until(
     backend: Backend, request: GenerationRequest, deadline: float, clock: Clock
 ) -> GenerationResult | None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from backends.base import Backend
 from backends.verifiers.base import Verifier
 from backends.verifiers.numeric import extract_answer
-from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
-from policies.common import call_until, candidate_of, finish, out_of_time, request_for, score_all
+from policies.base import Budget, Clock, Problem, Strategy, StrategyResult
+from policies.common import (
+    base_prompt,
+    call_until,
+    candidate_of,
+    finish,
+    out_of_time,
+    request_for,
+    score_all,
+)
 
 
 class SinglePass(Strategy):
@@ -35,10 +44,7 @@ class SinglePass(Strategy):
         max_tokens = budget.max_tokens
         if problem.prefix:
             # Continue the greedy prefix (the probe) rather than generate it again.
-            base = problem.prompt
-            if base is None:
-                base = await backend.render_chat(problem.messages or [])
-            prompt = base + problem.prefix
+            prompt = await base_prompt(problem, backend) + problem.prefix
             max_tokens = max(1, budget.max_tokens - problem.prefix_tokens)
         req = request_for(
             problem, n=1, max_tokens=max_tokens, temperature=budget.temperature, prompt=prompt
@@ -50,12 +56,7 @@ class SinglePass(Strategy):
         if problem.prefix:
             # The prefix's tokens were generated (and counted) by whoever made it.
             text = problem.prefix + cand.text
-            cand = Candidate(
-                text=text,
-                tokens=cand.tokens,
-                answer=extract_answer(text),
-                finish_reason=cand.finish_reason,
-            )
+            cand = dataclasses.replace(cand, text=text, answer=extract_answer(text))
         spent, _ = score_all(verifier, problem, [cand])
         return finish(
             self.name,
