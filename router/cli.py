@@ -5,6 +5,7 @@ Every command imports its heavy dependencies lazily so that ``acr --help`` is in
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -77,15 +78,65 @@ def bench_model(
         "bench-out/model.json"
     ),
     samples: Annotated[int, typer.Option(help="Samples per item.")] = 32,
+    arithmetic_per_count: Annotated[
+        int, typer.Option(min=1, help="Held-out arithmetic questions per operand count (2-8).")
+    ] = 100,
 ) -> None:
     """Measure the bundled model: accuracy vs samples, confidence AUROC, sampling speed."""
     from backends.bundled.benchmark import run_model_benchmark
     from backends.bundled.paths import bundled_model_path
 
     result = run_model_benchmark(
-        model_dir or bundled_model_path(), data_csv, out_json, samples=samples
+        model_dir or bundled_model_path(),
+        data_csv,
+        out_json,
+        samples=samples,
+        arithmetic_per_count=arithmetic_per_count,
     )
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
+
+
+@app.command("trial-recipe")
+def trial_recipe(
+    expert: Annotated[str, typer.Option(help="Expert to train: game24 | arithmetic.")] = (
+        "arithmetic"
+    ),
+    out_dir: Annotated[Path, typer.Option(help="Where the trial checkpoint goes.")] = Path(
+        "runs/trial"
+    ),
+    data_csv: Annotated[Path, typer.Option(help="game24.csv")] = DEFAULT_GAME24_CSV,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
+    uniform_from: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Progress by which the operand-count mix is uniform; 0 keeps favouring "
+            "few operands to the end.",
+        ),
+    ] = None,
+    per_count: Annotated[
+        int, typer.Option(min=1, help="Arithmetic questions per operand count.")
+    ] = 50,
+    seed: Annotated[int, typer.Option(help="Seed for data and init.")] = 0,
+) -> None:
+    """Train one expert with changed settings on one thread and score it (recipe search)."""
+    from backends.bundled.trial import run_trial
+
+    overrides: dict[str, object] = {
+        k: v
+        for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items()
+        if v is not None
+    }
+    if uniform_from is not None:
+        overrides["arithmetic_uniform_from"] = uniform_from or None
+    try:
+        result = run_trial(expert, out_dir, data_csv, overrides, seed=seed, per_count=per_count)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(json.dumps(result, indent=2))
 
 
 @app.command()

@@ -176,7 +176,7 @@ def run_model_benchmark(
     out_json: Path,
     samples: int = 32,
     temperature: float = TEMPERATURE,
-    arithmetic_per_count: int = 30,
+    arithmetic_per_count: int = 100,
     progress: bool = True,
     device: str = "cpu",
 ) -> dict[str, Any]:

@@ -56,14 +56,24 @@ def arithmetic_example(rng: random.Random, operands: int, banned: set[str]) -> t
 class Mixture:
     """Samples training pairs: Game of 24 with probability ``p_game24``, else arithmetic.
 
-    Arithmetic operand counts follow a curriculum: short questions dominate early and the
-    mix flattens to uniform over 2..8 by ``progress`` 0.5.
+    Arithmetic operand counts follow a curriculum: short questions dominate early (weight
+    ``9 - k`` for ``k`` operands) and the mix flattens to uniform over 2..8 by ``progress``
+    ``uniform_from``; ``uniform_from=None`` keeps the early weights throughout.
     """
 
-    def __init__(self, train_puzzles: list[tuple[int, ...]], seed: int, p_game24: float = 0.5):
+    def __init__(
+        self,
+        train_puzzles: list[tuple[int, ...]],
+        seed: int,
+        p_game24: float = 0.5,
+        uniform_from: float | None = 0.5,
+    ):
+        if uniform_from is not None and not 0 < uniform_from <= 1:
+            raise ValueError(f"uniform_from must be in (0, 1] or None, got {uniform_from}")
         self.puzzles = train_puzzles
         self.rng = random.Random(seed)
         self.p_game24 = p_game24
+        self.uniform_from = uniform_from
         self.banned = {q.expression() for q in arithmetic.heldout_questions(200)}
 
     def batch(self, progress: float, size: int) -> list[tuple[str, str]]:
@@ -74,7 +84,7 @@ class Mixture:
         """
         if self.rng.random() < self.p_game24:
             return [game24_example(self.rng.choice(self.puzzles), self.rng) for _ in range(size)]
-        t = min(1.0, progress / 0.5)
+        t = 0.0 if self.uniform_from is None else min(1.0, progress / self.uniform_from)
         weights = [(1 - t) * (9 - k) + t * 1.0 for k in range(2, 9)]
         k = self.rng.choices(range(2, 9), weights=weights)[0]
         return [arithmetic_example(self.rng, k, self.banned) for _ in range(size)]

@@ -40,6 +40,9 @@ class Recipe:
     weight_decay: float = 0.1
     min_lr_fraction: float = 0.05
     p_game24: float = 0.75
+    # Training progress by which the arithmetic operand-count mix is uniform (None: it keeps
+    # favouring few operands to the end).
+    arithmetic_uniform_from: float | None = 0.5
     # bf16 autocast halves step time on CPUs with AVX512-BF16/AMX; weights stay float32.
     bf16_autocast: bool = True
 
@@ -130,7 +133,9 @@ def train_model(
     model.to(torch.device(device))  # type: ignore[arg-type]  # transformers stubs
     params = sum(p.numel() for p in model.parameters())
     splits = game24_splits(data_csv)
-    mix = Mixture(splits.train, seed=seed, p_game24=r.p_game24)
+    mix = Mixture(
+        splits.train, seed=seed, p_game24=r.p_game24, uniform_from=r.arithmetic_uniform_from
+    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(

@@ -1,0 +1,69 @@
+"""Recipe trials (``acr trial-recipe``) and the arithmetic curriculum they vary."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from backends.bundled.data import Mixture
+from backends.bundled.tasks import arithmetic
+from backends.bundled.trial import run_trial
+
+
+def _operand_shares(mix: Mixture, progress: float, draws: int = 1400) -> Counter[int]:
+    counts: Counter[int] = Counter()
+    for _ in range(draws):
+        (prompt, _reply) = mix.batch(progress, 1)[0]
+        q = arithmetic.parse_expression(prompt.split(" ", 1)[1].strip())
+        assert q is not None
+        counts[q.operands] += 1
+    return counts
+
+
+def test_the_default_curriculum_is_uniform_over_operand_counts_by_the_end() -> None:
+    counts = _operand_shares(Mixture([], seed=0, p_game24=0.0), progress=1.0)
+    # Uniform: 200 of 1,400 draws per count; 2 operands well under the early 25% share.
+    assert 140 < counts[2] < 260
+    assert 140 < counts[8] < 260
+
+
+def test_a_curriculum_without_a_uniform_phase_keeps_favouring_few_operands() -> None:
+    counts = _operand_shares(Mixture([], seed=0, p_game24=0.0, uniform_from=None), 1.0)
+    # Weights 9 - k: 2 operands 7/28 of the draws (350), 8 operands 1/28 (50).
+    assert counts[2] > 280
+    assert counts[8] < 100
+
+
+def test_a_curriculum_progress_outside_the_run_is_rejected() -> None:
+    with pytest.raises(ValueError, match="uniform_from"):
+        Mixture([], seed=0, uniform_from=1.5)
+
+
+def test_a_trial_trains_with_the_overrides_and_scores_the_expert(
+    tmp_path: Path, game24_csv: Path
+) -> None:
+    result = run_trial(
+        "arithmetic",
+        tmp_path / "t",
+        game24_csv,
+        {"steps": 3, "arithmetic_uniform_from": None},
+        per_count=1,
+        tiny=True,
+        progress=False,
+    )
+    assert result["recipe"]["steps"] == 3
+    assert result["recipe"]["arithmetic_uniform_from"] is None
+    assert set(result["scores"]["by_operands"]) == set(range(2, 9))
+    assert result["train_seconds"] > 0
+    saved = json.loads((tmp_path / "t" / "trial.json").read_text())
+    assert saved["overrides"] == {"steps": 3, "arithmetic_uniform_from": None}
+
+
+def test_a_trial_rejects_an_unknown_expert_or_setting(tmp_path: Path, game24_csv: Path) -> None:
+    with pytest.raises(ValueError, match="valid: game24, arithmetic"):
+        run_trial("poetry", tmp_path, game24_csv, {})
+    with pytest.raises(ValueError, match="valid: steps"):
+        run_trial("arithmetic", tmp_path, game24_csv, {"dropout": 0.1})
