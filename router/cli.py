@@ -108,6 +108,8 @@ def trial_recipe(
     steps: Annotated[int | None, typer.Option(min=1, help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Examples per step.")] = None,
     lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
+    n_layer: Annotated[int | None, typer.Option(min=1, help="Transformer layers.")] = None,
+    n_embd: Annotated[int | None, typer.Option(min=8, help="Width (a multiple of 6).")] = None,
     uniform_from: Annotated[
         float | None,
         typer.Option(
@@ -127,7 +129,13 @@ def trial_recipe(
 
     overrides: dict[str, object] = {
         k: v
-        for k, v in {"steps": steps, "batch_size": batch_size, "lr": lr}.items()
+        for k, v in {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": lr,
+            "n_layer": n_layer,
+            "n_embd": n_embd,
+        }.items()
         if v is not None
     }
     if uniform_from is not None:

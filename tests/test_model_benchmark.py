@@ -1,0 +1,45 @@
+"""The bundled model's benchmark arithmetic: intervals and the two-operand check."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from backends.base import Completion, GenerationRequest, GenerationResult
+from backends.bundled.benchmark import arithmetic_greedy_check, wilson_interval
+from backends.bundled.tasks import arithmetic
+
+
+class SumsOnlyBackend:
+    """Answers sums right and products off by one, like a model that slips on carries."""
+
+    def generate_batch_sync(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        out = []
+        for req in requests:
+            assert req.prompt is not None
+            q = arithmetic.parse_expression(re.sub(r"^<calc> ", "", req.prompt).strip())
+            assert q is not None
+            wrong = any(t.multiplier for t in q.terms)
+            text = f"Answer: {q.answer() + int(wrong)}"
+            out.append(GenerationResult([Completion(text, 5, "stop")] * req.n, 8))
+        return out
+
+
+def test_the_two_operand_check_scores_each_kind_of_question_separately() -> None:
+    report = arithmetic_greedy_check(SumsOnlyBackend(), operands=2, count=200)
+    assert report["items"] == 200
+    assert report["greedy_sums_only"] == 1.0
+    assert report["greedy_with_product"] == 0.0
+    assert report["greedy"] == pytest.approx(report["items_sums_only"] / 200)
+    low, high = report["greedy_95"]
+    assert low < report["greedy"] < high
+
+
+def test_the_wilson_interval_matches_known_values_and_stays_in_range() -> None:
+    low, high = wilson_interval(50, 100)
+    assert low == pytest.approx(0.404, abs=0.001)
+    assert high == pytest.approx(0.596, abs=0.001)
+    assert wilson_interval(0, 20)[0] == 0.0
+    assert wilson_interval(20, 20)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)
