@@ -119,6 +119,9 @@ def trial_recipe(
             "few operands to the end.",
         ),
     ] = None,
+    random_order: Annotated[
+        bool, typer.Option(help="Arithmetic scratchpads fold the terms in a random order.")
+    ] = False,
     per_count: Annotated[
         int, typer.Option(min=1, help="Arithmetic questions per operand count.")
     ] = 50,
@@ -140,6 +143,8 @@ def trial_recipe(
     }
     if uniform_from is not None:
         overrides["arithmetic_uniform_from"] = uniform_from or None
+    if random_order:
+        overrides["arithmetic_random_order"] = True
     try:
         result = run_trial(expert, out_dir, data_csv, overrides, seed=seed, per_count=per_count)
     except ValueError as e:

@@ -172,3 +172,30 @@ def test_value_check_rejects_a_right_step_into_a_dead_end_and_keeps_a_live_one()
     assert v.score_steps("4 9 10 13", dead) == [0.0]
     assert v.score_steps("4 9 10 13", live) == [1.0]
     assert Game24Verifier(value_check=False).score_steps("4 9 10 13", dead) == [1.0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), operands=st.integers(2, 8))
+def test_a_random_fold_order_is_still_a_valid_scratchpad_for_the_same_answer(
+    seed: int, operands: int
+) -> None:
+    q = arithmetic.random_question(random.Random(seed), operands)
+    lines = q.scratchpad(random.Random(seed + 1)).splitlines()
+    assert lines[-1] == f"Answer: {q.answer()}"
+    for line in lines[:-1]:
+        lhs, rhs = line.split("=")
+        op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
+        a_text, b_text = lhs.split(op)
+        a = arithmetic.unfixed(a_text)
+        b = int(b_text) if op == "*" else arithmetic.unfixed(b_text)
+        assert {"+": a + b, "-": a - b, "*": a * b}[op] == arithmetic.unfixed(rhs)
+
+
+def test_random_fold_orders_take_different_paths_to_one_answer() -> None:
+    q = arithmetic.parse_expression("52+69-70*3+4*5-8")
+    assert q is not None
+    pads = {q.scratchpad(random.Random(i)) for i in range(30)}
+    assert len(pads) > 5
+    assert all(p.endswith(f"Answer: {q.answer()}") for p in pads)
+    # Without an order the scratchpad is the documented left-to-right one.
+    assert q.scratchpad() == q.scratchpad(None)

@@ -67,3 +67,14 @@ def test_a_trial_rejects_an_unknown_expert_or_setting(tmp_path: Path, game24_csv
         run_trial("poetry", tmp_path, game24_csv, {})
     with pytest.raises(ValueError, match="valid: steps"):
         run_trial("arithmetic", tmp_path, game24_csv, {"dropout": 0.1})
+
+
+def test_random_fold_orders_change_the_scratchpads_but_not_the_questions() -> None:
+    plain = Mixture([], seed=3, p_game24=0.0)
+    shuffled = Mixture([], seed=3, p_game24=0.0, random_fold_order=True)
+    a = [pair for step in range(40) for pair in plain.batch(step / 40, 4)]
+    b = [pair for step in range(40) for pair in shuffled.batch(step / 40, 4)]
+    assert [p for p, _ in a] == [p for p, _ in b]
+    assert sum(ra != rb for (_, ra), (_, rb) in zip(a, b, strict=True)) > 20
+    pairs = zip(a, b, strict=True)
+    assert all(ra.splitlines()[-1] == rb.splitlines()[-1] for (_, ra), (_, rb) in pairs)

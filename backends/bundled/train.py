@@ -43,6 +43,8 @@ class Recipe:
     # Training progress by which the arithmetic operand-count mix is uniform (None: it keeps
     # favouring few operands to the end).
     arithmetic_uniform_from: float | None = 0.5
+    # Scratchpads fold the terms in a random order (diverse paths for majority voting).
+    arithmetic_random_order: bool = False
     # bf16 autocast halves step time on CPUs with AVX512-BF16/AMX; weights stay float32.
     bf16_autocast: bool = True
 
@@ -134,7 +136,11 @@ def train_model(
     params = sum(p.numel() for p in model.parameters())
     splits = game24_splits(data_csv)
     mix = Mixture(
-        splits.train, seed=seed, p_game24=r.p_game24, uniform_from=r.arithmetic_uniform_from
+        splits.train,
+        seed=seed,
+        p_game24=r.p_game24,
+        uniform_from=r.arithmetic_uniform_from,
+        random_fold_order=r.arithmetic_random_order,
     )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

@@ -18,7 +18,15 @@ from typing import Any
 from backends.bundled.train import EXPERTS, TINY, train_model
 
 #: Fields of ``train.Recipe`` a trial may change.
-TRIAL_FIELDS = ("steps", "batch_size", "lr", "n_layer", "n_embd", "arithmetic_uniform_from")
+TRIAL_FIELDS = (
+    "steps",
+    "batch_size",
+    "lr",
+    "n_layer",
+    "n_embd",
+    "arithmetic_uniform_from",
+    "arithmetic_random_order",
+)
 
 
 def run_trial(

@@ -89,19 +89,26 @@ class Question:
         """``What is 52+69-70*3?``: how users ask it."""
         return f"What is {self.expression()}?"
 
-    def scratchpad(self) -> str:
+    def scratchpad(self, order: random.Random | None = None) -> str:
         """The model's response: one step per line, then ``Answer: n``.
 
         ``52+69-70*3`` gives ``0700*3=0120``, ``2500+9600=1210``, ``1210-0120=1199``,
-        ``0000-1199=9800`` (the negation), ``Answer: -89``.
+        ``0000-1199=9800`` (the negation), ``Answer: -89``. With ``order``, the products
+        come in a shuffled order and the fold starts from a random positive term and takes
+        the rest in a random order: a different valid path to the same answer, so that
+        samples of a model trained on such paths do not all repeat one slip.
         """
-        lines = [
-            f"{fixed(t.value)}*{t.multiplier}={fixed(t.result())}"
-            for t in self.terms
-            if t.multiplier
-        ]
-        acc = self.terms[0].result()
-        for op, t in zip(self.ops, self.terms[1:], strict=True):
+        signed = [("+", self.terms[0]), *zip(self.ops, self.terms[1:], strict=True)]
+        products = [t for _, t in signed if t.multiplier]
+        if order is not None:
+            order.shuffle(products)
+            first = order.choice([i for i, (op, _) in enumerate(signed) if op == "+"])
+            rest = [x for i, x in enumerate(signed) if i != first]
+            order.shuffle(rest)
+            signed = [signed[first], *rest]
+        lines = [f"{fixed(t.value)}*{t.multiplier}={fixed(t.result())}" for t in products]
+        acc = signed[0][1].result()
+        for op, t in signed[1:]:
             nxt = acc + t.result() if op == "+" else acc - t.result()
             lines.append(f"{fixed(acc)}{op}{fixed(t.result())}={fixed(nxt)}")
             acc = nxt
