@@ -31,7 +31,13 @@ def write_model_card(
         "  (fractions in brackets, `+`/`*` small operand first, no negative intermediates);",
         "  each example is one puzzle with one of its solutions drawn uniformly.",
         "- Arithmetic, 2-8 operands of 1-2 digits, `+ - *` (times a single digit), products",
-        "  first then left to right, one operation per line, numbers as 4-digit ten's",
+        "  first then "
+        + (
+            "the terms in a random valid order per example"
+            if a["recipe"].get("arithmetic_random_order")
+            else "left to right"
+        )
+        + ", one operation per line, numbers as 4-digit ten's",
         "  complement written least-significant digit first (`0700*3=0120`,",
         "  `1210-0120=1199`), a negation line for a negative total, then the answer line in",
         "  ordinary notation (`Answer: -89`). A curriculum favours few operands early.",
