@@ -65,6 +65,17 @@ def test_answer_check_needs_exactly_the_four_numbers_and_24() -> None:
     assert not game24.check_answer((4, 9, 10, 13), "no answer line")
 
 
+def _assert_step_is_right(line: str) -> tuple[str, str]:
+    """Checks one scratchpad line's arithmetic; returns its left operand and result text."""
+    lhs, rhs = line.split("=")
+    op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
+    a_text, b_text = lhs.split(op)
+    a = arithmetic.unfixed(a_text)
+    b = int(b_text) if op == "*" else arithmetic.unfixed(b_text)
+    assert {"+": a + b, "-": a - b, "*": a * b}[op] == arithmetic.unfixed(rhs)
+    return a_text, rhs
+
+
 @settings(max_examples=200, deadline=None)
 @given(seed=st.integers(0, 10**6), operands=st.integers(2, 8))
 def test_arithmetic_scratchpad_steps_are_each_right_and_end_in_the_answer(
@@ -77,14 +88,9 @@ def test_arithmetic_scratchpad_steps_are_each_right_and_end_in_the_answer(
     assert lines[-1] == f"Answer: {q.answer()}"
 
     for line in lines[:-1]:
-        lhs, rhs = line.split("=")
-        op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
-        a_text, b_text = lhs.split(op)
+        a_text, rhs = _assert_step_is_right(line)
         # Every scratchpad number is 4 digits wide, so digits line up at fixed offsets.
         assert len(a_text) == len(rhs) == arithmetic.WIDTH
-        a = arithmetic.unfixed(a_text)
-        b = int(b_text) if op == "*" else arithmetic.unfixed(b_text)
-        assert {"+": a + b, "-": a - b, "*": a * b}[op] == arithmetic.unfixed(rhs)
     total = arithmetic.unfixed(lines[-2].split("=")[1])
     assert total == abs(q.answer())
 
@@ -183,12 +189,7 @@ def test_a_random_fold_order_is_still_a_valid_scratchpad_for_the_same_answer(
     lines = q.scratchpad(random.Random(seed + 1)).splitlines()
     assert lines[-1] == f"Answer: {q.answer()}"
     for line in lines[:-1]:
-        lhs, rhs = line.split("=")
-        op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
-        a_text, b_text = lhs.split(op)
-        a = arithmetic.unfixed(a_text)
-        b = int(b_text) if op == "*" else arithmetic.unfixed(b_text)
-        assert {"+": a + b, "-": a - b, "*": a * b}[op] == arithmetic.unfixed(rhs)
+        _assert_step_is_right(line)
 
 
 def test_random_fold_orders_take_different_paths_to_one_answer() -> None:
