@@ -81,6 +81,9 @@ def bench_model(
     arithmetic_per_count: Annotated[
         int, typer.Option(min=1, help="Held-out arithmetic questions per operand count (2-8).")
     ] = 100,
+    temperature: Annotated[
+        float, typer.Option(min=0.05, max=2.0, help="Sampling temperature (greedy is separate).")
+    ] = 0.8,
 ) -> None:
     """Measure the bundled model: accuracy vs samples, confidence AUROC, sampling speed."""
     from backends.bundled.benchmark import run_model_benchmark
@@ -91,6 +94,7 @@ def bench_model(
         data_csv,
         out_json,
         samples=samples,
+        temperature=temperature,
         arithmetic_per_count=arithmetic_per_count,
     )
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")

@@ -117,3 +117,32 @@ def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: P
     ])
     assert all(o.completions[0].tokens >= 1 for o in out)
     assert (tmp_path / "m" / "MODEL_CARD.md").read_text().startswith("# acr-bundled")
+
+
+def test_arithmetic_samples_fold_the_terms_in_different_orders(
+    backend: TransformersBackend,
+) -> None:
+    # The voting gain rests on samples taking different paths: the expert was trained on
+    # scratchpads that start the fold from a random positive term. A model that always folds
+    # left to right starts every sample from the first term.
+    qs = [
+        q
+        for q in arithmetic.heldout_questions(10)
+        if q.operands >= 4 and sum(op == "+" for op in q.ops) >= 2
+    ][:3]
+    assert qs
+    for q in qs:
+        req = GenerationRequest(
+            prompt=model_prompt(q.text()), n=16, temperature=0.8, seed=3, max_tokens=180
+        )
+        texts = [c.text for c in backend.generate_batch_sync([req])[0].completions]
+        starts = {_first_fold_start(t) for t in texts} - {None}
+        assert len(starts) >= 2, (q.expression(), texts[:4])
+
+
+def _first_fold_start(text: str) -> str | None:
+    """The left operand of the first line that adds or subtracts (the fold's first term)."""
+    for line in text.splitlines():
+        if "*" not in line and ("+" in line or "-" in line) and "=" in line:
+            return line.split("+")[0].split("-")[0]
+    return None

@@ -2,7 +2,8 @@
 
 Questions: 2 to 8 operands of 1-2 digits, ``+`` and ``-``, and ``*`` by a single digit,
 standard precedence (``What is 52+69-70*3?``). The scratchpad does the products first, then
-folds left to right, one operation per line, then negates a negative total, then answers in
+folds the terms one operation per line (left to right, or in a random valid order: the
+shipped expert is trained on random orders), then negates a negative total, then answers in
 ordinary notation (``Answer: -89``).
 
 Numbers inside the scratchpad are 4-digit ten's complement (mod 10^4), written
