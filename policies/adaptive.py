@@ -1,7 +1,7 @@
 """``AdaptivePolicy``: the thin stateful class the service calls to decide and to learn.
 
 Per request: prompt features -> (cache or probe) -> router model -> shared online stats ->
-``select`` (pure) -> ``Decision``. After the request: ``record`` updates the shared (bin, arm)
+``select`` (pure) -> ``Decision``. After the request: ``record`` updates the shared (kind, bin, arm)
 posteriors and cost statistics in the ``PolicyStore`` (Redis). It also tracks this replica's
 load (requests in flight, tokens queued, live throughput) so the selector can downgrade
 before a deep queue breaks the latency SLO.
@@ -31,7 +31,7 @@ from difficulty.features import as_dict, detect_kind, feature_vector
 from difficulty.model import ArmSpec, RouterModel, RouterModelError, arm_name
 from difficulty.probe import ProbeResult, ProbeSummary, run_probe
 from policies.base import Budget, Problem, StrategyResult
-from policies.online import InMemoryPolicyStore, OnlineStat, PolicyStore
+from policies.online import InMemoryPolicyStore, OnlineStat, PolicyStore, stats_scope
 from policies.selector import (
     SLO,
     ArmStats,
@@ -712,7 +712,7 @@ class AdaptivePolicy:
         budget = self.budget_of(strategy, None, override)
         name = arm_name(strategy, budget.model_dump())
         spec = self._arm_by_name.get(name)
-        online = await self.store.arm_stats(est.bin, [name]) if spec else {}
+        online = await self.store.arm_stats(stats_scope(est.kind, est.bin), [name]) if spec else {}
         stats = self.arm_stats(est, online, override) if spec else []
         st = next((s for s in stats if s.name == name), None)
         tokens = st.tokens_mean if st else float(budget.max_tokens * budget.samples)
@@ -801,11 +801,13 @@ class AdaptivePolicy:
         override: dict[str, Any] | None = None,
         source: str = "auto",
     ) -> Decision:
-        """Select for an estimate: shared stats of its bin + Thompson gate + ``select``.
+        """Select for an estimate: shared stats of its kind and bin + Thompson gate + ``select``.
 
         The step after the probe; simulations call it directly with their own load.
         """
-        online = await self.store.arm_stats(est.bin, [a.name for a in self.arms])
+        online = await self.store.arm_stats(
+            stats_scope(est.kind, est.bin), [a.name for a in self.arms]
+        )
         stats = self.arm_stats(est, online, override)
         draws = thompson_draws(stats, self.rng, self.settings.exploration_rate)
         decision = select(est, stats, slo, load, draws=draws, policy_version=self.version)
@@ -934,7 +936,7 @@ class AdaptivePolicy:
         *,
         now: float | None = None,
     ) -> None:
-        """Update the shared (bin, arm) posterior and cost stats from one outcome.
+        """Update the shared (kind, bin, arm) posterior and cost stats from one outcome.
 
         A served request (``reward`` None) contributes its tokens and latency, and its success
         when the verifier scored it (``result.score``); ``POST /v1/feedback`` calls this with
@@ -942,6 +944,7 @@ class AdaptivePolicy:
         """
         if decision.difficulty_bin is None:
             return
+        scope = stats_scope(decision.extra.get("kind"), decision.difficulty_bin)
         arm = decision.arm if decision.arm in self._arm_by_name else None
         if reward is None:
             tokens = None
@@ -961,12 +964,10 @@ class AdaptivePolicy:
                     self.tracker.observe_call(result.wall_ms / n_calls)
             if decision.reuse_probe:
                 # Single pass served by the probe: no extra tokens or time for this arm.
-                await self.store.record(
-                    decision.difficulty_bin, arm, reward=score, tokens=0.0, latency_ms=0.0
-                )
+                await self.store.record(scope, arm, reward=score, tokens=0.0, latency_ms=0.0)
                 return
             await self.store.record(
-                decision.difficulty_bin,
+                scope,
                 arm,
                 reward=score,
                 tokens=tokens,
@@ -974,7 +975,7 @@ class AdaptivePolicy:
             )
             return
         if arm is not None:
-            await self.store.record(decision.difficulty_bin, arm, reward=reward)
+            await self.store.record(scope, arm, reward=reward)
 
     async def close(self) -> None:
         """Close the store."""

@@ -1,4 +1,4 @@
-"""Online policy state shared by all replicas: per-(bin, arm) outcomes and a decision cache.
+"""Online policy state shared by all replicas: per-(kind, bin, arm) outcomes and a decision cache.
 
 Every replica reads and updates the same Redis hashes, so what one replica learns (a
 strategy starting to fail on hard prompts, a backend getting slower) steers all of them. Keys
@@ -31,7 +31,7 @@ _FIELDS = ("succ", "fail", "n", "tokens", "latency_ms")
 
 @dataclass
 class OnlineStat:
-    """Outcomes observed online for one (bin, arm) since this policy version started."""
+    """Outcomes observed online for one (kind, bin, arm) since this policy version started."""
 
     succ: float = 0.0
     fail: float = 0.0
@@ -74,19 +74,30 @@ def outcome_delta(
     return d
 
 
+def stats_scope(kind: str | None, bin_: int) -> str:
+    """Key of the online stats an outcome updates: its task kind and difficulty bin.
+
+    Used by the adaptive policy for every store read and write, e.g. ``"game24:2"``. Kinds
+    are kept apart because outcomes arrive only for the arms the policy chose: beam search
+    is chosen mostly where it succeeds (Game of 24), and shared per-bin stats let those
+    successes inflate its estimate for arithmetic prompts in the same bin.
+    """
+    return f"{kind or 'any'}:{bin_}"
+
+
 class PolicyStore(abc.ABC):
     """Where the online policy state lives (Redis in production, memory in unit tests)."""
 
     version: str
 
     @abc.abstractmethod
-    async def arm_stats(self, bin_: int, arms: Iterable[str]) -> dict[str, OnlineStat]:
-        """Online stats of ``arms`` in ``bin_``; arms never observed get zeros."""
+    async def arm_stats(self, scope: str, arms: Iterable[str]) -> dict[str, OnlineStat]:
+        """Online stats of ``arms`` in ``scope`` (see ``stats_scope``); unseen arms get zeros."""
 
     @abc.abstractmethod
     async def record(
         self,
-        bin_: int,
+        scope: str,
         arm: str,
         *,
         reward: float | None,
@@ -113,20 +124,20 @@ class InMemoryPolicyStore(PolicyStore):
     def __init__(self, version: str = "v1", clock: Callable[[], float] = time.monotonic) -> None:
         self.version = version
         self.clock = clock
-        self.stats: dict[tuple[int, str], OnlineStat] = {}
+        self.stats: dict[tuple[str, str], OnlineStat] = {}
         self.cache: dict[str, tuple[float, dict[str, Any]]] = {}
 
-    async def arm_stats(self, bin_: int, arms: Iterable[str]) -> dict[str, OnlineStat]:
+    async def arm_stats(self, scope: str, arms: Iterable[str]) -> dict[str, OnlineStat]:
         """Copies of the stats (callers may not mutate the store through them)."""
         out = {}
         for a in arms:
-            s = self.stats.get((bin_, a))
+            s = self.stats.get((scope, a))
             out[a] = OnlineStat(**s.__dict__) if s else OnlineStat()
         return out
 
     async def record(
         self,
-        bin_: int,
+        scope: str,
         arm: str,
         *,
         reward: float | None,
@@ -134,7 +145,7 @@ class InMemoryPolicyStore(PolicyStore):
         latency_ms: float | None = None,
     ) -> None:
         """Accumulate the outcome in memory."""
-        self.stats.setdefault((bin_, arm), OnlineStat()).add(
+        self.stats.setdefault((scope, arm), OnlineStat()).add(
             outcome_delta(reward, tokens, latency_ms)
         )
 
@@ -159,7 +170,7 @@ class InMemoryPolicyStore(PolicyStore):
 
 
 class RedisPolicyStore(PolicyStore):
-    """The shared store: Redis hashes per (bin, arm), cached locally for ``refresh_s``.
+    """The shared store: Redis hashes per (kind, bin, arm), cached locally for ``refresh_s``.
 
     Reads serve a local snapshot refreshed at most every ``refresh_s`` seconds (one pipelined
     round trip for a whole bin), so the decision path rarely waits on Redis. Writes go to
@@ -185,7 +196,7 @@ class RedisPolicyStore(PolicyStore):
         self.retry_s = retry_s
         self.clock = clock
         self.fallback = InMemoryPolicyStore(version, clock)
-        self._snap: dict[int, tuple[float, dict[str, OnlineStat]]] = {}
+        self._snap: dict[str, tuple[float, dict[str, OnlineStat]]] = {}
         self._down_until = 0.0
 
     @classmethod
@@ -210,9 +221,9 @@ class RedisPolicyStore(PolicyStore):
             **kw,
         )
 
-    def arm_key(self, bin_: int, arm: str) -> str:
-        """Redis key of one (bin, arm) hash."""
-        return f"{self.prefix}:{self.version}:arm:{bin_}:{arm}"
+    def arm_key(self, scope: str, arm: str) -> str:
+        """Redis key of one (scope, arm) hash."""
+        return f"{self.prefix}:{self.version}:arm:{scope}:{arm}"
 
     def cache_key(self, prompt_hash: str) -> str:
         """Redis key of a decision-cache entry."""
@@ -226,29 +237,29 @@ class RedisPolicyStore(PolicyStore):
             log.warning("policy store: Redis unavailable (%s); using local state", exc)
         self._down_until = self.clock() + self.retry_s
 
-    async def arm_stats(self, bin_: int, arms: Iterable[str]) -> dict[str, OnlineStat]:
-        """The bin's stats from the local snapshot, refreshed from Redis when stale."""
+    async def arm_stats(self, scope: str, arms: Iterable[str]) -> dict[str, OnlineStat]:
+        """The scope's stats from the local snapshot, refreshed from Redis when stale."""
         names = list(arms)
-        snap = self._snap.get(bin_)
+        snap = self._snap.get(scope)
         if snap is not None and self.clock() - snap[0] < self.refresh_s:
             return {a: snap[1].get(a, OnlineStat()) for a in names}
         if not self._up():
-            return await self.fallback.arm_stats(bin_, names)
+            return await self.fallback.arm_stats(scope, names)
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for a in names:
-                    pipe.hgetall(self.arm_key(bin_, a))
+                    pipe.hgetall(self.arm_key(scope, a))
                 rows = await pipe.execute()
         except Exception as exc:  # noqa: BLE001 - redis/OS errors alike: fail open
             self._mark_down(exc)
-            return await self.fallback.arm_stats(bin_, names)
+            return await self.fallback.arm_stats(scope, names)
         stats = {a: OnlineStat.from_mapping(r or {}) for a, r in zip(names, rows, strict=True)}
-        self._snap[bin_] = (self.clock(), stats)
+        self._snap[scope] = (self.clock(), stats)
         return dict(stats)
 
     async def record(
         self,
-        bin_: int,
+        scope: str,
         arm: str,
         *,
         reward: float | None,
@@ -257,15 +268,15 @@ class RedisPolicyStore(PolicyStore):
     ) -> None:
         """Atomically add the outcome in Redis (or locally while Redis is down)."""
         delta = outcome_delta(reward, tokens, latency_ms)
-        snap = self._snap.get(bin_)
+        snap = self._snap.get(scope)
         if snap is not None:
             snap[1].setdefault(arm, OnlineStat()).add(delta)
         if not self._up():
             await self.fallback.record(
-                bin_, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
+                scope, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
             )
             return
-        key = self.arm_key(bin_, arm)
+        key = self.arm_key(scope, arm)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
                 for f in _FIELDS:
@@ -276,7 +287,7 @@ class RedisPolicyStore(PolicyStore):
         except Exception as exc:  # noqa: BLE001
             self._mark_down(exc)
             await self.fallback.record(
-                bin_, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
+                scope, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
             )
 
     async def cache_get(self, prompt_hash: str) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from difficulty.synthetic import synthetic_items
 from difficulty.train import fit_router_model, rows_from_item
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings, LoadTracker
 from policies.base import Problem, StrategyResult
-from policies.online import InMemoryPolicyStore, RedisPolicyStore
+from policies.online import InMemoryPolicyStore, RedisPolicyStore, stats_scope
 from policies.selector import Load
 
 
@@ -374,12 +374,30 @@ async def test_concurrent_updates_from_two_replicas_are_all_counted(
             *[b.record(d, None, 0.5) for _ in range(20)],
         )
         assert d.difficulty_bin is not None
-        stats = (await a.store.arm_stats(d.difficulty_bin, [d.arm]))[d.arm]
+        scope = stats_scope(d.extra["kind"], d.difficulty_bin)
+        stats = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert stats.succ == pytest.approx(60) and stats.fail == pytest.approx(60)
         assert stats.n == 100 and stats.tokens == pytest.approx(100 * 400)
     finally:
         await a.close()
         await b.close()
+
+
+async def test_outcomes_of_one_task_kind_leave_another_kinds_stats_in_the_same_bin_alone(
+    model: RouterModel,
+) -> None:
+    # Outcomes arrive only for chosen arms; pooled per-bin stats let an arm's successes on
+    # one task (beam search on Game of 24) raise its estimate for another task's prompts.
+    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    store = pol.store
+    d = await pol.decide(Problem(text="3 3 8 8"), probe=False)
+    assert d.difficulty_bin is not None and d.extra["kind"] != "arithmetic"
+    for _ in range(20):
+        await pol.record(d, result(score=1.0), None)
+    own = await store.arm_stats(stats_scope(d.extra["kind"], d.difficulty_bin), [d.arm])
+    other = await store.arm_stats(stats_scope("arithmetic", d.difficulty_bin), [d.arm])
+    assert own[d.arm].succ == pytest.approx(20)
+    assert other[d.arm].succ == 0 and other[d.arm].n == 0
 
 
 async def test_feedback_moves_only_the_success_posterior(
@@ -390,7 +408,8 @@ async def test_feedback_moves_only_the_success_posterior(
         d = await a.decide(Problem(text="Why is the sky blue?"), probe=False)
         await a.record(d, None, 0.25)
         assert d.difficulty_bin is not None
-        s = (await a.store.arm_stats(d.difficulty_bin, [d.arm]))[d.arm]
+        scope = stats_scope(d.extra["kind"], d.difficulty_bin)
+        s = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert (s.succ, s.fail, s.n) == (pytest.approx(0.25), pytest.approx(0.75), 0)
     finally:
         await a.close()
