@@ -361,6 +361,8 @@ class AdaptivePolicy:
             self.probe_tokens = 0
         # Probes waiting to be reused by the service, by decision id (bounded).
         self._probes: dict[str, ProbeResult] = {}
+        # Sequential backend calls bounded reasoning made per request, by task kind (EWMA).
+        self._bounded_calls: dict[str, float] = {}
         self._budgets: dict[tuple[str, str], Budget] = {}
         # Warm the lazy imports and code paths now, not on the first request's clock.
         self.estimate("1 2 3 4", None, exact_verifier=False)
@@ -529,6 +531,10 @@ class AdaptivePolicy:
                 calls = float(-(-budget.samples // max(1, budget.batch_size)))
             elif arm.strategy == "beam_search":
                 calls = float(budget.max_steps)
+            elif arm.strategy == "bounded_reasoning":
+                # With an exact step checker it backs up and resamples: on Game of 24 the
+                # bundled model makes ~3 sequential calls, each waiting its turn under load.
+                calls = self._bounded_calls.get(est.kind, 1.0)
             if arm.strategy == "self_consistency" and per_sample and est.exact_verifier:
                 # With an exact checker the sampler stops at the first verified sample, so
                 # an easy item costs a batch and a hard one the whole budget.
@@ -960,8 +966,12 @@ class AdaptivePolicy:
                 n_calls = 1
                 if decision.strategy == "self_consistency":
                     n_calls = max(1, -(-result.samples // max(1, b.batch_size)))
+                elif decision.strategy == "bounded_reasoning":
+                    n_calls = max(1, result.samples)  # its calls, one after another
                 if decision.strategy != "beam_search":
                     self.tracker.observe_call(result.wall_ms / n_calls)
+                if decision.strategy == "bounded_reasoning" and result.samples > 0:
+                    self._observe_bounded_calls(decision.extra.get("kind"), result.samples)
             if decision.reuse_probe:
                 # Single pass served by the probe: no extra tokens or time for this arm.
                 await self.store.record(scope, arm, reward=score, tokens=0.0, latency_ms=0.0)
@@ -976,6 +986,11 @@ class AdaptivePolicy:
             return
         if arm is not None:
             await self.store.record(scope, arm, reward=reward)
+
+    def _observe_bounded_calls(self, kind: str | None, calls: int) -> None:
+        key = kind or "any"
+        prev = self._bounded_calls.get(key)
+        self._bounded_calls[key] = float(calls) if prev is None else 0.9 * prev + 0.1 * calls
 
     async def close(self) -> None:
         """Close the store."""

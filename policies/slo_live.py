@@ -76,6 +76,7 @@ async def one_request(
         "correct": bool(ok),
         "tokens": total,
         "arm": arm,
+        "kind": item.kind,
         **extra,
     }
 
@@ -132,10 +133,20 @@ def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
     warm = np.asarray([r["latency_ms"] for r in rows if r["t"] - t0 >= 5.0])
     arms: dict[str, int] = {}
     missed: dict[str, int] = {}
+    misses = []
     for r in rows:
         arms[r["arm"]] = arms.get(r["arm"], 0) + 1
         if r["latency_ms"] > slo_ms:
             missed[r["arm"]] = missed.get(r["arm"], 0) + 1
+            misses.append(
+                {
+                    "arm": r["arm"],
+                    "kind": r.get("kind"),
+                    "latency_ms": round(r["latency_ms"], 1),
+                    "predicted_ms": r.get("predicted_ms"),
+                    "after_s": round(r["t"] - t0, 1),
+                }
+            )
     return {
         "requests": len(rows),
         "slo_ms": round(slo_ms, 1),
@@ -148,6 +159,9 @@ def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
         "mean_tokens": round(float(np.mean([r["tokens"] for r in rows])), 1) if rows else None,
         "arms": dict(sorted(arms.items(), key=lambda kv: -kv[1])),
         "missed_slo_by_arm": dict(sorted(missed.items(), key=lambda kv: -kv[1])),
+        # Each miss (arm, task kind, latency against the prediction): where the model of
+        # latency is wrong. Capped so a failed run's report stays readable.
+        "misses": misses[:50],
     }
 
 

@@ -4,6 +4,7 @@ shared by two router replicas."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 
@@ -148,6 +149,35 @@ def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_prob
     # A cut probe, or an exact checker to backtrack on, makes it a different computation.
     assert "bounded_reasoning" in offered("What is 12+7*3?", "length")
     assert "bounded_reasoning" in offered("4 6 1 1", "stop")
+
+
+async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_to_make(
+    model: RouterModel,
+) -> None:
+    # Backtracking on an exact step checker makes several calls, each of which waits for a
+    # decode cycle under load; one call's latency model underpriced it and missed the SLO.
+    from difficulty.probe import ProbeSummary
+
+    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    d = await pol.decide(Problem(text="4 6 1 1"), strategy_override="bounded_reasoning")
+    bounded = dataclasses.replace(
+        result(score=1.0, wall_ms=800.0), strategy="bounded_reasoning", samples=4
+    )
+    for _ in range(5):
+        await pol.record(d, bounded, None)
+
+    def calls(text: str) -> float:
+        probe = ProbeSummary(tokens=12, finish_reason="length", mean_entropy=0.4)
+        est = pol.estimate(text, probe, probe_tokens=12)
+        return next(a.calls for a in pol.arm_stats(est, {}) if a.strategy == "bounded_reasoning")
+
+    assert calls("4 6 1 2") == pytest.approx(4.0)
+    assert calls("What is 12+7*3?") == 1.0  # another task kind has its own count
+    # The tracker's one-call latency sees 800 ms over 4 calls, not one 800 ms call.
+    one = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    for _ in range(5):
+        await one.record(d, dataclasses.replace(bounded, samples=1), None)
+    assert pol.tracker.call_ms < 0.5 * one.tracker.call_ms
 
 
 class LongAnswerBackend(Backend):
