@@ -5,8 +5,8 @@ strategy starting to fail on hard prompts, a backend getting slower) steers all 
 carry the key prefix *and* the policy version, so a new router model starts from its own
 training priors instead of inheriting counts that described a different model:
 
-- ``{prefix}:{version}:arm:{bin}:{arm}`` hash: ``succ``, ``fail`` (fractional rewards allowed),
-  ``n`` (outcomes with tokens), ``tokens`` (sum), ``latency_ms`` (sum)
+- ``{prefix}:{version}:arm:{kind}:{bin}:{arm}`` hash: ``succ``, ``fail`` (fractional
+  rewards allowed), ``n`` (outcomes with tokens), ``tokens`` (sum), ``latency_ms`` (sum)
 - ``{prefix}:{version}:dcache:{prompt_hash}`` string (JSON, with TTL): the cached difficulty
   estimate and last decision of a prompt
 

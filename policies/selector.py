@@ -6,14 +6,14 @@
 
 and picks the best arm whose predicted latency fits the latency budget and whose predicted
 cost fits the cost cap. P(success) is the router model's item-level probability corrected by
-what the shared online posterior of the (difficulty bin, arm) has learned since training
-(posterior mean minus the training prior); with exploration it is a Thompson draw instead of
-the mean. Latency is predicted from the arm's observed unloaded latency and, under load, from
-the tokens already queued ahead and the backend's live throughput (processor sharing), so a
-deep queue makes expensive arms infeasible and the selector *downgrades* (fewer samples,
-smaller beams) before the SLO is missed. Nothing here reads a clock, Redis or a random
-generator: the caller passes ``now``-derived loads and pre-drawn Thompson samples, so tests
-are numbers only.
+what the shared online posterior of the (task kind, difficulty bin, arm) has learned since
+training (posterior mean minus the training prior); with exploration it is a Thompson draw
+instead of the mean. Latency is predicted from the arm's observed unloaded latency and,
+under load, from the tokens already queued ahead and the backend's live throughput
+(processor sharing), so a deep queue makes expensive arms infeasible and the selector
+*downgrades* (fewer samples, smaller beams) before the SLO is missed. Nothing here reads a
+clock, Redis or a random generator: the caller passes ``now``-derived loads and pre-drawn
+Thompson samples, so tests are numbers only.
 """
 
 from __future__ import annotations
