@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from difficulty.features import FEATURE_NAMES
 
 N_BINS = 5
+# Fewer training outcomes of a kind in a bin than this: its prior is pooled over kinds.
+MIN_KIND_TRIALS = 8
 MODEL_FORMAT = 1
 
 
@@ -99,6 +101,10 @@ class RouterModelCard(BaseModel):
     arms: list[ArmSpec]
     bin_edges: list[float] = Field(description="Upper edges of difficulty bins 0..N-2.")
     bin_stats: dict[str, list[BinStat]] = Field(default_factory=dict)
+    kind_bin_stats: dict[str, dict[str, list[BinStat]]] = Field(
+        default_factory=dict,
+        description="bin_stats per task kind (kind -> arm -> bins); empty in older models.",
+    )
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     kinds: list[str] = Field(
@@ -198,8 +204,13 @@ class RouterModel:
         """Difficulty bin of a score (bins are training-set quantiles, 0 = easiest)."""
         return int(np.searchsorted(self._edges, difficulty, side="right"))
 
-    def bin_stat(self, arm: str, bin_: int) -> BinStat:
-        """Training statistics of ``arm`` in ``bin_``; the OOD bin gets the pooled ones."""
+    def bin_stat(self, arm: str, bin_: int, kind: str | None = None) -> BinStat:
+        """Training statistics of ``arm`` in ``bin_``, of task ``kind`` where training saw
+        at least ``MIN_KIND_TRIALS`` of them there, else pooled over kinds; the OOD bin gets
+        the pooled ones over all bins. The adaptive policy's priors for success and cost."""
+        own = self.card.kind_bin_stats.get(kind or "", {}).get(arm) or []
+        if bin_ < len(own) and own[bin_].trials >= MIN_KIND_TRIALS:
+            return own[bin_]
         stats = self.card.bin_stats.get(arm)
         if not stats:
             return BinStat()

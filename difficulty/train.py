@@ -56,6 +56,7 @@ class Row:
     outcomes: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     has_probe: bool = False
     text: str | None = None
+    kind: str | None = None
 
 
 def _group(text: str) -> str:
@@ -91,8 +92,8 @@ def rows_from_item(obj: dict[str, Any]) -> list[Row]:
     probe = obj.get("probe")
     if isinstance(probe, dict):
         summary = ProbeSummary.model_validate(probe)
-        rows.append(Row(feature_vector(text, summary, kind), g, outcomes, True, text))
-    rows.append(Row(feature_vector(text, None, kind), g, outcomes, False, text))
+        rows.append(Row(feature_vector(text, summary, kind), g, outcomes, True, text, kind))
+    rows.append(Row(feature_vector(text, None, kind), g, outcomes, False, text, kind))
     return rows
 
 
@@ -127,6 +128,7 @@ def row_from_outcome(obj: dict[str, Any]) -> Row | None:
         g[:16],
         {arm: (y, max(0.0, tokens), _float(obj.get("latency_ms")))},
         bool(x[FEATURE_NAMES.index("probe_present")]),
+        kind=str(obj["task"]) if obj.get("task") else None,
     )
 
 
@@ -375,22 +377,33 @@ def _entropy_baseline(rows: list[Row], test_groups: set[str]) -> float | None:
 
 
 def _fit_bins(model: RouterModel, rows: list[Row]) -> None:
-    """Bin edges at difficulty quantiles and per-(bin, arm) outcome statistics."""
+    """Bin edges at difficulty quantiles and per-(bin, arm) outcome statistics, pooled and
+    per task kind."""
     x = np.stack([r.x for r in rows])
     diff = 1.0 - model.predict_many(x).mean(axis=1)
     qs = np.quantile(diff, [i / N_BINS for i in range(1, N_BINS)])
     model.card.bin_edges = [float(q) for q in np.unique(qs)]
     model._edges = np.asarray(model.card.bin_edges)
-    acc: dict[str, list[list[float]]] = defaultdict(lambda: [[0, 0, 0, 0] for _ in range(N_BINS)])
+
+    def empty() -> list[list[float]]:
+        return [[0, 0, 0, 0] for _ in range(N_BINS)]
+
+    acc: dict[str, list[list[float]]] = defaultdict(empty)
+    by_kind: dict[str, dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(empty))
     for r, d in zip(rows, diff, strict=True):
         b = model.bin_of(float(d))
         for arm, (y, tok, lat) in r.outcomes.items():
-            s = acc[arm][b]
-            s[0] += 1
-            s[1] += y
-            s[2] += tok
-            s[3] += lat
-    model.card.bin_stats = {
+            for s in [acc[arm][b]] + ([by_kind[r.kind][arm][b]] if r.kind else []):
+                s[0] += 1
+                s[1] += y
+                s[2] += tok
+                s[3] += lat
+    model.card.bin_stats = _bin_stats(acc, model.n_bins)
+    model.card.kind_bin_stats = {k: _bin_stats(v, model.n_bins) for k, v in by_kind.items()}
+
+
+def _bin_stats(acc: dict[str, list[list[float]]], n_bins: int) -> dict[str, list[BinStat]]:
+    return {
         arm: [
             BinStat(
                 trials=s[0],
@@ -398,7 +411,7 @@ def _fit_bins(model: RouterModel, rows: list[Row]) -> None:
                 tokens_mean=s[2] / s[0] if s[0] else 0.0,
                 latency_ms_mean=s[3] / s[0] if s[0] else 0.0,
             )
-            for s in per_bin[: model.n_bins]
+            for s in per_bin[:n_bins]
         ]
         for arm, per_bin in acc.items()
     }

@@ -514,7 +514,7 @@ class AdaptivePolicy:
             budget = self.budget_of(arm.strategy, arm, override)
             if repeats_probe(arm.strategy, budget, est):
                 continue
-            prior = self.model.bin_stat(arm.name, est.bin)
+            prior = self.model.bin_stat(arm.name, est.bin, est.kind)
             prior_p = prior.successes / prior.trials if prior.trials else est.probs[arm.name]
             a0, b0 = beta_prior(prior_p, k)
             on = online.get(arm.name, OnlineStat())
@@ -559,7 +559,7 @@ class AdaptivePolicy:
 
     def _sample_tokens(self, est: DifficultyEstimate) -> float | None:
         # Tokens of one sample: the best-of-16 arm's bin mean over 16 (it always draws all).
-        stat = self.model.bin_stat("best_of_n@16", est.bin)
+        stat = self.model.bin_stat("best_of_n@16", est.bin, est.kind)
         if stat.trials and stat.tokens_mean:
             return stat.tokens_mean / 16
         return None

@@ -260,3 +260,29 @@ def test_the_json_export_loads_without_scikit_learn_and_predicts_the_same(
     row = feature_vector("What is 2+3*4?", None)
     assert np.allclose(model.predict(row), again.predict(row))
     assert again.card.bin_stats == model.card.bin_stats
+    assert again.card.kind_bin_stats == model.card.kind_bin_stats
+
+
+def test_training_priors_are_kept_per_task_kind_and_fall_back_to_the_pooled_ones(
+    trained: tuple[Path, dict], labels: Path
+) -> None:
+    from difficulty.model import MIN_KIND_TRIALS
+
+    model = RouterModel.load(trained[0])
+    assert set(model.card.kind_bin_stats) == {"game24", "arithmetic"}
+    items = [json.loads(line) for line in labels.read_text().splitlines()]
+    arm = "beam_search"
+    for kind in ("game24", "arithmetic"):
+        # Two rows per item (with and without the probe), as in training.
+        labelled = [i for i in items if i["kind"] == kind and arm in i["arms"]]
+        trials = sum(model.bin_stat(arm, b, kind).trials for b in range(model.n_bins))
+        assert trials == 2 * len(labelled)
+    b = next(
+        b
+        for b in range(model.n_bins)
+        if model.card.kind_bin_stats["game24"][arm][b].trials >= MIN_KIND_TRIALS
+        and model.card.kind_bin_stats["arithmetic"][arm][b].trials > 0
+    )
+    g24, pooled = model.bin_stat(arm, b, "game24"), model.bin_stat(arm, b)
+    assert g24.trials < pooled.trials
+    assert model.bin_stat(arm, b, "open") == pooled  # a kind training never saw
