@@ -16,18 +16,18 @@ from backends.verifiers.numeric import extract_answer
 # Rows 0-99 of game24.csv (held out) that the shipped weights solve greedily; a regression
 # check of the weights, not a claim about unseen puzzles (see MODEL_CARD.md for those).
 EASY_PUZZLES = [
-    (1, 1, 4, 6),
-    (1, 1, 4, 8),
-    (4, 6, 11, 11),
-    (1, 1, 12, 12),
+    (1, 1, 1, 11),
+    (1, 1, 1, 13),
     (1, 1, 2, 6),
     (1, 1, 3, 6),
-    (4, 6, 7, 7),
-    (4, 5, 12, 12),
-    (12, 12, 12, 12),
-    (2, 11, 11, 12),
-    (1, 1, 1, 11),
-    (1, 1, 11, 12),
+    (1, 1, 3, 9),
+    (1, 1, 4, 7),
+    (1, 1, 5, 5),
+    (1, 2, 5, 8),
+    (1, 2, 5, 12),
+    (1, 3, 3, 4),
+    (1, 3, 4, 12),
+    (1, 4, 7, 12),
 ]
 
 
@@ -117,6 +117,25 @@ def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: P
     ])
     assert all(o.completions[0].tokens >= 1 for o in out)
     assert (tmp_path / "m" / "MODEL_CARD.md").read_text().startswith("# acr-bundled")
+
+
+def test_training_takes_every_core_from_the_fixed_step_and_a_seed_reproduces_the_weights(
+    tmp_path: Path, game24_csv: Path
+) -> None:
+    import os
+
+    from backends.bundled.train import TINY, train_model
+
+    runs = [
+        train_model(tmp_path / name, game24_csv, seed=3, recipe=TINY, threads=1,
+                    all_cores_from_step=2, progress=False)
+        for name in ("a", "b")
+    ]
+    cores = os.cpu_count() or 1
+    expected = [(0, 1), (2, cores)] if cores > 1 else [(0, 1)]
+    assert runs[0]["thread_schedule"] == expected
+    weights = [(tmp_path / name / "model.safetensors").read_bytes() for name in ("a", "b")]
+    assert weights[0] == weights[1]
 
 
 def test_arithmetic_samples_fold_the_terms_in_different_orders(

@@ -7,6 +7,42 @@ from pathlib import Path
 from typing import Any
 
 
+def _threads(m: dict[str, Any]) -> str:
+    """How many threads trained an expert, with the step of any change."""
+    schedule = m.get("thread_schedule") or [(0, m["torch_threads"])]
+    parts = [f"{n} thread(s)" + (f" from step {step}" if step else "") for step, n in schedule]
+    return ", then ".join(parts)
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {str(k): _rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def card_measurements(report: dict[str, Any], command: str) -> dict[str, Any]:
+    """The card's "Measured" block from an ``acr bench-model`` report (floats to 3 places).
+
+    Per-item pass rates are left out (they are plotted beside the report's JSON).
+    """
+    measured: dict[str, Any] = {
+        "command": command,
+        "temperature": report["temperature"],
+        "samples_per_item": report["samples"],
+    }
+    for key in ("game24_900_999", "game24_0_99", "arithmetic"):
+        measured[key] = _rounded({k: v for k, v in report[key].items() if k != "pass_rates"})
+    for key in ("game24_heldout_greedy", "arithmetic_2_operands", "speed"):
+        if key in report:  # reports from before a measurement was added lack it
+            measured[key] = _rounded(report[key])
+    measured["pass_rate_histograms"] = "bench-out/model.png (per-item pass rates, both tasks)"
+    return measured
+
+
 def write_model_card(
     model_dir: Path, training: dict[str, Any], benchmark: dict[str, Any] | None
 ) -> Path:
@@ -60,8 +96,9 @@ def write_model_card(
             f"heads, context {r['n_positions']}; {m['parameters']:,} parameters. AdamW lr "
             f"{r['lr']} (warm-up {r['warmup_steps']}, cosine to {r['min_lr_fraction']}), betas "
             f"(0.9, 0.98), weight decay {r['weight_decay']}, batch {r['batch_size']}, "
-            f"{r['steps']} steps, bf16 autocast {r['bf16_autocast']}, gradient clip 1.0, loss "
-            f"on responses only; {m['train_seconds']} s on {m['torch_threads']} thread(s); "
+            f"{r['steps']} steps, bf16 autocast {r['bf16_autocast']}, "
+            f"{r.get('attn_implementation', 'sdpa')} attention, gradient clip 1.0, loss "
+            f"on responses only; {m['train_seconds']} s on {_threads(m)}; "
             f"final training loss {m['final_loss']} per token.",
         ]
     lines += [

@@ -6,8 +6,9 @@ sampling is diverse), the other scratchpad arithmetic (with a curriculum over th
 operands). ``TransformersBackend`` sends each prompt to the expert its task token names.
 Two experts, because one model trained on the mix was far worse at Game of 24 than one
 trained on it alone for the same steps (best-of-32 on rows 900-999: 0.51 against 0.88).
-The experts train side by side, one process and half the cores each; the number of steps
-is fixed, so a seed reproduces the weights.
+The experts train side by side, one process and half the cores each, until the longer one
+takes every core at a fixed step; steps and thread schedule are fixed, so a seed reproduces
+the weights on the same machine type.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class Recipe:
     arithmetic_random_order: bool = False
     # bf16 autocast halves step time on CPUs with AVX512-BF16/AMX; weights stay float32.
     bf16_autocast: bool = True
+    # Attention kernel for training only (serving picks its own). PyTorch's CPU
+    # flash-attention backward (SDPA) took half of every step; with eager attention a step
+    # alone on one thread fell from 1.24 to 0.63 s (Game of 24) and 0.58 to 0.35 s
+    # (arithmetic, late operand mix).
+    attn_implementation: str = "eager"
 
 
 TINY = Recipe(n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=4, warmup_steps=1)
@@ -65,6 +71,14 @@ EXPERTS: dict[str, tuple[str, Recipe]] = {
     ),
 }
 DEFAULT_EXPERT = "game24"
+
+# Side by side on 2 cores Game of 24 ends first; the expert named here then takes every core
+# from this step on. The step is fixed, not "when the other ends", because the thread count
+# changes how floats are summed: a fixed step keeps the weights a function of the seed.
+# Measured with `acr train-model` on 2 cores: Game of 24 ended after 631-678 s, near
+# arithmetic step 1,750-1,810; the margin matters because two experts on two threads each
+# would crowd the cores.
+ALL_CORES_FROM_STEP: dict[str, int] = {"arithmetic": 1900}
 
 
 def _lr_at(step: int, r: Recipe) -> float:
@@ -102,6 +116,7 @@ def train_model(
     recipe: Recipe | None = None,
     device: str = "cpu",
     threads: int = 0,
+    all_cores_from_step: int | None = None,
     label: str = "train-model",
     plain_progress: bool = False,
 ) -> dict[str, Any]:
@@ -109,7 +124,8 @@ def train_model(
 
     Returns training metrics (steps, seconds, final loss, parameters) and writes them to
     ``training.json``. ``device`` may be ``cuda`` for recipe sweeps; the shipped weights
-    are trained on CPU. ``threads`` 0 means all cores.
+    are trained on CPU. ``threads`` 0 means all cores; ``all_cores_from_step`` switches to
+    all cores at that step (when another job sharing the machine will have ended).
     """
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -121,7 +137,10 @@ def train_model(
     if steps is not None:
         r = Recipe(**{**asdict(r), "steps": steps})
     torch.manual_seed(seed)
-    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+    all_cores = max(1, os.cpu_count() or 1)
+    torch.set_num_threads(threads if threads > 0 else all_cores)
+    # (first step, threads) for each change of thread count; the card records it.
+    thread_schedule = [(0, torch.get_num_threads())]
     tokenizer = build_tokenizer()
     eos = int(tokenizer.eos_token_id)
     cfg = GPT2Config(
@@ -137,7 +156,7 @@ def train_model(
         eos_token_id=eos,
         pad_token_id=int(tokenizer.pad_token_id),
     )
-    model = GPT2LMHeadModel(cfg)
+    model = GPT2LMHeadModel._from_config(cfg, attn_implementation=r.attn_implementation)
     model.to(torch.device(device))  # type: ignore[arg-type]  # transformers stubs
     params = sum(p.numel() for p in model.parameters())
     splits = game24_splits(data_csv)
@@ -173,6 +192,9 @@ def train_model(
         plain = progress and (plain_progress or not bar.console.is_terminal)
         task = bar.add_task("train", total=r.steps, loss=float("nan"))
         for step in range(r.steps):
+            if step == all_cores_from_step and torch.get_num_threads() != all_cores:
+                torch.set_num_threads(all_cores)
+                thread_schedule.append((step, all_cores))
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, r)
             pairs = mix.batch(step / max(1, r.steps), r.batch_size)
@@ -212,7 +234,8 @@ def train_model(
         "train_puzzles": len(splits.train),
         "heldout_puzzles": len(splits.heldout),
         "recipe": asdict(r),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": thread_schedule[0][1],
+        "thread_schedule": thread_schedule,
     }
     (output_dir / "training.json").write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -236,7 +259,8 @@ def train_bundle(
 
     ``parallel`` (default: on CPU with at least 2 cores) trains the experts at once in
     spawned processes with half the cores each: on 2 cores that finished sooner than one
-    after the other, since small matrices use two threads poorly. Returns the metrics.
+    after the other, since small matrices use two threads poorly; once the shorter expert has
+    ended, the longer one takes every core (``ALL_CORES_FROM_STEP``). Returns the metrics.
     """
     cores = os.cpu_count() or 1
     if parallel is None:
@@ -253,6 +277,7 @@ def train_bundle(
                 "device": device,
                 "label": name,
                 "threads": max(1, cores // len(EXPERTS)) if parallel else 0,
+                "all_cores_from_step": None if tiny else ALL_CORES_FROM_STEP.get(name),
                 "progress": progress,
                 # Two rich bars from two processes would garble each other: print lines.
                 "plain_progress": parallel,
