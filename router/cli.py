@@ -84,6 +84,9 @@ def bench_model(
     temperature: Annotated[
         float, typer.Option(min=0.05, max=2.0, help="Sampling temperature (greedy is separate).")
     ] = 0.8,
+    update_card: Annotated[
+        bool, typer.Option(help="Rewrite the checkpoint's MODEL_CARD.md with these numbers.")
+    ] = False,
 ) -> None:
     """Measure the bundled model: accuracy vs samples, confidence AUROC, sampling speed."""
     from backends.bundled.benchmark import run_model_benchmark
@@ -98,6 +101,18 @@ def bench_model(
         arithmetic_per_count=arithmetic_per_count,
     )
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
+    if update_card:
+        import json
+        import shlex
+        import sys
+
+        from backends.bundled.model_card import card_measurements, write_model_card
+
+        directory = model_dir or bundled_model_path()
+        training = json.loads((directory / "training.json").read_text())
+        command = shlex.join(["acr", *sys.argv[1:]])
+        card = write_model_card(directory, training, card_measurements(result, command))
+        typer.echo(f"updated {card}")
 
 
 @app.command("trial-recipe")

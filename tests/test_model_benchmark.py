@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
 
 from backends.base import Completion, GenerationRequest, GenerationResult
-from backends.bundled.benchmark import arithmetic_greedy_check, wilson_interval
+from backends.bundled.benchmark import (
+    arithmetic_greedy_check,
+    confidence_report,
+    wilson_interval,
+)
 from backends.bundled.tasks import arithmetic
 
 
@@ -43,3 +48,23 @@ def test_the_wilson_interval_matches_known_values_and_stays_in_range() -> None:
     assert wilson_interval(0, 20)[0] == 0.0
     assert wilson_interval(20, 20)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def _trace(entropy: float, logprob: float) -> Completion:
+    return Completion("x", 3, "stop", token_logprobs=[logprob] * 3, token_entropies=[entropy] * 3)
+
+
+def test_confidence_is_scored_by_entropy_and_by_log_probability_with_an_interval() -> None:
+    # Failures have high entropy but confident-looking log-probs: the two signals disagree.
+    fails = [1] * 10 + [0] * 30
+    traces = [_trace(1.0 + i / 10, -0.1) for i in range(10)]
+    traces += [_trace(0.1 + i / 100, -0.5 - i / 100) for i in range(30)]
+    report = confidence_report(traces, fails)
+    assert report["entropy_auroc"] == 1.0
+    assert report["nll_auroc"] == 0.0
+    assert report["entropy_auroc_95"] == (1.0, 1.0)
+    shuffled = fails[:]
+    random.Random(0).shuffle(shuffled)
+    mixed = confidence_report(traces, shuffled)
+    low, high = mixed["entropy_auroc_95"]
+    assert 0.0 < low < mixed["entropy_auroc"] < high < 1.0

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import GenerationRequest
+from backends.bundled.data import game24_splits
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt
 from backends.verifiers.numeric import extract_answer, normalize_answer
@@ -41,6 +42,48 @@ def auroc(scores: list[float], labels: list[int]) -> float | None:
     if len(set(labels)) < 2:
         return None
     return float(roc_auc_score(labels, scores))
+
+
+def auroc_interval(
+    scores: list[float], labels: list[int], resamples: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval of ``auroc`` (items resampled with replacement).
+
+    With 100 items and 20 failures either way an AUROC moves by several points between
+    training runs; the interval says how far a single figure can be trusted.
+    """
+    import numpy as np
+
+    y, x = np.asarray(labels), np.asarray(scores)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), len(y))
+        value = auroc(x[idx].tolist(), y[idx].tolist())
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return round(float(lo), 3), round(float(hi), 3)
+
+
+def confidence_report(greedy: list[Any], fails: list[int]) -> dict[str, Any]:
+    """How well the greedy trace's uncertainty predicts its failure.
+
+    Returns ``entropy_auroc`` (mean token entropy, what the router's probe uses), its 95%
+    bootstrap interval, and ``nll_auroc`` (mean negative log-probability of the chosen
+    tokens, the other signal a router could use).
+    """
+    ents = [g.mean_entropy() or 0.0 for g in greedy]
+    nll = [
+        -statistics.fmean(g.token_logprobs) if g.token_logprobs else 0.0 for g in greedy
+    ]
+    return {
+        "entropy_auroc": auroc(ents, fails),
+        "entropy_auroc_95": auroc_interval(ents, fails),
+        "nll_auroc": auroc(nll, fails),
+    }
 
 
 def _generate(
@@ -84,29 +127,44 @@ def game24_report(
     ]
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
     bon = {k: statistics.fmean(pass_at_k(samples, c, k) for c in correct) for k in ks}
-    ent = [g[0].mean_entropy() or 0.0 for g in greedy]
     tokens = statistics.fmean(c.tokens for cs in sampled for c in cs)
     return {
         "items": len(puzzles),
         "greedy": statistics.fmean(g_ok),
         "per_sample": statistics.fmean(c / samples for c in correct),
         "best_of_n": bon,
-        "entropy_auroc": auroc(ent, [0 if ok else 1 for ok in g_ok]),
+        **confidence_report([g[0] for g in greedy], [0 if ok else 1 for ok in g_ok]),
         "mean_tokens_per_sample": tokens,
         "pass_rates": [c / samples for c in correct],
+    }
+
+
+def game24_confidence_report(backend: Any, puzzles: list[tuple[int, ...]]) -> dict[str, Any]:
+    """Greedy success and confidence AUROCs over ``puzzles`` (no sampling).
+
+    Run on every held-out puzzle (316), it pins the AUROC down better than 100 rows can.
+    """
+    prompts = [model_prompt(game24.puzzle_text(p)) for p in puzzles]
+    greedy = [g[0] for g in _generate(backend, prompts, 1, 0.0, 0, 128, logprobs=True)]
+    ok = [game24.check_answer(p, g.text) for p, g in zip(puzzles, greedy, strict=True)]
+    return {
+        "items": len(puzzles),
+        "greedy": statistics.fmean(ok),
+        **confidence_report(greedy, [0 if o else 1 for o in ok]),
     }
 
 
 def arithmetic_report(
     backend: Any, per_count: int, votes: int, temperature: float
 ) -> dict[str, Any]:
-    """Greedy and majority-vote accuracy by operand count, and the entropy AUROC."""
+    """Greedy and majority-vote accuracy by operand count, and the confidence AUROCs."""
     qs = arithmetic.heldout_questions(per_count)
     prompts = [model_prompt(q.text()) for q in qs]
     greedy = _generate(backend, prompts, 1, 0.0, 0, 180, logprobs=True)
     sampled = _generate(backend, prompts, votes, temperature, 2, 180)
     by_k: dict[int, dict[str, list[float]]] = {}
-    ents, fails, rates = [], [], []
+    fails: list[int] = []
+    rates: list[float] = []
     for q, g, cs in zip(qs, greedy, sampled, strict=True):
         ref = str(q.answer())
         ok = normalize_answer(extract_answer(g[0].text)) == ref
@@ -117,7 +175,6 @@ def arithmetic_report(
         d["greedy"].append(float(ok))
         d["majority"].append(float(maj))
         d["per_sample"].append(sum(a == ref for a in answers) / votes)
-        ents.append(g[0].mean_entropy() or 0.0)
         fails.append(0 if ok else 1)
         rates.append(sum(a == ref for a in answers) / votes)
     return {
@@ -125,7 +182,7 @@ def arithmetic_report(
         "by_operands": {
             k: {m: statistics.fmean(v) for m, v in d.items()} for k, d in sorted(by_k.items())
         },
-        "entropy_auroc": auroc(ents, fails),
+        **confidence_report([g[0] for g in greedy], fails),
         "pass_rates": rates,
     }
 
@@ -231,6 +288,9 @@ def run_model_benchmark(
         report["game24_900_999"] = game24_report(backend, rows[900:1000], samples, temperature)
     with console.status("Game of 24, rows 0-99"):
         report["game24_0_99"] = game24_report(backend, rows[0:100], samples, temperature)
+    with console.status("Game of 24, every held-out puzzle greedily"):
+        heldout = game24_splits(data_csv).heldout
+        report["game24_heldout_greedy"] = game24_confidence_report(backend, heldout)
     with console.status("arithmetic"):
         report["arithmetic"] = arithmetic_report(backend, arithmetic_per_count, 16, temperature)
     with console.status("arithmetic, 500 two-operand questions greedily"):
@@ -243,6 +303,7 @@ def run_model_benchmark(
         "game24_900_999_per_sample": round(hard["per_sample"], 3),
         "game24_900_999_best_of_32": round(hard["best_of_n"].get(32, float("nan")), 3),
         "game24_entropy_auroc": hard["entropy_auroc"],
+        "game24_heldout_entropy_auroc": report["game24_heldout_greedy"]["entropy_auroc"],
         "arithmetic_entropy_auroc": report["arithmetic"]["entropy_auroc"],
         "arithmetic_2_operands_greedy": round(report["arithmetic_2_operands"]["greedy"], 3),
         "speedup_16_vs_1": round(report["speed"]["speedup_16_vs_1"], 2),
