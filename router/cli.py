@@ -92,8 +92,9 @@ def bench_model(
     from backends.bundled.benchmark import run_model_benchmark
     from backends.bundled.paths import bundled_model_path
 
+    directory = model_dir or bundled_model_path()
     result = run_model_benchmark(
-        model_dir or bundled_model_path(),
+        directory,
         data_csv,
         out_json,
         samples=samples,
@@ -108,7 +109,6 @@ def bench_model(
 
         from backends.bundled.model_card import card_measurements, write_model_card
 
-        directory = model_dir or bundled_model_path()
         training = json.loads((directory / "training.json").read_text())
         command = shlex.join(["acr", *sys.argv[1:]])
         card = write_model_card(directory, training, card_measurements(result, command))

@@ -113,32 +113,6 @@ def _generate(
     return out
 
 
-def game24_report(
-    backend: Any, puzzles: list[tuple[int, ...]], samples: int, temperature: float
-) -> dict[str, Any]:
-    """Greedy, per-sample and best-of-N success, entropy AUROC, pass-rate histogram."""
-    prompts = [model_prompt(game24.puzzle_text(p)) for p in puzzles]
-    greedy = _generate(backend, prompts, 1, 0.0, 0, 128, logprobs=True)
-    g_ok = [game24.check_answer(p, g[0].text) for p, g in zip(puzzles, greedy, strict=True)]
-    sampled = _generate(backend, prompts, samples, temperature, 1, 128)
-    correct = [
-        sum(game24.check_answer(p, c.text) for c in cs)
-        for p, cs in zip(puzzles, sampled, strict=True)
-    ]
-    ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
-    bon = {k: statistics.fmean(pass_at_k(samples, c, k) for c in correct) for k in ks}
-    tokens = statistics.fmean(c.tokens for cs in sampled for c in cs)
-    return {
-        "items": len(puzzles),
-        "greedy": statistics.fmean(g_ok),
-        "per_sample": statistics.fmean(c / samples for c in correct),
-        "best_of_n": bon,
-        **confidence_report([g[0] for g in greedy], [0 if ok else 1 for ok in g_ok]),
-        "mean_tokens_per_sample": tokens,
-        "pass_rates": [c / samples for c in correct],
-    }
-
-
 def game24_confidence_report(backend: Any, puzzles: list[tuple[int, ...]]) -> dict[str, Any]:
     """Greedy success and confidence AUROCs over ``puzzles`` (no sampling).
 
@@ -151,6 +125,29 @@ def game24_confidence_report(backend: Any, puzzles: list[tuple[int, ...]]) -> di
         "items": len(puzzles),
         "greedy": statistics.fmean(ok),
         **confidence_report(greedy, [0 if o else 1 for o in ok]),
+    }
+
+
+def game24_report(
+    backend: Any, puzzles: list[tuple[int, ...]], samples: int, temperature: float
+) -> dict[str, Any]:
+    """Greedy, per-sample and best-of-N success, confidence AUROCs, pass-rate histogram."""
+    greedy = game24_confidence_report(backend, puzzles)
+    prompts = [model_prompt(game24.puzzle_text(p)) for p in puzzles]
+    sampled = _generate(backend, prompts, samples, temperature, 1, 128)
+    correct = [
+        sum(game24.check_answer(p, c.text) for c in cs)
+        for p, cs in zip(puzzles, sampled, strict=True)
+    ]
+    ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= samples]
+    bon = {k: statistics.fmean(pass_at_k(samples, c, k) for c in correct) for k in ks}
+    tokens = statistics.fmean(c.tokens for cs in sampled for c in cs)
+    return {
+        **greedy,
+        "per_sample": statistics.fmean(c / samples for c in correct),
+        "best_of_n": bon,
+        "mean_tokens_per_sample": tokens,
+        "pass_rates": [c / samples for c in correct],
     }
 
 
