@@ -17,17 +17,17 @@ from backends.verifiers.numeric import extract_answer
 # check of the weights, not a claim about unseen puzzles (see MODEL_CARD.md for those).
 EASY_PUZZLES = [
     (1, 1, 1, 11),
-    (1, 1, 1, 13),
-    (1, 1, 2, 6),
-    (1, 1, 3, 6),
     (1, 1, 3, 9),
     (1, 1, 4, 7),
+    (1, 1, 4, 8),
     (1, 1, 5, 5),
-    (1, 2, 5, 8),
+    (1, 1, 10, 12),
+    (1, 1, 11, 12),
+    (1, 1, 11, 13),
+    (1, 1, 12, 12),
     (1, 2, 5, 12),
-    (1, 3, 3, 4),
-    (1, 3, 4, 12),
     (1, 4, 7, 12),
+    (2, 2, 2, 12),
 ]
 
 
@@ -117,6 +117,20 @@ def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: P
     ])
     assert all(o.completions[0].tokens >= 1 for o in out)
     assert (tmp_path / "m" / "MODEL_CARD.md").read_text().startswith("# acr-bundled")
+
+
+def test_the_shipped_experts_have_the_shape_and_activation_of_the_current_recipe() -> None:
+    # Serving reads the architecture from config.json; a recipe change that was not followed
+    # by `acr train-model` would ship weights the card does not describe.
+    import json
+
+    from backends.bundled.train import EXPERTS
+
+    for name, (_, recipe) in EXPERTS.items():
+        cfg = json.loads((bundled_model_path() / name / "config.json").read_text())
+        shape = (cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["activation_function"])
+        assert shape == (recipe.n_layer, recipe.n_embd, recipe.n_head,
+                         recipe.activation_function), name
 
 
 def test_training_takes_every_core_from_the_fixed_step_and_a_seed_reproduces_the_weights(

@@ -13,7 +13,7 @@ def _expert(seconds: float, schedule: list[tuple[int, int]]) -> dict[str, object
         "n_layer": 4, "n_embd": 192, "n_head": 6, "n_positions": 192, "lr": 0.002,
         "warmup_steps": 30, "min_lr_fraction": 0.05, "weight_decay": 0.1, "batch_size": 32,
         "steps": 3500, "bf16_autocast": True, "attn_implementation": "eager",
-        "arithmetic_random_order": True,
+        "activation_function": "gelu", "arithmetic_random_order": True,
     }
     return {
         "recipe": recipe, "parameters": 1_821_696, "train_seconds": seconds,
@@ -37,7 +37,7 @@ def _report() -> dict[str, object]:
     }
 
 
-def test_the_card_names_the_attention_kernel_and_when_an_expert_took_every_core(
+def test_the_card_names_the_attention_kernel_the_activation_and_when_an_expert_took_every_core(
     tmp_path: Path,
 ) -> None:
     training = {
@@ -46,7 +46,7 @@ def test_the_card_names_the_attention_kernel_and_when_an_expert_took_every_core(
                     "arithmetic": _expert(890.0, [(0, 1), (1900, 2)])},
     }
     text = write_model_card(tmp_path, training, None).read_text()
-    assert "eager attention" in text
+    assert "eager attention, gelu activation" in text
     assert "890.0 s on 1 thread(s), then 2 thread(s) from step 1900" in text
     assert "600.0 s on 1 thread(s);" in text
     assert "## Measured" not in text

@@ -97,7 +97,8 @@ def write_model_card(
             f"{r['lr']} (warm-up {r['warmup_steps']}, cosine to {r['min_lr_fraction']}), betas "
             f"(0.9, 0.98), weight decay {r['weight_decay']}, batch {r['batch_size']}, "
             f"{r['steps']} steps, bf16 autocast {r['bf16_autocast']}, "
-            f"{r.get('attn_implementation', 'sdpa')} attention, gradient clip 1.0, loss "
+            f"{r.get('attn_implementation', 'sdpa')} attention, "
+            f"{r.get('activation_function', 'gelu_new')} activation, gradient clip 1.0, loss "
             f"on responses only; {m['train_seconds']} s on {_threads(m)}; "
             f"final training loss {m['final_loss']} per token.",
         ]
