@@ -81,7 +81,7 @@ DEFAULT_EXPERT = "game24"
 # from this step on. The step is fixed, not "when the other ends", because the thread count
 # changes how floats are summed: a fixed step keeps the weights a function of the seed.
 # Measured with `acr train-model` on 2 cores (GELU activation): Game of 24 ended after
-# 324 s, near arithmetic step 1,790, so the two overlapped for about 20 s on three threads.
+# 324 s, near arithmetic step 1,800, so the two overlapped for about 20 s on three threads.
 ALL_CORES_FROM_STEP: dict[str, int] = {"arithmetic": 1700}
 
 
