@@ -129,6 +129,9 @@ def trial_recipe(
     lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
     n_layer: Annotated[int | None, typer.Option(min=1, help="Transformer layers.")] = None,
     n_embd: Annotated[int | None, typer.Option(min=8, help="Width (a multiple of 6).")] = None,
+    n_positions: Annotated[
+        int | None, typer.Option(min=16, help="Context length in tokens (prompt + response).")
+    ] = None,
     uniform_from: Annotated[
         float | None,
         typer.Option(
@@ -140,6 +143,10 @@ def trial_recipe(
     ] = None,
     random_order: Annotated[
         bool, typer.Option(help="Arithmetic scratchpads fold the terms in a random order.")
+    ] = False,
+    split_products: Annotated[
+        bool,
+        typer.Option(help="With --random-order: half of the products as tens and units."),
     ] = False,
     per_count: Annotated[
         int, typer.Option(min=1, help="Arithmetic questions per operand count.")
@@ -157,6 +164,7 @@ def trial_recipe(
             "lr": lr,
             "n_layer": n_layer,
             "n_embd": n_embd,
+            "n_positions": n_positions,
         }.items()
         if v is not None
     }
@@ -164,6 +172,8 @@ def trial_recipe(
         overrides["arithmetic_uniform_from"] = uniform_from or None
     if random_order:
         overrides["arithmetic_random_order"] = True
+    if split_products:
+        overrides["arithmetic_split_products"] = True
     try:
         result = run_trial(expert, out_dir, data_csv, overrides, seed=seed, per_count=per_count)
     except ValueError as e:

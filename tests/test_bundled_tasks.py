@@ -192,6 +192,34 @@ def test_a_random_fold_order_is_still_a_valid_scratchpad_for_the_same_answer(
         _assert_step_is_right(line)
 
 
+@settings(max_examples=200, deadline=None)
+@given(seed=st.integers(0, 10**6), operands=st.integers(2, 8))
+def test_split_products_are_still_a_valid_scratchpad_for_the_same_answer(
+    seed: int, operands: int
+) -> None:
+    q = arithmetic.random_question(random.Random(seed), operands)
+    lines = q.scratchpad(random.Random(seed + 1), split_products=True).splitlines()
+    assert lines[-1] == f"Answer: {q.answer()}"
+    for line in lines[:-1]:
+        _assert_step_is_right(line)
+
+
+def test_split_products_give_a_two_digit_product_a_second_path() -> None:
+    q = arithmetic.parse_expression("52+73*7")
+    assert q is not None
+    pads = {q.scratchpad(random.Random(i), split_products=True) for i in range(20)}
+    one_line = [p for p in pads if "3700*7=1150" in p]
+    split = [p for p in pads if "0700*7=0940\n3000*7=1200\n0940+1200=1150" in p]
+    assert one_line and split and len(one_line) + len(split) == len(pads)
+    # Off (the shipped recipe), every product keeps its one line.
+    assert all("3700*7=1150" in q.scratchpad(random.Random(i)) for i in range(20))
+
+
+def test_split_products_need_the_random_fold_order_stream() -> None:
+    with pytest.raises(ValueError, match="random_fold_order"):
+        Mixture([], seed=0, p_game24=0.0, split_products=True)
+
+
 def test_random_fold_orders_take_different_paths_to_one_answer() -> None:
     q = arithmetic.parse_expression("52+69-70*3+4*5-8")
     assert q is not None

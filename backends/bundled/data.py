@@ -46,16 +46,21 @@ def game24_example(numbers: tuple[int, ...], rng: random.Random) -> tuple[str, s
 
 
 def arithmetic_example(
-    rng: random.Random, operands: int, banned: set[str], order: random.Random | None = None
+    rng: random.Random,
+    operands: int,
+    banned: set[str],
+    order: random.Random | None = None,
+    split_products: bool = False,
 ) -> tuple[str, str]:
     """(prompt, response) for a fresh question not among the held-out expressions.
 
-    ``order`` draws a random fold order for the scratchpad (see ``Question.scratchpad``).
+    ``order`` draws a random fold order for the scratchpad, and with ``split_products`` a
+    path for each product (see ``Question.scratchpad``).
     """
     while True:
         q = arithmetic.random_question(rng, operands)
         if q.expression() not in banned:
-            return model_prompt(q.text()), q.scratchpad(order)
+            return model_prompt(q.text()), q.scratchpad(order, split_products)
 
 
 class Mixture:
@@ -64,7 +69,8 @@ class Mixture:
     Arithmetic operand counts follow a curriculum: short questions dominate early (weight
     ``9 - k`` for ``k`` operands) and the mix flattens to uniform over 2..8 by ``progress``
     ``uniform_from``; ``uniform_from=None`` keeps the early weights throughout.
-    ``random_fold_order`` writes each arithmetic scratchpad along a random valid path.
+    ``random_fold_order`` writes each arithmetic scratchpad along a random valid path;
+    ``split_products`` also writes about half of the two-digit products as tens and units.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class Mixture:
         p_game24: float = 0.5,
         uniform_from: float | None = 0.5,
         random_fold_order: bool = False,
+        split_products: bool = False,
     ):
         if uniform_from is not None and not 0 < uniform_from <= 1:
             raise ValueError(f"uniform_from must be in (0, 1] or None, got {uniform_from}")
@@ -84,6 +91,11 @@ class Mixture:
         # A stream of its own, so that turning random orders on leaves the questions as
         # they were.
         self.order = random.Random(12_345 + seed) if random_fold_order else None
+        if split_products and not random_fold_order:
+            raise ValueError(
+                "split_products draws from the fold-order stream: set random_fold_order too"
+            )
+        self.split_products = split_products
         self.banned = {q.expression() for q in arithmetic.heldout_questions(200)}
 
     def batch(self, progress: float, size: int) -> list[tuple[str, str]]:
@@ -97,4 +109,7 @@ class Mixture:
         t = 0.0 if self.uniform_from is None else min(1.0, progress / self.uniform_from)
         weights = [(1 - t) * (9 - k) + t * 1.0 for k in range(2, 9)]
         k = self.rng.choices(range(2, 9), weights=weights)[0]
-        return [arithmetic_example(self.rng, k, self.banned, self.order) for _ in range(size)]
+        return [
+            arithmetic_example(self.rng, k, self.banned, self.order, self.split_products)
+            for _ in range(size)
+        ]

@@ -73,6 +73,11 @@ def write_model_card(
             if a["recipe"].get("arithmetic_random_order")
             else "left to right"
         )
+        + (
+            " (about half of the two-digit products as tens and units)"
+            if a["recipe"].get("arithmetic_split_products")
+            else ""
+        )
         + ", one operation per line, numbers as 4-digit ten's",
         "  complement written least-significant digit first (`0700*3=0120`,",
         "  `1210-0120=1199`), a negation line for a negative total, then the answer line in",

@@ -46,6 +46,10 @@ class Recipe:
     arithmetic_uniform_from: float | None = 0.5
     # Scratchpads fold the terms in a random order (diverse paths for majority voting).
     arithmetic_random_order: bool = False
+    # About half of the two-digit products written as tens and units (needs random order):
+    # a trial of giving products a second path, since a one-line product repeats its slip
+    # in every sample.
+    arithmetic_split_products: bool = False
     # bf16 autocast halves step time on CPUs with AVX512-BF16/AMX; weights stay float32.
     bf16_autocast: bool = True
     # Attention kernel for training only (serving picks its own). PyTorch's CPU
@@ -171,6 +175,7 @@ def train_model(
         p_game24=r.p_game24,
         uniform_from=r.arithmetic_uniform_from,
         random_fold_order=r.arithmetic_random_order,
+        split_products=r.arithmetic_split_products,
     )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

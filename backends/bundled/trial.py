@@ -24,8 +24,10 @@ TRIAL_FIELDS = (
     "lr",
     "n_layer",
     "n_embd",
+    "n_positions",
     "arithmetic_uniform_from",
     "arithmetic_random_order",
+    "arithmetic_split_products",
 )
 
 

@@ -90,7 +90,9 @@ class Question:
         """``What is 52+69-70*3?``: how users ask it."""
         return f"What is {self.expression()}?"
 
-    def scratchpad(self, order: random.Random | None = None) -> str:
+    def scratchpad(
+        self, order: random.Random | None = None, split_products: bool = False
+    ) -> str:
         """The model's response: one step per line, then ``Answer: n``.
 
         ``52+69-70*3`` gives ``0700*3=0120``, ``2500+9600=1210``, ``1210-0120=1199``,
@@ -98,6 +100,9 @@ class Question:
         come in a shuffled order and the fold starts from a random positive term and takes
         the rest in a random order: a different valid path to the same answer, so that
         samples of a model trained on such paths do not all repeat one slip.
+        ``split_products`` (with ``order``) also writes about half of the two-digit products
+        as tens and units (``73*7``: ``0700*7=0940``, ``3000*7=1200``,
+        ``0940+1200=1150``), so that products, too, have more than one path.
         """
         signed = [("+", self.terms[0]), *zip(self.ops, self.terms[1:], strict=True)]
         products = [t for _, t in signed if t.multiplier]
@@ -107,7 +112,18 @@ class Question:
             rest = [x for i, x in enumerate(signed) if i != first]
             order.shuffle(rest)
             signed = [signed[first], *rest]
-        lines = [f"{fixed(t.value)}*{t.multiplier}={fixed(t.result())}" for t in products]
+        lines: list[str] = []
+        for t in products:
+            m = t.multiplier or 1
+            tens, units = t.value - t.value % 10, t.value % 10
+            if split_products and order is not None and tens and units and order.random() < 0.5:
+                lines += [
+                    f"{fixed(tens)}*{m}={fixed(tens * m)}",
+                    f"{fixed(units)}*{m}={fixed(units * m)}",
+                    f"{fixed(tens * m)}+{fixed(units * m)}={fixed(t.result())}",
+                ]
+            else:
+                lines.append(f"{fixed(t.value)}*{m}={fixed(t.result())}")
         acc = signed[0][1].result()
         for op, t in signed[1:]:
             nxt = acc + t.result() if op == "+" else acc - t.result()
