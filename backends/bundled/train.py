@@ -59,7 +59,7 @@ class Recipe:
     attn_implementation: str = "eager"
     # The MLP activation, saved in config.json (serving uses it too). GPT-2's default
     # "gelu_new" is a chain of Python-level muls, pow, tanh and adds, each a pass over the
-    # widest activations: with it a step alone on one thread took 0.33 s (arithmetic) and
+    # widest activations: with it a step alone on one thread took 0.33-0.37 s (arithmetic) and
     # 0.63 s (Game of 24); PyTorch's fused exact GELU took 0.21 and 0.43 s.
     activation_function: str = "gelu"
 
