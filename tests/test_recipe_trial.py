@@ -57,6 +57,11 @@ def test_a_trial_trains_with_the_overrides_and_scores_the_expert(
     assert result["recipe"]["steps"] == 3
     assert result["recipe"]["arithmetic_uniform_from"] is None
     assert set(result["scores"]["by_operands"]) == set(range(2, 9))
+    # Each count's questions are split by whether they hold a product, and none is lost.
+    split = result["scores"]["by_operands_and_kind"]
+    assert set(split) == set(range(2, 9))
+    assert all(set(kinds) <= {"with_product", "sums_only"} for kinds in split.values())
+    assert all(sum(d["items"] for d in kinds.values()) == 1 for kinds in split.values())
     assert result["train_seconds"] > 0
     saved = json.loads((tmp_path / "t" / "trial.json").read_text())
     assert saved["overrides"] == {"steps": 3, "arithmetic_uniform_from": None}

@@ -154,12 +154,18 @@ def game24_report(
 def arithmetic_report(
     backend: Any, per_count: int, votes: int, temperature: float
 ) -> dict[str, Any]:
-    """Greedy and majority-vote accuracy by operand count, and the confidence AUROCs."""
+    """Greedy and majority-vote accuracy by operand count, and the confidence AUROCs.
+
+    ``by_operands_and_kind`` splits each count into questions with a product and questions
+    of sums only (a product is one scratchpad line in every fold order, so its slips repeat
+    across samples and voting gains less there).
+    """
     qs = arithmetic.heldout_questions(per_count)
     prompts = [model_prompt(q.text()) for q in qs]
     greedy = _generate(backend, prompts, 1, 0.0, 0, 180, logprobs=True)
     sampled = _generate(backend, prompts, votes, temperature, 2, 180)
     by_k: dict[int, dict[str, list[float]]] = {}
+    by_kind: dict[int, dict[str, dict[str, list[float]]]] = {}
     fails: list[int] = []
     rates: list[float] = []
     for q, g, cs in zip(qs, greedy, sampled, strict=True):
@@ -168,16 +174,29 @@ def arithmetic_report(
         answers = [normalize_answer(extract_answer(c.text)) for c in cs]
         top = Counter(a for a in answers if a is not None).most_common(1)
         maj = bool(top) and top[0][0] == ref
-        d = by_k.setdefault(q.operands, {"greedy": [], "majority": [], "per_sample": []})
-        d["greedy"].append(float(ok))
-        d["majority"].append(float(maj))
-        d["per_sample"].append(sum(a == ref for a in answers) / votes)
+        kind = "with_product" if any(t.multiplier for t in q.terms) else "sums_only"
+        for d in (
+            by_k.setdefault(q.operands, {"greedy": [], "majority": [], "per_sample": []}),
+            by_kind.setdefault(q.operands, {}).setdefault(
+                kind, {"greedy": [], "majority": [], "per_sample": []}
+            ),
+        ):
+            d["greedy"].append(float(ok))
+            d["majority"].append(float(maj))
+            d["per_sample"].append(sum(a == ref for a in answers) / votes)
         fails.append(0 if ok else 1)
         rates.append(sum(a == ref for a in answers) / votes)
     return {
         "items": len(qs),
         "by_operands": {
             k: {m: statistics.fmean(v) for m, v in d.items()} for k, d in sorted(by_k.items())
+        },
+        "by_operands_and_kind": {
+            k: {
+                kind: {"items": len(d["greedy"]), **{m: statistics.fmean(v) for m, v in d.items()}}
+                for kind, d in sorted(kinds.items())
+            }
+            for k, kinds in sorted(by_kind.items())
         },
         **confidence_report([g[0] for g in greedy], fails),
         "pass_rates": rates,
