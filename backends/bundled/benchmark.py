@@ -174,6 +174,7 @@ def arithmetic_report(
         answers = [normalize_answer(extract_answer(c.text)) for c in cs]
         top = Counter(a for a in answers if a is not None).most_common(1)
         maj = bool(top) and top[0][0] == ref
+        rate = sum(a == ref for a in answers) / votes
         kind = "with_product" if any(t.multiplier for t in q.terms) else "sums_only"
         for d in (
             by_k.setdefault(q.operands, {"greedy": [], "majority": [], "per_sample": []}),
@@ -183,9 +184,9 @@ def arithmetic_report(
         ):
             d["greedy"].append(float(ok))
             d["majority"].append(float(maj))
-            d["per_sample"].append(sum(a == ref for a in answers) / votes)
+            d["per_sample"].append(rate)
         fails.append(0 if ok else 1)
-        rates.append(sum(a == ref for a in answers) / votes)
+        rates.append(rate)
     return {
         "items": len(qs),
         "by_operands": {

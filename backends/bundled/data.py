@@ -84,6 +84,10 @@ class Mixture:
     ):
         if uniform_from is not None and not 0 < uniform_from <= 1:
             raise ValueError(f"uniform_from must be in (0, 1] or None, got {uniform_from}")
+        if split_products and not random_fold_order:
+            raise ValueError(
+                "split_products draws from the fold-order stream: set random_fold_order too"
+            )
         self.puzzles = train_puzzles
         self.rng = random.Random(seed)
         self.p_game24 = p_game24
@@ -91,10 +95,6 @@ class Mixture:
         # A stream of its own, so that turning random orders on leaves the questions as
         # they were.
         self.order = random.Random(12_345 + seed) if random_fold_order else None
-        if split_products and not random_fold_order:
-            raise ValueError(
-                "split_products draws from the fold-order stream: set random_fold_order too"
-            )
         self.split_products = split_products
         self.banned = {q.expression() for q in arithmetic.heldout_questions(200)}
 
