@@ -145,8 +145,17 @@ def trial_recipe(
         bool, typer.Option(help="Arithmetic scratchpads fold the terms in a random order.")
     ] = False,
     split_products: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="With --random-order: the chance that a two-digit product is written as "
+            "tens and units.",
+        ),
+    ] = 0.0,
+    inline_split: Annotated[
         bool,
-        typer.Option(help="With --random-order: half of the products as tens and units."),
+        typer.Option(help="Write a split product's parts and sum on its own line."),
     ] = False,
     per_count: Annotated[
         int, typer.Option(min=1, help="Arithmetic questions per operand count.")
@@ -173,7 +182,9 @@ def trial_recipe(
     if random_order:
         overrides["arithmetic_random_order"] = True
     if split_products:
-        overrides["arithmetic_split_products"] = True
+        overrides["arithmetic_split_products"] = split_products
+    if inline_split:
+        overrides["arithmetic_inline_split"] = True
     try:
         result = run_trial(expert, out_dir, data_csv, overrides, seed=seed, per_count=per_count)
     except ValueError as e:

@@ -66,8 +66,19 @@ def test_answer_check_needs_exactly_the_four_numbers_and_24() -> None:
 
 
 def _assert_step_is_right(line: str) -> tuple[str, str]:
-    """Checks one scratchpad line's arithmetic; returns its left operand and result text."""
-    lhs, rhs = line.split("=")
+    """Checks one scratchpad line's arithmetic; returns its left operand and result text.
+
+    An inline split product (``3700*7=1200+0940=1150``) must have the units and tens parts
+    in the middle, each right, and their sum on the right.
+    """
+    lhs, *middle, rhs = line.split("=")
+    if middle:
+        value_text, m_text = lhs.split("*")
+        value, m = arithmetic.unfixed(value_text), int(m_text)
+        units, tens = (arithmetic.unfixed(x) for x in middle[0].split("+"))
+        assert units == value % 10 * m and tens == (value - value % 10) * m
+        assert units + tens == value * m == arithmetic.unfixed(rhs)
+        return value_text, rhs
     op = "*" if "*" in lhs else ("+" if "+" in lhs else "-")
     a_text, b_text = lhs.split(op)
     a = arithmetic.unfixed(a_text)
@@ -181,12 +192,18 @@ def test_value_check_rejects_a_right_step_into_a_dead_end_and_keeps_a_live_one()
 
 
 @settings(max_examples=400, deadline=None)
-@given(seed=st.integers(0, 10**6), operands=st.integers(2, 8), split=st.booleans())
+@given(
+    seed=st.integers(0, 10**6),
+    operands=st.integers(2, 8),
+    split=st.sampled_from([0.0, 0.5, 1.0]),
+    inline=st.booleans(),
+)
 def test_a_random_fold_order_with_or_without_split_products_is_a_valid_scratchpad(
-    seed: int, operands: int, split: bool
+    seed: int, operands: int, split: float, inline: bool
 ) -> None:
     q = arithmetic.random_question(random.Random(seed), operands)
-    lines = q.scratchpad(random.Random(seed + 1), split_products=split).splitlines()
+    order = random.Random(seed + 1)
+    lines = q.scratchpad(order, split_products=split, inline_split=inline).splitlines()
     assert lines[-1] == f"Answer: {q.answer()}"
     for line in lines[:-1]:
         _assert_step_is_right(line)
@@ -195,17 +212,29 @@ def test_a_random_fold_order_with_or_without_split_products_is_a_valid_scratchpa
 def test_split_products_give_a_two_digit_product_a_second_path() -> None:
     q = arithmetic.parse_expression("52+73*7")
     assert q is not None
-    pads = {q.scratchpad(random.Random(i), split_products=True) for i in range(20)}
+    pads = {q.scratchpad(random.Random(i), split_products=0.5) for i in range(20)}
     one_line = [p for p in pads if "3700*7=1150" in p]
     split = [p for p in pads if "0700*7=0940\n3000*7=1200\n0940+1200=1150" in p]
     assert one_line and split and len(one_line) + len(split) == len(pads)
-    # Off (the shipped recipe), every product keeps its one line.
+    # Off, every product keeps its one line; always, none does.
     assert all("3700*7=1150" in q.scratchpad(random.Random(i)) for i in range(20))
+    assert not any("3700*7=1150" in q.scratchpad(random.Random(i), 1.0) for i in range(20))
+
+
+def test_an_inline_split_product_writes_its_parts_and_sum_on_one_line() -> None:
+    q = arithmetic.parse_expression("52+73*7-4*3")
+    assert q is not None
+    lines = q.scratchpad(random.Random(0), split_products=1.0, inline_split=True).splitlines()
+    assert "3700*7=1200+0940=1150" in lines
+    # A one-digit value has no tens part to split off.
+    assert "4000*3=2100" in lines
 
 
 def test_split_products_need_the_random_fold_order_stream() -> None:
     with pytest.raises(ValueError, match="random_fold_order"):
-        Mixture([], seed=0, p_game24=0.0, split_products=True)
+        Mixture([], seed=0, p_game24=0.0, split_products=0.5)
+    with pytest.raises(ValueError, match="probability"):
+        Mixture([], seed=0, p_game24=0.0, random_fold_order=True, split_products=1.5)
 
 
 def test_random_fold_orders_take_different_paths_to_one_answer() -> None:

@@ -50,17 +50,18 @@ def arithmetic_example(
     operands: int,
     banned: set[str],
     order: random.Random | None = None,
-    split_products: bool = False,
+    split_products: float = 0.0,
+    inline_split: bool = False,
 ) -> tuple[str, str]:
     """(prompt, response) for a fresh question not among the held-out expressions.
 
-    ``order`` draws a random fold order for the scratchpad, and with ``split_products`` a
-    path for each product (see ``Question.scratchpad``).
+    ``order`` draws a random fold order for the scratchpad, and with ``split_products`` (a
+    probability) a path for each product (see ``Question.scratchpad``).
     """
     while True:
         q = arithmetic.random_question(rng, operands)
         if q.expression() not in banned:
-            return model_prompt(q.text()), q.scratchpad(order, split_products)
+            return model_prompt(q.text()), q.scratchpad(order, split_products, inline_split)
 
 
 class Mixture:
@@ -70,7 +71,8 @@ class Mixture:
     ``9 - k`` for ``k`` operands) and the mix flattens to uniform over 2..8 by ``progress``
     ``uniform_from``; ``uniform_from=None`` keeps the early weights throughout.
     ``random_fold_order`` writes each arithmetic scratchpad along a random valid path;
-    ``split_products`` also writes about half of the two-digit products as tens and units.
+    ``split_products`` is the chance that a two-digit product is written as tens and units
+    (on one line with ``inline_split``).
     """
 
     def __init__(
@@ -80,10 +82,13 @@ class Mixture:
         p_game24: float = 0.5,
         uniform_from: float | None = 0.5,
         random_fold_order: bool = False,
-        split_products: bool = False,
+        split_products: float = 0.0,
+        inline_split: bool = False,
     ):
         if uniform_from is not None and not 0 < uniform_from <= 1:
             raise ValueError(f"uniform_from must be in (0, 1] or None, got {uniform_from}")
+        if not 0 <= split_products <= 1:
+            raise ValueError(f"split_products is a probability in [0, 1], got {split_products}")
         if split_products and not random_fold_order:
             raise ValueError(
                 "split_products draws from the fold-order stream: set random_fold_order too"
@@ -96,6 +101,7 @@ class Mixture:
         # they were.
         self.order = random.Random(12_345 + seed) if random_fold_order else None
         self.split_products = split_products
+        self.inline_split = inline_split
         self.banned = {q.expression() for q in arithmetic.heldout_questions(200)}
 
     def batch(self, progress: float, size: int) -> list[tuple[str, str]]:
@@ -110,6 +116,8 @@ class Mixture:
         weights = [(1 - t) * (9 - k) + t * 1.0 for k in range(2, 9)]
         k = self.rng.choices(range(2, 9), weights=weights)[0]
         return [
-            arithmetic_example(self.rng, k, self.banned, self.order, self.split_products)
+            arithmetic_example(
+                self.rng, k, self.banned, self.order, self.split_products, self.inline_split
+            )
             for _ in range(size)
         ]

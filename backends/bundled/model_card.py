@@ -14,6 +14,17 @@ def _threads(m: dict[str, Any]) -> str:
     return ", then ".join(parts)
 
 
+def _split_products_text(recipe: dict[str, Any]) -> str:
+    """How the recipe writes two-digit products, for the card ("" for one line each)."""
+    share = float(recipe.get("arithmetic_split_products") or 0.0)
+    if not share:
+        return ""
+    which = "each two-digit product" if share >= 1 else f"{share:.0%} of two-digit products"
+    if recipe.get("arithmetic_inline_split"):
+        return f", {which} with its units and tens parts and their sum (`3700*7=1200+0940=1150`)"
+    return f", {which} as tens and units on lines of their own"
+
+
 def _rounded(value: Any) -> Any:
     if isinstance(value, float):
         return round(value, 3)
@@ -73,12 +84,8 @@ def write_model_card(
             if a["recipe"].get("arithmetic_random_order")
             else "left to right"
         )
-        + (
-            " (about half of the two-digit products as tens and units)"
-            if a["recipe"].get("arithmetic_split_products")
-            else ""
-        )
-        + ", one operation per line, numbers as 4-digit ten's",
+        + _split_products_text(a["recipe"])
+        + ", one step per line, numbers as 4-digit ten's",
         "  complement written least-significant digit first (`0700*3=0120`,",
         "  `1210-0120=1199`), a negation line for a negative total, then the answer line in",
         "  ordinary notation (`Answer: -89`). A curriculum favours few operands early.",

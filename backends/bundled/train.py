@@ -46,10 +46,11 @@ class Recipe:
     arithmetic_uniform_from: float | None = 0.5
     # Scratchpads fold the terms in a random order (diverse paths for majority voting).
     arithmetic_random_order: bool = False
-    # About half of the two-digit products written as tens and units (needs random order):
-    # a trial of giving products a second path, since a one-line product repeats its slip
-    # in every sample.
-    arithmetic_split_products: bool = False
+    # The chance that a two-digit product is written as tens and units (needs random order):
+    # a one-line product repeats its slip in every sample. ``arithmetic_inline_split`` writes
+    # the parts and their sum on the product's own line.
+    arithmetic_split_products: float = 0.0
+    arithmetic_inline_split: bool = False
     # bf16 autocast halves step time on CPUs with AVX512-BF16/AMX; weights stay float32.
     bf16_autocast: bool = True
     # Attention kernel for training only (serving picks its own). PyTorch's CPU
@@ -176,6 +177,7 @@ def train_model(
         uniform_from=r.arithmetic_uniform_from,
         random_fold_order=r.arithmetic_random_order,
         split_products=r.arithmetic_split_products,
+        inline_split=r.arithmetic_inline_split,
     )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

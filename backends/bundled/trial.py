@@ -28,6 +28,7 @@ TRIAL_FIELDS = (
     "arithmetic_uniform_from",
     "arithmetic_random_order",
     "arithmetic_split_products",
+    "arithmetic_inline_split",
 )
 
 

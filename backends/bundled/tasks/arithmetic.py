@@ -91,7 +91,10 @@ class Question:
         return f"What is {self.expression()}?"
 
     def scratchpad(
-        self, order: random.Random | None = None, split_products: bool = False
+        self,
+        order: random.Random | None = None,
+        split_products: float = 0.0,
+        inline_split: bool = False,
     ) -> str:
         """The model's response: one step per line, then ``Answer: n``.
 
@@ -100,9 +103,11 @@ class Question:
         come in a shuffled order and the fold starts from a random positive term and takes
         the rest in a random order: a different valid path to the same answer, so that
         samples of a model trained on such paths do not all repeat one slip.
-        ``split_products`` (with ``order``) also writes about half of the two-digit products
+        ``split_products`` (with ``order``) is the chance that a two-digit product is written
         as tens and units (``73*7``: ``0700*7=0940``, ``3000*7=1200``,
-        ``0940+1200=1150``), so that products, too, have more than one path.
+        ``0940+1200=1150``): each part is one times-table fact, and the carries move to an
+        addition. ``inline_split`` writes such a product on one line instead,
+        ``3700*7=1200+0940=1150`` (units part, tens part, their sum).
         """
         signed = [("+", self.terms[0]), *zip(self.ops, self.terms[1:], strict=True)]
         products = [t for _, t in signed if t.multiplier]
@@ -116,7 +121,13 @@ class Question:
         for t in products:
             m = t.multiplier or 1
             tens, units = t.value - t.value % 10, t.value % 10
-            if split_products and order is not None and tens and units and order.random() < 0.5:
+            # No draw when splitting is off, so the shipped recipe's stream is unchanged.
+            split = bool(split_products and tens and units and order is not None)
+            split = split and order is not None and order.random() < split_products
+            if split and inline_split:
+                parts = f"{fixed(units * m)}+{fixed(tens * m)}"
+                lines.append(f"{fixed(t.value)}*{m}={parts}={fixed(t.result())}")
+            elif split:
                 lines += [
                     f"{fixed(tens)}*{m}={fixed(tens * m)}",
                     f"{fixed(units)}*{m}={fixed(units * m)}",
