@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -131,6 +133,23 @@ def test_the_shipped_experts_have_the_shape_and_activation_of_the_current_recipe
         shape = (cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["activation_function"])
         assert shape == (recipe.n_layer, recipe.n_embd, recipe.n_head,
                          recipe.activation_function), name
+        # Data settings (fold order, product paths) leave no trace in config.json.
+        trained = json.loads((bundled_model_path() / name / "training.json").read_text())
+        assert trained["recipe"] == dataclasses.asdict(recipe), name
+
+
+def test_the_arithmetic_expert_writes_a_two_digit_product_as_parts_and_their_sum(
+    backend: TransformersBackend,
+) -> None:
+    # The shipped recipe splits every two-digit product into units and tens parts on its
+    # line (`3700*7=1200+0940=1150`); an expert trained on one-line products writes
+    # `3700*7=1150`.
+    q = arithmetic.parse_expression("52+73*7")
+    assert q is not None
+    req = GenerationRequest(prompt=model_prompt(q.text()), max_tokens=180)
+    text = backend.generate_batch_sync([req])[0].completions[0].text
+    products = [line for line in text.splitlines() if "*" in line]
+    assert products and re.fullmatch(r"3700\*7=\d{4}\+\d{4}=\d{4}", products[0]), text
 
 
 def test_training_takes_every_core_from_the_fixed_step_and_a_seed_reproduces_the_weights(
