@@ -145,18 +145,22 @@ def trial_recipe(
         bool, typer.Option(help="Arithmetic scratchpads fold the terms in a random order.")
     ] = False,
     split_products: Annotated[
-        float,
+        float | None,
         typer.Option(
             min=0.0,
             max=1.0,
             help="With --random-order: the chance that a two-digit product is written as "
-            "tens and units.",
+            "tens and units (shipped: 1; 0 writes each product in one go).",
         ),
-    ] = 0.0,
+    ] = None,
     inline_split: Annotated[
-        bool,
-        typer.Option(help="Write a split product's parts and sum on its own line."),
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--inline-split/--split-lines",
+            help="A split product's parts and sum on its own line (shipped), or on lines "
+            "of their own.",
+        ),
+    ] = None,
     per_count: Annotated[
         int, typer.Option(min=1, help="Arithmetic questions per operand count.")
     ] = 50,
@@ -181,10 +185,10 @@ def trial_recipe(
         overrides["arithmetic_uniform_from"] = uniform_from or None
     if random_order:
         overrides["arithmetic_random_order"] = True
-    if split_products:
+    if split_products is not None:
         overrides["arithmetic_split_products"] = split_products
-    if inline_split:
-        overrides["arithmetic_inline_split"] = True
+    if inline_split is not None:
+        overrides["arithmetic_inline_split"] = inline_split
     try:
         result = run_trial(expert, out_dir, data_csv, overrides, seed=seed, per_count=per_count)
     except ValueError as e:

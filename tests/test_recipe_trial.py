@@ -83,3 +83,46 @@ def test_random_fold_orders_change_the_scratchpads_but_not_the_questions() -> No
     assert sum(ra != rb for (_, ra), (_, rb) in zip(a, b, strict=True)) > 20
     pairs = zip(a, b, strict=True)
     assert all(ra.splitlines()[-1] == rb.splitlines()[-1] for (_, ra), (_, rb) in pairs)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ([], {}),
+        (["--split-products", "0", "--split-lines"],
+         {"arithmetic_split_products": 0.0, "arithmetic_inline_split": False}),
+        (["--split-products", "0.5", "--inline-split"],
+         {"arithmetic_split_products": 0.5, "arithmetic_inline_split": True}),
+    ],
+)
+def test_the_trial_command_can_turn_the_shipped_product_split_off_or_change_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str], expected: dict[str, object]
+) -> None:
+    from typer.testing import CliRunner
+
+    from backends.bundled import trial
+    from router.cli import app
+
+    seen: dict[str, object] = {}
+
+    def fake_run_trial(expert: str, out_dir: Path, data_csv: Path, overrides: dict[str, object],
+                       **_: object) -> dict[str, object]:
+        seen.update(overrides)
+        return {"overrides": overrides}
+
+    monkeypatch.setattr(trial, "run_trial", fake_run_trial)
+    args = ["trial-recipe", "--expert", "arithmetic", "--out-dir", str(tmp_path), *flags]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert seen == expected
+
+
+def test_the_trial_command_rejects_a_split_share_outside_zero_to_one(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from router.cli import app
+
+    args = ["trial-recipe", "--out-dir", str(tmp_path), "--split-products", "1.5"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "split-products" in result.output

@@ -122,8 +122,11 @@ class Question:
             m = t.multiplier or 1
             tens, units = t.value - t.value % 10, t.value % 10
             # No draw when splitting is off, so the shipped recipe's stream is unchanged.
-            split = bool(split_products and tens and units and order is not None)
-            split = split and order is not None and order.random() < split_products
+            split = (
+                bool(split_products and tens and units)
+                and order is not None
+                and order.random() < split_products
+            )
             if split and inline_split:
                 parts = f"{fixed(units * m)}+{fixed(tens * m)}"
                 lines.append(f"{fixed(t.value)}*{m}={parts}={fixed(t.result())}")
