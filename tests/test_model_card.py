@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from backends.bundled.model_card import card_measurements, write_model_card
 
 
@@ -69,3 +71,29 @@ def test_the_measured_block_rounds_the_bench_and_leaves_out_per_item_rates(
     block = json.loads(text.split("```json")[1].split("```")[0])
     assert block["arithmetic"]["entropy_auroc"] == 0.931
     assert block["game24_0_99"]["best_of_n"] == {"1": 0.105}
+
+
+@pytest.mark.parametrize(
+    ("split", "inline", "expected"),
+    [
+        (0.0, False, None),
+        (1.0, True, "each two-digit product with its units and tens parts and their sum"),
+        (0.5, False, "50% of two-digit products as tens and units on lines of their own"),
+    ],
+)
+def test_the_card_says_how_the_arithmetic_data_writes_products(
+    tmp_path: Path, split: float, inline: bool, expected: str | None
+) -> None:
+    arithmetic = _expert(890.0, [(0, 1)])
+    recipe = dict(arithmetic["recipe"])  # type: ignore[call-overload]
+    recipe.update(arithmetic_split_products=split, arithmetic_inline_split=inline)
+    arithmetic["recipe"] = recipe
+    training = {
+        "seed": 0, "parallel": True, "cpu_cores": 2, "wall_seconds": 900.0,
+        "experts": {"game24": _expert(600.0, [(0, 1)]), "arithmetic": arithmetic},
+    }
+    text = " ".join(write_model_card(tmp_path, training, None).read_text().split())
+    if expected is None:
+        assert "two-digit product" not in text
+    else:
+        assert expected in text

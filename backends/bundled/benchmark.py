@@ -157,8 +157,8 @@ def arithmetic_report(
     """Greedy and majority-vote accuracy by operand count, and the confidence AUROCs.
 
     ``by_operands_and_kind`` splits each count into questions with a product and questions
-    of sums only (a product is one scratchpad line in every fold order, so its slips repeat
-    across samples and voting gains less there).
+    of sums only (a product written in one go is the same line in every fold order, so its
+    slips repeat across samples and voting gains less there).
     """
     qs = arithmetic.heldout_questions(per_count)
     prompts = [model_prompt(q.text()) for q in qs]

@@ -95,8 +95,10 @@ DEFAULT_EXPERT = "game24"
 # Side by side on 2 cores Game of 24 ends first; the expert named here then takes every core
 # from this step on. The step is fixed, not "when the other ends", because the thread count
 # changes how floats are summed: a fixed step keeps the weights a function of the seed.
-# Measured with `acr train-model` on 2 cores (GELU activation): Game of 24 ended after
-# 324 s, near arithmetic step 1,800, so the two overlapped for about 20 s on three threads.
+# Measured with `acr train-model` on 2 cores (GELU activation): with one-line products Game
+# of 24 ended after 324 s, near arithmetic step 1,800; with split products (slower steps) it
+# ends after 302-323 s, near step 1,500, so one core idles for about 40 s before the handoff.
+# Moving the step changes the weights, so it is changed only with a retraining.
 ALL_CORES_FROM_STEP: dict[str, int] = {"arithmetic": 1700}
 
 
