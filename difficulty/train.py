@@ -2,7 +2,7 @@
 
 Sources (any mix, each a path):
 
-- *item labels* (``.jsonl`` from ``difficulty.labels``): one line per prompt with its probe and
+- *item labels* (``.jsonl`` from ``lab.labels``): one line per prompt with its probe and
   the outcome of every arm: ``{"text", "probe": {...}, "arms": {arm: {"correct", "tokens",
   "latency_ms"}}}``. Each line also trains the probe-less regime (probe features masked), so
   one model serves requests with and without a probe.

@@ -106,7 +106,7 @@ def test_arithmetic_answers_follow_the_scratchpad_format(backend: TransformersBa
 
 
 def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: Path) -> None:
-    from backends.bundled.train import EXPERTS, train_bundle
+    from lab.bundled.train import EXPERTS, train_bundle
 
     metrics = train_bundle(tmp_path / "m", game24_csv, seed=1, tiny=True, progress=False)
     assert set(metrics["experts"]) == set(EXPERTS)
@@ -123,10 +123,10 @@ def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: P
 
 def test_the_shipped_experts_have_the_shape_and_activation_of_the_current_recipe() -> None:
     # Serving reads the architecture from config.json; a recipe change that was not followed
-    # by `acr train-model` would ship weights the card does not describe.
+    # by `python -m lab train-model` would ship weights the card does not describe.
     import json
 
-    from backends.bundled.train import EXPERTS
+    from lab.bundled.train import EXPERTS
 
     for name, (_, recipe) in EXPERTS.items():
         cfg = json.loads((bundled_model_path() / name / "config.json").read_text())
@@ -157,7 +157,7 @@ def test_training_takes_every_core_from_the_fixed_step_and_a_seed_reproduces_the
 ) -> None:
     import os
 
-    from backends.bundled.train import TINY, train_model
+    from lab.bundled.train import TINY, train_model
 
     runs = [
         train_model(tmp_path / name, game24_csv, seed=3, recipe=TINY, threads=1,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.bundled.data import Mixture, game24_splits
+from lab.bundled.data import Mixture, game24_splits
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt, parse_task
 from backends.bundled.tokenizer import build_tokenizer

@@ -13,7 +13,7 @@ import redis
 
 from router.config import AutoscalingConfig, load_config
 from router.embedded_redis import EmbeddedRedis, free_port
-from router.load_test import run_load
+from lab.load_test import run_load
 from router.serve_local import APP_NAME, LocalService
 
 pytestmark = pytest.mark.integration

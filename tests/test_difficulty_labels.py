@@ -6,7 +6,7 @@ import random
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
-from difficulty.labels import (
+from lab.labels import (
     LabelItem,
     Sample,
     _leader_ahead,

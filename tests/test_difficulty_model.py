@@ -13,7 +13,7 @@ from backends.verifiers.base import Verifier
 from difficulty.features import FEATURE_NAMES, detect_kind, feature_vector, prompt_features
 from difficulty.model import RouterModel, RouterModelError, bundled_router_path
 from difficulty.probe import ProbeSummary, run_probe
-from difficulty.synthetic import synthetic_items
+from lab.synthetic import synthetic_items
 from difficulty.train import fit_router_model, load_rows, train_router
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from backends.base import Completion, GenerationRequest, GenerationResult
-from backends.bundled.benchmark import (
+from lab.bundled.benchmark import (
     arithmetic_greedy_check,
     confidence_report,
     wilson_interval,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.bundled.model_card import card_measurements, write_model_card
+from lab.bundled.model_card import card_measurements, write_model_card
 
 
 def _expert(seconds: float, schedule: list[tuple[int, int]]) -> dict[str, object]:
@@ -57,8 +57,8 @@ def test_the_card_names_the_attention_kernel_the_activation_and_when_an_expert_t
 def test_the_measured_block_rounds_the_bench_and_leaves_out_per_item_rates(
     tmp_path: Path,
 ) -> None:
-    measured = card_measurements(_report(), "acr bench-model --update-card")
-    assert measured["command"] == "acr bench-model --update-card"
+    measured = card_measurements(_report(), "python -m lab bench-model --update-card")
+    assert measured["command"] == "python -m lab bench-model --update-card"
     assert measured["game24_900_999"]["per_sample"] == 0.105
     assert "pass_rates" not in measured["arithmetic"]
     assert measured["arithmetic_2_operands"]["greedy_95"] == [0.871, 0.923]

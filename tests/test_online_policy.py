@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
 from difficulty.model import RouterModel
-from difficulty.synthetic import synthetic_items
+from lab.synthetic import synthetic_items
 from difficulty.train import fit_router_model, rows_from_item
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings, LoadTracker
 from policies.base import Problem, StrategyResult
@@ -326,7 +326,7 @@ async def test_decision_latency_without_the_probe_is_about_a_millisecond(
         t0 = time.perf_counter()
         await pol.decide(Problem(text=p), serving=False)
         times.append(time.perf_counter() - t0)
-    # The target is p99 <= 1 ms (measured by `policies.router_eval evaluate`); on a shared,
+    # The target is p99 <= 1 ms (measured by `lab.router_eval evaluate`); on a shared,
     # oversubscribed CI box only the median is stable enough to assert.
     assert float(np.percentile(times, 50)) < 0.002
 

@@ -1,4 +1,4 @@
-"""Recipe trials (``acr trial-recipe``) and the arithmetic curriculum they vary."""
+"""Recipe trials (``python -m lab trial-recipe``) and the arithmetic curriculum they vary."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.bundled.data import Mixture
+from lab.bundled.data import Mixture
 from backends.bundled.tasks import arithmetic
-from backends.bundled.trial import run_trial
+from lab.bundled.trial import run_trial
 
 
 def _operand_shares(mix: Mixture, progress: float, draws: int = 1400) -> Counter[int]:
@@ -100,8 +100,8 @@ def test_the_trial_command_can_turn_the_shipped_product_split_off_or_change_it(
 ) -> None:
     from typer.testing import CliRunner
 
-    from backends.bundled import trial
-    from router.cli import app
+    from lab.bundled import trial
+    from lab.cli import app
 
     seen: dict[str, object] = {}
 
@@ -120,7 +120,7 @@ def test_the_trial_command_can_turn_the_shipped_product_split_off_or_change_it(
 def test_the_trial_command_rejects_a_split_share_outside_zero_to_one(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from router.cli import app
+    from lab.cli import app
 
     args = ["trial-recipe", "--out-dir", str(tmp_path), "--split-products", "1.5"]
     result = CliRunner().invoke(app, args)

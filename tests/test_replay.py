@@ -1,4 +1,4 @@
-"""Offline router evaluation helpers (``policies.replay``) on hand-made labels."""
+"""Offline router evaluation helpers (``lab.replay``) on hand-made labels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from policies.replay import accuracy_at_tokens, oracle_repeatability, oracle_row
+from lab.replay import accuracy_at_tokens, oracle_repeatability, oracle_row
 
 ARMS = ["single_pass", "best_of_n@16", "beam_search"]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from difficulty.synthetic import synthetic_items
+from lab.synthetic import synthetic_items
 from difficulty.train import fit_router_model, rows_from_item
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings
-from policies.slo_sim import ReplayBackend, simulate, width_of
+from lab.slo_sim import ReplayBackend, simulate, width_of
 
 
 async def test_at_twice_the_load_always_search_sustains_auto_meets_the_slo() -> None:

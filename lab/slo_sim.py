@@ -2,14 +2,14 @@
 
 What it answers: with a latency SLO and offered load at k times what always-search can
 sustain, which share of requests meets the SLO under the adaptive policy, and under a fixed
-strategy? It replays labelled prompts (``difficulty.labels`` records: each prompt's probe and
+strategy? It replays labelled prompts (``lab.labels`` records: each prompt's probe and
 every arm's tokens and correctness), so no model runs and minutes of traffic take seconds.
 
 Backend model: *capped processor sharing*. The backend generates at most ``capacity_tok_s``
 tokens/s in total, shared equally among active jobs, and a job can use at most ``width x
 single_seq_tok_s`` (a 16-sample batch decodes 16 rows at once, a greedy decode one). This is
 how a continuous-batching server behaves to first order, and the two rates are measured on
-the real backend (``difficulty.labels.time_batches``). The policy sees only what it would see
+the real backend (``lab.labels.time_batches``). The policy sees only what it would see
 in production: its own ``LoadTracker`` (in flight, tokens owed, learned throughput) driven by
 the virtual clock.
 """

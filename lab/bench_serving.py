@@ -1,4 +1,4 @@
-"""Serving benchmarks through the real HTTP API (``acr bench-serving``).
+"""Serving benchmarks through the real HTTP API (``python -m lab bench-serving``).
 
 1. Sampling throughput: ``n=16`` samples of one prompt in one request (one shared prefill,
    one batched decode) against 16 sequential single-sample requests.

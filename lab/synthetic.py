@@ -17,7 +17,7 @@ TOKENS_PER_SAMPLE = 50
 
 
 def synthetic_item(rng: random.Random, i: int) -> dict[str, Any]:
-    """One item-label record (the format ``difficulty.labels`` writes)."""
+    """One item-label record (the format ``lab.labels`` writes)."""
     if rng.random() < 0.6:
         nums = sorted(rng.randint(1, 13) for _ in range(4))
         text = " ".join(map(str, nums))

@@ -1,6 +1,6 @@
-"""Router training data and evaluation on the bundled model: ``python -m policies.router_eval``.
+"""Router training data and evaluation on the bundled model: ``python -m lab.router_eval``.
 
-``label``: item labels (``difficulty.labels``) for a split. ``train`` uses Game of 24 puzzles
+``label``: item labels (``lab.labels``) for a split. ``train`` uses Game of 24 puzzles
 outside rows 0-99 and 900-999 of game24.csv and arithmetic questions from a seed the
 benchmark never uses (the benchmark's held-out questions are excluded too); ``test`` is the
 benchmark mix: rows 0-99 and 900-999 plus the held-out arithmetic questions of 2-8 operands.
@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 
 from backends.verifiers.base import Verifier
-from difficulty.labels import LabelItem, label_items, messages_for
+from lab.labels import LabelItem, label_items, messages_for
 from difficulty.model import ArmSpec, RouterModel, default_arms
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings
 from policies.base import Budget, Problem
-from policies.replay import (
+from lab.replay import (
     accuracy_at_tokens,
     best_of_n_curve,
     fixed_arm_rows,
@@ -37,7 +37,7 @@ from policies.replay import (
     sweep_lambda,
     tokens_for_accuracy,
 )
-from policies.slo_sim import ReplayBackend, simulate
+from lab.slo_sim import ReplayBackend, simulate
 
 TEST_ROWS = set(range(0, 100)) | set(range(900, 1000))
 CONFIGURED_ARMS = (
@@ -89,7 +89,7 @@ def split_items(
     else:
         # Prefer puzzles the model never trained on (its seeded extra held-out set), as the
         # benchmark's are; fill up with training puzzles. Benchmark rows never appear.
-        from backends.bundled.data import game24_splits
+        from lab.bundled.data import game24_splits
 
         bench = {puzzles[i] for i in TEST_ROWS if i < len(puzzles)}
         splits = game24_splits(csv)
@@ -434,7 +434,7 @@ async def cmd_live(args: argparse.Namespace) -> None:
 
 async def cmd_oracle_check(args: argparse.Namespace) -> None:
     """How much of the oracle's edge repeats across two labelling runs (both directions)."""
-    from policies.replay import oracle_repeatability
+    from lab.replay import oracle_repeatability
 
     a, b = load_jsonl(args.first), load_jsonl(args.second)
     best = args.base
@@ -451,7 +451,7 @@ async def cmd_add_arms(args: argparse.Namespace) -> None:
     """Run arms a pool cannot stand for (beam search) for real on existing label records."""
     from backends.batching import MicroBatcher
     from backends.transformers_backend import TransformersBackend
-    from difficulty.labels import run_real_arms
+    from lab.labels import run_real_arms
 
     model_dir = args.model_dir
     if model_dir is None:
@@ -546,7 +546,7 @@ def pareto_plot(summary: dict[str, Any], sweep: list[dict[str, Any]] | None, out
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry: ``label``, ``evaluate``, ``live``, ``merge``, ``add-arms``, ``oracle-check``."""
-    p = argparse.ArgumentParser(prog="python -m policies.router_eval")
+    p = argparse.ArgumentParser(prog="python -m lab.router_eval")
     sub = p.add_subparsers(dest="cmd", required=True)
     lab = sub.add_parser("label")
     lab.add_argument("--split", choices=["train", "test"], required=True)

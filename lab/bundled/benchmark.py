@@ -1,4 +1,4 @@
-"""Benchmark of the bundled model itself (``acr bench-model``).
+"""Benchmark of the bundled model itself (``python -m lab bench-model``).
 
 Game of 24 on rows 900-999 (ToT's test slice) and 0-99 of ``game24.csv``: greedy accuracy,
 per-sample success at temperature ``T``, best-of-N with the exact checker for N = 1..32
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from backends.base import GenerationRequest
-from backends.bundled.data import game24_splits
+from lab.bundled.data import game24_splits
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt
 from backends.verifiers.numeric import extract_answer, normalize_answer

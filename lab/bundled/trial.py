@@ -1,7 +1,7 @@
-"""Recipe trials: train one expert with changed settings and measure it (``acr trial-recipe``).
+"""Recipe trials: train one expert with changed settings and measure it (``python -m lab trial-recipe``).
 
 The shipped recipe in ``train.EXPERTS`` was chosen from trials like these. A trial trains a
-single expert on one thread, exactly as ``acr train-model`` trains each expert side by side
+single expert on one thread, exactly as ``python -m lab train-model`` trains each expert side by side
 on a 2-core machine, so its ``train_seconds`` is the figure the 15-minute budget is about.
 It then scores the expert on its own task: arithmetic by operand count (greedy, majority of
 16, one sample) or Game of 24 rows 900-999 (greedy, per sample, best-of-N).
@@ -15,7 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from backends.bundled.train import EXPERTS, TINY, train_model
+from lab.bundled.train import EXPERTS, TINY, train_model
 
 #: Fields of ``train.Recipe`` a trial may change.
 TRIAL_FIELDS = (
@@ -67,7 +67,7 @@ def run_trial(
         label=f"trial {expert}",
         progress=progress,
     )
-    from backends.bundled import benchmark
+    from lab.bundled import benchmark
     from backends.transformers_backend import TransformersBackend
 
     t0 = time.time()

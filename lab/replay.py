@@ -1,6 +1,6 @@
 """Offline evaluation of the router on labelled prompts: auto, fixed arms, oracle, targets.
 
-Given item labels of *benchmark* prompts (``difficulty.labels``: each prompt's greedy probe and
+Given item labels of *benchmark* prompts (``lab.labels``: each prompt's greedy probe and
 every arm's correctness and tokens), this replays the adaptive policy prompt by prompt
 (online updates included, no load) and compares it with every fixed arm, fixed-N best-of-N
 (no early stop: N samples always drawn) and the oracle (the cheapest arm that solves each
@@ -41,7 +41,7 @@ def best_of_n_curve(
 ) -> dict[int, dict[str, float]]:
     """Fixed-N best-of-N: N samples always drawn; the verified one where serving has an exact
     checker, else the majority answer (``BestOfN``'s rule). Needs the labels' ``pool``."""
-    from difficulty.labels import Sample, simulate_best_of_n
+    from lab.labels import Sample, simulate_best_of_n
 
     out = {}
     for n in ns:

@@ -1,6 +1,6 @@
 """A real open-loop SLO load test: the model runs, arrivals are Poisson, time is wall time.
 
-``python -m policies.slo_live --model router.json``: (1) unloaded latency of always-search
+``python -m lab.slo_live --model router.json``: (1) unloaded latency of always-search
 (``reasoning_effort: high``) sets the SLO (``--slo-ms`` or 4x its p50); (2) a closed loop of
 always-search measures what it can sustain (completed requests/s); (3) open-loop Poisson
 arrivals at ``--load-x`` times that rate, once with always-search and once with the adaptive
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from difficulty.labels import LabelItem, messages_for
+from lab.labels import LabelItem, messages_for
 from difficulty.model import RouterModel
 from policies.adaptive import AdaptivePolicy, AdaptiveSettings
 from policies.base import Problem
-from policies.router_eval import grader_for, serving_lookup, split_items, verifier_for
+from lab.router_eval import grader_for, serving_lookup, split_items, verifier_for
 
 
 async def one_request(
@@ -237,7 +237,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     """CLI entry."""
-    p = argparse.ArgumentParser(prog="python -m policies.slo_live")
+    p = argparse.ArgumentParser(prog="python -m lab.slo_live")
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--model-dir", type=Path, default=None)
     p.add_argument("--csv", type=Path, default=Path("../shared/data/game24.csv"))

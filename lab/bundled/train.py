@@ -1,4 +1,4 @@
-"""Train the bundled reasoning model from scratch (``acr train-model``).
+"""Train the bundled reasoning model from scratch (``python -m lab train-model``).
 
 The bundle is two small GPT-2 experts that share one tokenizer and chat template: one
 learns Game of 24 from exact traces (one of each puzzle's solutions per example, so that
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from backends.bundled.data import Mixture, game24_splits
+from lab.bundled.data import Mixture, game24_splits
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ TINY = Recipe(n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=4, warmup_step
 # steps of 64 (0.67 at 600); the arithmetic format only "clicks" after ~2,000 small steps.
 # Arithmetic folds its terms in a random order per example: left-to-right only, samples
 # repeated the same carry slip and majority voting gained nothing; with random orders and
-# 3,500 steps (`acr trial-recipe`), greedy rose at 3-6 operands and voting gained ~9 points.
+# 3,500 steps (`python -m lab trial-recipe`), greedy rose at 3-6 operands and voting gained ~9 points.
 # Every two-digit product is written as units and tens parts and their sum on its line: as
 # one line (`3700*7=1150`) greedy got 0.76 of two-operand products right and every sample
 # repeated the slip; split, greedy gets 0.98 of them, at 6% more tokens per scratchpad.
@@ -95,7 +95,7 @@ DEFAULT_EXPERT = "game24"
 # Side by side on 2 cores Game of 24 ends first; the expert named here then takes every core
 # from this step on. The step is fixed, not "when the other ends", because the thread count
 # changes how floats are summed: a fixed step keeps the weights a function of the seed.
-# Measured with `acr train-model` on 2 cores (GELU activation): with one-line products Game
+# Measured with `python -m lab train-model` on 2 cores (GELU activation): with one-line products Game
 # of 24 ended after 324 s, near arithmetic step 1,800; with split products (slower steps) it
 # ends after 302-323 s, near step 1,500, so one core idles for about 40 s before the handoff.
 # Moving the step changes the weights, so it is changed only with a retraining.
@@ -331,7 +331,7 @@ def train_bundle(
         "experts": dict(zip(EXPERTS, results, strict=True)),
     }
     (output_dir / "training.json").write_text(json.dumps(metrics, indent=2))
-    from backends.bundled.model_card import write_model_card
+    from lab.bundled.model_card import write_model_card
 
     write_model_card(output_dir, metrics, None)
     return metrics
