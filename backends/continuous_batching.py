@@ -11,7 +11,7 @@ future was cancelled, e.g. by a deadline) leaves too, so abandoned work stops co
 
 The experts of a bundle take turns one step at a time, so a Game-of-24 prompt is never
 queued behind a whole arithmetic decode. Sampling, stop handling and accounting are the
-backend's own (``_sample``, ``_finished``, ``_completion``): a seeded request draws from its
+decoder's own (``backends.decoding.Decoder``): a seeded request draws from its
 own generator, so its samples do not depend on what else shares the batch.
 """
 
@@ -23,14 +23,12 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from backends.base import Completion, GenerationRequest, GenerationResult
-
-if TYPE_CHECKING:
-    from backends.transformers_backend import TransformersBackend, _Row
+from backends.decoding import Decoder, DecodeRow, forward, output_cache
 
 
 # eq=False: jobs and batches are found and removed by identity; field equality would
@@ -45,7 +43,7 @@ class _Job:
     future: Future[GenerationResult]
     submitted: float
     generator: torch.Generator | None = None
-    rows: list[_Row] = field(default_factory=list)
+    rows: list[DecodeRow] = field(default_factory=list)
     open_rows: int = 0
     admitted: float = 0.0
     prefill_ms: float = 0.0
@@ -63,7 +61,7 @@ class _Running:
     temps: torch.Tensor
     top_ps: torch.Tensor
     owners: list[_Job]
-    rows: list[_Row]
+    rows: list[DecodeRow]
 
 
 class ContinuousBatcher:
@@ -84,16 +82,18 @@ class ContinuousBatcher:
 
     def __init__(
         self,
-        backend: TransformersBackend,
+        decoder: Decoder,
+        model_name: str,
         *,
         max_rows: int = 512,
         max_pad_row_tokens: int | None = None,
         max_cohorts: int = 8,
     ) -> None:
-        self.backend = backend
+        self.decoder = decoder
+        self.model_name = model_name
         self.max_rows = max_rows
         if max_pad_row_tokens is None:
-            max_pad_row_tokens = 1_000_000 if backend.device.type == "cuda" else 1_500
+            max_pad_row_tokens = 1_000_000 if decoder.device.type == "cuda" else 1_500
         self.max_pad_row_tokens = max_pad_row_tokens
         self.max_cohorts = max_cohorts
         self._cv = threading.Condition()
@@ -164,7 +164,7 @@ class ContinuousBatcher:
         """Step ``run``; on an exception fail every request in it and drop it, so one bad
         step cannot stall the other requests or kill the worker."""
         try:
-            with self.backend._lock:
+            with self.decoder.lock:
                 self._step(run)
         except Exception as exc:  # noqa: BLE001 - handed to every waiter of this batch
             if run in self._running:
@@ -203,7 +203,7 @@ class ContinuousBatcher:
 
     def _guarded_admit(self, model: torch.nn.Module, jobs: list[_Job]) -> None:
         try:
-            with self.backend._lock:
+            with self.decoder.lock:
                 self._prefill(model, jobs)
         except Exception as exc:  # noqa: BLE001 - only these jobs fail; the batch goes on
             for job in jobs:
@@ -211,19 +211,17 @@ class ContinuousBatcher:
 
     @torch.inference_mode()
     def _prefill(self, model: torch.nn.Module, jobs: list[_Job]) -> None:
-        from backends.transformers_backend import _Row, output_cache
-
-        backend = self.backend
-        device = backend.device
+        dec = self.decoder
+        device = dec.device
         t0 = time.perf_counter()
-        unique, out, mask, positions = backend._prefill_unique(model, [j.prompt for j in jobs])
+        unique, out, mask, positions = dec.prefill_unique(model, [j.prompt for j in jobs])
         src_list: list[int] = []
         owners: list[_Job] = []
-        rows: list[_Row] = []
+        rows: list[DecodeRow] = []
         for job in jobs:
-            job.generator = backend._generator(job.request, device)
+            job.generator = dec.generator(job.request)
             for _ in range(job.request.n):
-                row = _Row(request=0, tokens=[], logprobs=[], entropies=[])
+                row = DecodeRow(request=0, tokens=[], logprobs=[], entropies=[])
                 job.rows.append(row)
                 rows.append(row)
                 owners.append(job)
@@ -261,13 +259,11 @@ class ContinuousBatcher:
     def _step(self, run: _Running) -> None:
         """Sample one token for every live row, retire finished rows and finished requests,
         then run one forward pass for the rows that go on."""
-        from backends.transformers_backend import forward, output_cache
-
         model = run.model
-        backend = self.backend
+        dec = self.decoder
         owner_ids = [id(j) for j in run.owners]
         gens = {id(j): j.generator for j in run.owners if j.generator is not None}
-        next_ids, logp, ent = backend._sample(run.logits, run.temps, run.top_ps, owner_ids, gens)
+        next_ids, logp, ent = dec.sample(run.logits, run.temps, run.top_ps, owner_ids, gens)
         keep: list[int] = []
         for b, (job, row) in enumerate(zip(run.owners, run.rows, strict=True)):
             if job.future.done():  # cancelled by its caller, or failed
@@ -275,7 +271,7 @@ class ContinuousBatcher:
             row.tokens.append(int(next_ids[b]))
             row.logprobs.append(float(logp[b]))
             row.entropies.append(float(ent[b]))
-            if backend._finished(row, job.request):
+            if dec.finished(row, job.request):
                 row.done = True
                 job.open_rows -= 1
                 if job.open_rows == 0:
@@ -287,7 +283,7 @@ class ContinuousBatcher:
             self._running.remove(run)
             return
         if len(keep) < len(run.rows):
-            idx = torch.tensor(keep, device=backend.device)
+            idx = torch.tensor(keep, device=dec.device)
             run.cache.reorder_cache(idx)
             run.attn, run.pos, next_ids = run.attn[idx], run.pos[idx], next_ids[idx]
             run.temps, run.top_ps = run.temps[idx], run.top_ps[idx]
@@ -303,12 +299,12 @@ class ContinuousBatcher:
     def _finish(self, job: _Job) -> None:
         now = time.perf_counter()
         completions: list[Completion] = [
-            self.backend._completion(row, job.request) for row in job.rows
+            self.decoder.completion(row, job.request) for row in job.rows
         ]
         result = GenerationResult(
             completions=completions,
             prompt_tokens=len(job.prompt),
-            model=self.backend.name,
+            model=self.model_name,
             timings_ms={
                 "queue_ms": (job.admitted - job.submitted) * 1000 - job.prefill_ms,
                 "prefill_ms": job.prefill_ms,

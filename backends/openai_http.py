@@ -58,11 +58,6 @@ class CircuitBreaker:
         if self.failures >= self.threshold:
             self.opened_at = self.clock()
 
-    @property
-    def is_open(self) -> bool:
-        """True while requests are being refused."""
-        return self.opened_at is not None
-
 
 def _entropy_from_top(top: dict[str, float] | list[dict[str, Any]] | None) -> float:
     """Entropy (nats) of the top-k distribution, renormalised; 0 when nothing was given."""

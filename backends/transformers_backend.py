@@ -15,22 +15,14 @@ prompt goes to the expert its first token names. The bundled model is such a bun
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import math
-import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
-
-if TYPE_CHECKING:
-    from backends.continuous_batching import ContinuousBatcher
 
 from backends.base import (
     Backend,
@@ -40,6 +32,8 @@ from backends.base import (
     GenerationRequest,
     GenerationResult,
 )
+from backends.continuous_batching import ContinuousBatcher
+from backends.decoding import Decoder, DecodeRow, forward, output_cache
 
 BUNDLE_FILE = "bundle.json"
 BATCHING_MODES = ("continuous", "static")
@@ -59,19 +53,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-
-
-@dataclass
-class _Row:
-    """Decode state of one sampled continuation."""
-
-    request: int
-    tokens: list[int]
-    logprobs: list[float]
-    entropies: list[float]
-    done: bool = False
-    finish_reason: str = "length"
-    text: str | None = None
 
 
 class TransformersBackend(Backend):
@@ -99,10 +80,7 @@ class TransformersBackend(Backend):
         self.name = name
         self.max_rows = max_rows
         self.device = next(model.parameters()).device
-        self.eos_id: int | None = tokenizer.eos_token_id
-        pad = tokenizer.pad_token_id
-        self.pad_id: int = pad if pad is not None else (self.eos_id or 0)
-        self._lock = threading.Lock()
+        self.decoder = Decoder(tokenizer, self.device)
         self.batching = _checked_mode(batching)
         self._continuous: ContinuousBatcher | None = None
 
@@ -190,9 +168,7 @@ class TransformersBackend(Backend):
             return results[0]
         prompt = self._prompt_ids(request)
         if self._continuous is None:
-            from backends.continuous_batching import ContinuousBatcher
-
-            self._continuous = ContinuousBatcher(self, max_rows=self.max_rows)
+            self._continuous = ContinuousBatcher(self.decoder, self.name, max_rows=self.max_rows)
         capped = self._capped(request, prompt)
         fut = self._continuous.submit(prompt, capped, self._model_for(prompt))
         return await asyncio.wrap_future(fut)
@@ -253,7 +229,7 @@ class TransformersBackend(Backend):
             parts.setdefault(self._model_for(p), []).append(j)
         for model, js in parts.items():
             sub_prompts, sub_group = [prompts[j] for j in js], [group[j] for j in js]
-            with self._lock:
+            with self.decoder.lock:
                 try:
                     results = self._decode(sub_prompts, sub_group, model)
                 except torch.cuda.OutOfMemoryError as exc:  # pragma: no cover - GPU only
@@ -292,7 +268,8 @@ class TransformersBackend(Backend):
         else:
             ids = self.tokenizer(request.prompt or "")["input_ids"]
         if not ids:
-            ids = [self.eos_id if self.eos_id is not None else self.pad_id]
+            dec = self.decoder
+            ids = [dec.eos_id if dec.eos_id is not None else dec.pad_id]
         limit = self.context_limit()
         if limit is not None and len(ids) + 1 > limit:
             raise BackendError(
@@ -309,16 +286,17 @@ class TransformersBackend(Backend):
     ) -> list[GenerationResult]:
         t0 = time.perf_counter()
         device = self.device
-        unique, pre, mask, positions = self._prefill_unique(model, prompts)
+        dec = self.decoder
+        unique, pre, mask, positions = dec.prefill_unique(model, prompts)
         t_prefill = time.perf_counter()
 
         # Row r samples from prompt row_src[r]; copy the cache rows accordingly.
         row_src: list[int] = []
-        rows: list[_Row] = []
+        rows: list[DecodeRow] = []
         for ri, (req, p) in enumerate(zip(requests, prompts, strict=True)):
             for _ in range(req.n):
                 row_src.append(unique[tuple(p)])
-                rows.append(_Row(request=ri, tokens=[], logprobs=[], entropies=[]))
+                rows.append(DecodeRow(request=ri, tokens=[], logprobs=[], entropies=[]))
         src = torch.tensor(row_src, device=device)
         cache = output_cache(pre)
         cache.reorder_cache(src)
@@ -326,7 +304,7 @@ class TransformersBackend(Backend):
         attn = mask.index_select(0, src)
         pos = positions[:, -1].index_select(0, src)
 
-        gens = [self._generator(req, device) for req in requests]
+        gens = [dec.generator(req) for req in requests]
         temps = torch.tensor([requests[r.request].temperature for r in rows], device=device)
         top_ps = torch.tensor([requests[r.request].top_p for r in rows], device=device)
         max_new = max(req.max_tokens for req in requests)
@@ -334,7 +312,7 @@ class TransformersBackend(Backend):
 
         for _step in range(max_new):
             owners = [rows[i].request for i in active]
-            next_ids, logp, ent = self._sample(logits, temps, top_ps, owners, gens)
+            next_ids, logp, ent = dec.sample(logits, temps, top_ps, owners, gens)
             keep: list[int] = []
             for b, row_i in enumerate(active):
                 row = rows[row_i]
@@ -342,7 +320,7 @@ class TransformersBackend(Backend):
                 row.tokens.append(tok)
                 row.logprobs.append(float(logp[b]))
                 row.entropies.append(float(ent[b]))
-                if self._finished(row, requests[row.request]):
+                if dec.finished(row, requests[row.request]):
                     row.done = True
                 else:
                     keep.append(b)
@@ -362,99 +340,18 @@ class TransformersBackend(Backend):
         t_end = time.perf_counter()
         return self._results(prompts, requests, rows, t0, t_prefill, t_end)
 
-    def _prefill_unique(
-        self, model: torch.nn.Module, prompts: list[list[int]]
-    ) -> tuple[dict[tuple[int, ...], int], Any, torch.Tensor, torch.Tensor]:
-        """One left-padded prefill per distinct prompt (siblings: n samples, beam states with
-        equal prefixes, share it). Returns (prompt -> row, forward output, attention mask,
-        position ids)."""
-        unique: dict[tuple[int, ...], int] = {}
-        for p in prompts:
-            unique.setdefault(tuple(p), len(unique))
-        uniq = list(unique)
-        width = max(len(u) for u in uniq)
-        input_ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(uniq), width), dtype=torch.long)
-        for j, u in enumerate(uniq):
-            input_ids[j, width - len(u) :] = torch.tensor(u)
-            mask[j, width - len(u) :] = 1
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        return unique, forward(model, input_ids, mask, positions, None), mask, positions
-
-    def _generator(self, req: GenerationRequest, device: torch.device) -> torch.Generator:
-        g = torch.Generator(device=device)
-        if req.seed is not None:
-            g.manual_seed(req.seed)
-        else:
-            g.seed()
-        return g
-
-    def _sample(
-        self,
-        logits: torch.Tensor,
-        temps: torch.Tensor,
-        top_ps: torch.Tensor,
-        owners: list[int],
-        gens: Sequence[torch.Generator] | Mapping[int, torch.Generator],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pick one token per live row; returns ids, their log-probs and the entropies.
-
-        ``owners[b]`` names the request of batch row ``b``, whose generator is
-        ``gens[owners[b]]``.
-
-        Log-probs and entropies are of the model's own distribution (temperature 1), which
-        is what confidence signals are calibrated on, whatever temperature sampled the token.
-        """
-        logp_all = torch.log_softmax(logits, dim=-1)
-        entropy = -(logp_all.exp() * logp_all).sum(-1)
-        greedy = logits.argmax(-1)
-        chosen = greedy.clone()
-        sampled_rows = (temps > 0).nonzero().flatten()
-        if sampled_rows.numel():
-            scaled = logits[sampled_rows] / temps[sampled_rows, None]
-            probs = torch.softmax(scaled, dim=-1)
-            probs = _top_p_filter(probs, top_ps[sampled_rows])
-            # Each request samples with its own generator so that a seed reproduces its
-            # samples whatever else shares the batch.
-            by_request: dict[int, list[int]] = {}
-            for k, b in enumerate(sampled_rows.tolist()):
-                by_request.setdefault(owners[b], []).append(k)
-            for req_i, ks in by_request.items():
-                sel = torch.tensor(ks, device=logits.device)
-                draws = torch.multinomial(probs[sel], 1, generator=gens[req_i]).flatten()
-                chosen[sampled_rows[sel]] = draws
-        logp = logp_all.gather(-1, chosen.view(-1, 1)).flatten()
-        return chosen, logp, entropy
-
-    def _finished(self, row: _Row, req: GenerationRequest) -> bool:
-        if self.eos_id is not None and row.tokens[-1] == self.eos_id:
-            row.finish_reason = "stop"
-            return True
-        if req.stop:
-            tail_chars = max(len(s) for s in req.stop)
-            # Decoding only the last few tokens keeps stop checks O(1) per step.
-            tail = self.tokenizer.decode(row.tokens[-(tail_chars + 2) :], skip_special_tokens=True)
-            if any(s in tail for s in req.stop):
-                row.finish_reason = "stop"
-                return True
-        if len(row.tokens) >= req.max_tokens:
-            row.finish_reason = "length"
-            return True
-        return False
-
     def _results(
         self,
         prompts: list[list[int]],
         requests: list[GenerationRequest],
-        rows: list[_Row],
+        rows: list[DecodeRow],
         t0: float,
         t_prefill: float,
         t_end: float,
     ) -> list[GenerationResult]:
         per_req: list[list[Completion]] = [[] for _ in requests]
         for row in rows:
-            per_req[row.request].append(self._completion(row, requests[row.request]))
+            per_req[row.request].append(self.decoder.completion(row, requests[row.request]))
         timings = {
             "prefill_ms": (t_prefill - t0) * 1000,
             "decode_ms": (t_end - t_prefill) * 1000,
@@ -465,20 +362,6 @@ class TransformersBackend(Backend):
             )
             for comps, p in zip(per_req, prompts, strict=True)
         ]
-
-    def _completion(self, row: _Row, req: GenerationRequest) -> Completion:
-        """The OpenAI-shaped completion of one finished row."""
-        toks = row.tokens
-        if self.eos_id is not None and toks and toks[-1] == self.eos_id:
-            toks = toks[:-1]
-        text = _cut_at_stop(str(self.tokenizer.decode(toks, skip_special_tokens=True)), req.stop)
-        return Completion(
-            text=text,
-            tokens=len(row.tokens),
-            finish_reason="stop" if row.finish_reason == "stop" else "length",
-            token_logprobs=row.logprobs if req.logprobs else None,
-            token_entropies=row.entropies if req.logprobs else None,
-        )
 
     def describe(self) -> dict[str, Any]:
         """Device, dtype and size, for logs and ``/v1/models``."""
@@ -519,66 +402,3 @@ def _plain_cache(model: torch.nn.Module, device: torch.device) -> bool:
     if hasattr(cache, "layers"):
         return all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
     return hasattr(cache, "key_cache")
-
-
-def forward(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: Any,
-) -> Any:
-    """One cached forward pass; ``cache`` is None for a prefill.
-
-    transformers renamed the cache argument from ``past_key_values`` to ``cache`` (5.2x);
-    the name is taken from the model's signature so both generations of the library work.
-    """
-    name = _CACHE_ARG.get(type(model))
-    if name is None:
-        params = inspect.signature(model.forward).parameters
-        name = "cache" if "cache" in params else "past_key_values"
-        _CACHE_ARG[type(model)] = name
-    kwargs: dict[str, Any] = {name: cache} if cache is not None else {}
-    return model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        use_cache=True,
-        **kwargs,
-    )
-
-
-def output_cache(output: Any) -> Any:
-    """The KV cache a forward pass returned, under either of its names."""
-    cache = output.get("cache") if hasattr(output, "get") else None
-    return cache if cache is not None else output.past_key_values
-
-
-_CACHE_ARG: dict[type, str] = {}
-
-
-def _top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Zero the tail outside each row's nucleus ``top_p`` (the top token always stays)."""
-    if bool((top_p >= 1.0).all()):
-        return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    before = sorted_p.cumsum(-1) - sorted_p
-    sorted_p = torch.where(before < top_p[:, None], sorted_p, torch.zeros_like(sorted_p))
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return filtered / filtered.sum(-1, keepdim=True)
-
-
-def _cut_at_stop(text: str, stops: list[str]) -> str:
-    """Text up to (not including) the earliest stop string, as OpenAI's API returns it."""
-    cut = len(text)
-    for s in stops:
-        i = text.find(s)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut]
-
-
-def tokens_per_second(result: GenerationResult) -> float:
-    """Generated tokens per second of decode time (0 when nothing was timed)."""
-    ms = result.timings_ms.get("prefill_ms", 0.0) + result.timings_ms.get("decode_ms", 0.0)
-    return result.completion_tokens / (ms / 1000) if ms > 0 else math.inf

@@ -12,13 +12,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
 import numpy as np
 
 from difficulty.probe import ProbeSummary
-
-TASK_KINDS = ("game24", "arithmetic", "open")
 
 PROMPT_FEATURES: tuple[str, ...] = (
     "log_chars",
@@ -63,55 +60,10 @@ FEATURE_NAMES: tuple[str, ...] = PROMPT_FEATURES + PROBE_FEATURES
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
 _OPERATOR = re.compile(r"(?<=[\d)\s])[-+*/x×÷](?=[\s\d(])")
-_GAME24 = re.compile(r"^\s*(?:\d{1,2}\s+){3}\d{1,2}\s*$")
-_ARITH = re.compile(
-    r"^\s*(?:what\s+is|compute|calculate|evaluate)?\s*[-+*/()\d\s.x×÷]+[?=]?\s*$", re.I
-)
 
 
-def detect_kind(text: str) -> str:
-    """The task type of ``text``: ``game24``, ``arithmetic`` or ``open``.
-
-    Uses the bundled tasks' parser when it is installed (so serving and training agree with the
-    verifiers), else a regex fallback with the same two shapes ("4 9 10 13", "What is 2+3?").
-    """
-    kind = _detect_with_bundled(text)
-    if kind is not None:
-        return kind
-    if _GAME24.match(text) and all(1 <= int(t) <= 13 for t in text.split()):
-        return "game24"
-    if _ARITH.match(text) and _NUMBER.search(text) and _OPERATOR.search(text):
-        return "arithmetic"
-    return "open"
-
-
-def _detect_with_bundled(text: str) -> str | None:
-    parse = _bundled_parser()
-    if parse is None:
-        return None
-    try:
-        kind = str(parse(text).kind)
-    except Exception:  # noqa: BLE001 - a parser bug must not fail routing; fall back
-        return None
-    return kind if kind in TASK_KINDS else "open"
-
-
-@lru_cache(maxsize=1)
-def _bundled_parser():  # type: ignore[no-untyped-def]
-    # Imported lazily (and once): the bundled package is optional for the features.
-    try:
-        from backends.bundled.tasks.detect import parse_task
-    except Exception:  # noqa: BLE001 - absent or broken bundled package: use the regex
-        return None
-    return parse_task
-
-
-def prompt_features(text: str, kind: str | None = None) -> list[float]:
-    """The ``PROMPT_FEATURES`` of ``text`` as floats, in schema order.
-
-    ``kind`` may be given when the caller already detected the task type.
-    """
-    kind = kind or detect_kind(text)
+def prompt_features(text: str, kind: str) -> list[float]:
+    """The ``PROMPT_FEATURES`` of ``text`` (of task ``kind``) as floats, in schema order."""
     numbers = [float(m) for m in _NUMBER.findall(text)[:256]]
     ints = [abs(n) for n in numbers]
     n_chars = len(text)
@@ -166,9 +118,8 @@ def probe_features(probe: ProbeSummary | None, kind: str) -> list[float]:
     ]
 
 
-def feature_vector(text: str, probe: ProbeSummary | None, kind: str | None = None) -> np.ndarray:
+def feature_vector(text: str, probe: ProbeSummary | None, kind: str) -> np.ndarray:
     """One row of ``FEATURE_NAMES`` (float64) for the router model."""
-    kind = kind or detect_kind(text)
     return np.asarray(prompt_features(text, kind) + probe_features(probe, kind), dtype=np.float64)
 
 

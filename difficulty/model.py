@@ -46,35 +46,11 @@ class ArmSpec(BaseModel):
     budget: dict[str, float] = Field(default_factory=dict)
 
 
-def default_arms() -> list[ArmSpec]:
-    """The arms the bundled router chooses among (cheap to expensive)."""
-
-    def sc(n: int, batch: int) -> ArmSpec:
-        return ArmSpec(
-            name=f"self_consistency@{n}",
-            strategy="self_consistency",
-            budget={"samples": n, "batch_size": batch},
-        )
-
-    return [
-        ArmSpec(name="single_pass", strategy="single_pass"),
-        ArmSpec(name="bounded_reasoning", strategy="bounded_reasoning"),
-        sc(4, 4),
-        sc(8, 4),
-        sc(16, 4),  # the configured self-consistency budget
-        sc(32, 8),
-        ArmSpec(
-            name="best_of_n@16", strategy="best_of_n", budget={"samples": 16, "batch_size": 16}
-        ),
-        ArmSpec(name="beam_search", strategy="beam_search"),
-    ]
-
-
-def arm_name(strategy: str, budget: dict[str, Any] | None) -> str:
-    """The arm name of a logged (strategy, budget): ``name@samples`` for sampling strategies."""
-    if strategy in ("best_of_n", "self_consistency") and budget and budget.get("samples"):
-        return f"{strategy}@{int(budget['samples'])}"
-    return strategy
+def arm_label(strategy: str, budget: dict[str, Any] | None) -> str:
+    """The arm of a logged (strategy, budget) that did not record its arm name: the
+    strategy, with ``@N`` when it drew N > 1 samples (how sampling arms are named)."""
+    samples = int(budget.get("samples") or 1) if budget else 1
+    return f"{strategy}@{samples}" if samples > 1 else strategy
 
 
 class BinStat(BaseModel):
@@ -300,10 +276,16 @@ class RouterModel:
         )
 
     @classmethod
-    def uninformed(cls, version: str = "prior", probe_tokens: int = 0) -> RouterModel:
-        """A model that knows nothing: every arm at its prior, one bin (tests, fail-safe)."""
-        arms = default_arms()
-        priors = {"single_pass": 0.3, "bounded_reasoning": 0.35, "beam_search": 0.6}
+    def uninformed(
+        cls,
+        arms: list[ArmSpec],
+        priors: dict[str, float] | None = None,
+        version: str = "prior",
+        probe_tokens: int = 0,
+    ) -> RouterModel:
+        """A model that knows nothing: every arm at its prior P(success) (``priors`` by arm
+        name, 0.6 where absent), one bin (tests, fail-safe)."""
+        priors = priors or {}
         bias = np.asarray([_logit(priors.get(a.name, 0.6)) for a in arms], dtype=np.float64)
         card = RouterModelCard(
             version=version,

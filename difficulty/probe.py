@@ -21,6 +21,9 @@ from backends.verifiers.base import Verifier
 
 _ANSWER_MARKERS = ("answer:", "= 24", "=24")
 
+#: probe length of a router model that was not trained with one (and of the uninformed model)
+DEFAULT_PROBE_TOKENS = 64
+
 
 class ProbeSummary(BaseModel):
     """What the router model reads from a probe (also what the decision cache stores)."""

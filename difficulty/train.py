@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from redis.asyncio import Redis
 
 from difficulty.features import FEATURE_NAMES, feature_vector, from_dict
 from difficulty.model import (
@@ -37,10 +38,13 @@ from difficulty.model import (
     BinStat,
     RouterModel,
     RouterModelCard,
-    arm_name,
-    default_arms,
+    arm_label,
 )
 from difficulty.probe import ProbeSummary
+from difficulty.profiles import TaskProfiles
+
+# Item labels written before kinds were recorded are matched to the built-in profiles.
+_PROFILES = TaskProfiles()
 
 
 class TrainingError(ValueError):
@@ -87,7 +91,7 @@ def rows_from_item(obj: dict[str, Any]) -> list[Row]:
     if not text or not outcomes:
         return []
     g = _group(text)
-    kind = obj.get("kind")
+    kind = str(obj.get("kind") or _PROFILES.match(text).kind)
     rows = []
     probe = obj.get("probe")
     if isinstance(probe, dict):
@@ -118,7 +122,10 @@ def row_from_outcome(obj: dict[str, Any]) -> Row | None:
         score = obj.get("verifier_score")
     if score in (None, ""):
         return None
-    arm = arm_name(str(obj.get("strategy", "")), budget if isinstance(budget, dict) else None)
+    arm = str(
+        obj.get("arm")
+        or arm_label(str(obj.get("strategy", "")), budget if isinstance(budget, dict) else None)
+    )
     x = from_dict({k: _float(v) for k, v in feats.items()})
     tokens = _float(obj.get("completion_tokens")) - _float(obj.get("probe_tokens"))
     y = 1.0 if _float(score) >= 0.5 else 0.0
@@ -146,7 +153,7 @@ def rows_from_bench(obj: dict[str, Any]) -> list[Row]:
         if not text or it.get("correct") is None:
             continue
         budget = it.get("budget") if isinstance(it.get("budget"), dict) else None
-        arm = str(it.get("arm") or arm_name(strategy, budget))
+        arm = str(it.get("arm") or arm_label(strategy, budget))
         entry = by_text.setdefault(text, {"text": text, "arms": {}, "kind": it.get("kind")})
         entry["arms"][arm] = {
             "correct": bool(it.get("correct")),
@@ -212,8 +219,6 @@ def rows_from_record(obj: dict[str, Any]) -> list[Row]:
 
 async def load_stream(url: str, stream: str, count: int = 1_000_000) -> list[dict[str, Any]]:
     """Records of the Redis outcome stream (decoded), oldest first, for ``train_router``."""
-    from redis.asyncio import Redis
-
     client = Redis.from_url(url, decode_responses=True)
     try:
         entries: Any = await client.xrange(stream, count=count)
@@ -278,7 +283,7 @@ def fit_router_model(
     *,
     version: str,
     probe_tokens: int,
-    arms: list[ArmSpec] | None = None,
+    arms: list[ArmSpec],
     c: float = 0.5,
     holdout: float = 0.2,
     provenance: dict[str, Any] | None = None,
@@ -287,49 +292,15 @@ def fit_router_model(
     if not rows:
         raise TrainingError("no training rows: give item labels, outcome logs or bench results")
     seen = {a for r in rows for a in r.outcomes}
-    arms = [a for a in (arms or default_arms()) if a.name in seen] or None
-    if arms is None:
+    arms = [a for a in arms if a.name in seen]
+    if not arms:
         raise TrainingError(f"no known arm in the training data (saw {sorted(seen)})")
     test_groups = {
         r.group
         for r in rows
         if int(hashlib.md5(r.group.encode()).hexdigest(), 16) % 100 < holdout * 100
     }
-    metrics: dict[str, Any] = {"arms": {}}
-    pooled_y: list[np.ndarray] = []
-    pooled_p: list[np.ndarray] = []
-    for arm in arms:
-        sel = [r for r in rows if arm.name in r.outcomes]
-        x = np.stack([r.x for r in sel])
-        y = np.asarray([r.outcomes[arm.name][0] for r in sel])
-        is_test = np.asarray([r.group in test_groups for r in sel])
-        with_probe = np.asarray([r.has_probe for r in sel])
-        m: dict[str, Any] = {"rows": int(len(y)), "success_rate": round(float(y.mean()), 4)}
-        tr, te = ~is_test, is_test
-        if te.any() and len(np.unique(y[tr])) == 2:
-            p_te = _fit_arm(x[tr], y[tr], c).predict_proba(x[te])[:, 1]
-            for label, mask in (("with_probe", with_probe[te]), ("no_probe", ~with_probe[te])):
-                if mask.any():
-                    yy, pp = y[te][mask], p_te[mask]
-                    a = auroc(yy, pp)
-                    m[label] = {
-                        "test_rows": int(mask.sum()),
-                        "auroc": None if a is None else round(a, 4),
-                        "brier": round(brier(yy, pp), 4),
-                        "brier_base_rate": round(brier(yy, np.full_like(yy, y[tr].mean())), 4),
-                    }
-                    if label == "with_probe":
-                        pooled_y.append(yy)
-                        pooled_p.append(pp)
-        metrics["arms"][arm.name] = m
-    if pooled_y:
-        yy, pp = np.concatenate(pooled_y), np.concatenate(pooled_p)
-        a = auroc(yy, pp)
-        metrics["pooled_with_probe"] = {
-            "auroc": None if a is None else round(a, 4),
-            "brier": round(brier(yy, pp), 4),
-        }
-    metrics["baseline_probe_entropy_auroc"] = _entropy_baseline(rows, test_groups)
+    metrics = _holdout_metrics(rows, arms, test_groups, c)
     # Final fit on everything.
     n_feat = len(FEATURE_NAMES)
     weights = np.zeros((len(arms), n_feat))
@@ -364,13 +335,56 @@ def fit_router_model(
     return model
 
 
-def _entropy_baseline(rows: list[Row], test_groups: set[str]) -> float | None:
-    # How well the raw probe entropy alone predicts single-pass failure (the notes' 0.82).
+def _holdout_metrics(
+    rows: list[Row], arms: list[ArmSpec], test_groups: set[str], c: float
+) -> dict[str, Any]:
+    """Per-arm AUROC and Brier score on the held-out prompts (with and without the probe),
+    pooled, and the probe entropy's own AUROC for the cheapest arm's failures."""
+    metrics: dict[str, Any] = {"arms": {}}
+    pooled_y: list[np.ndarray] = []
+    pooled_p: list[np.ndarray] = []
+    for arm in arms:
+        sel = [r for r in rows if arm.name in r.outcomes]
+        x = np.stack([r.x for r in sel])
+        y = np.asarray([r.outcomes[arm.name][0] for r in sel])
+        is_test = np.asarray([r.group in test_groups for r in sel])
+        with_probe = np.asarray([r.has_probe for r in sel])
+        m: dict[str, Any] = {"rows": int(len(y)), "success_rate": round(float(y.mean()), 4)}
+        tr, te = ~is_test, is_test
+        if te.any() and len(np.unique(y[tr])) == 2:
+            p_te = _fit_arm(x[tr], y[tr], c).predict_proba(x[te])[:, 1]
+            for label, mask in (("with_probe", with_probe[te]), ("no_probe", ~with_probe[te])):
+                if mask.any():
+                    yy, pp = y[te][mask], p_te[mask]
+                    a = auroc(yy, pp)
+                    m[label] = {
+                        "test_rows": int(mask.sum()),
+                        "auroc": None if a is None else round(a, 4),
+                        "brier": round(brier(yy, pp), 4),
+                        "brier_base_rate": round(brier(yy, np.full_like(yy, y[tr].mean())), 4),
+                    }
+                    if label == "with_probe":
+                        pooled_y.append(yy)
+                        pooled_p.append(pp)
+        metrics["arms"][arm.name] = m
+    if pooled_y:
+        yy, pp = np.concatenate(pooled_y), np.concatenate(pooled_p)
+        a = auroc(yy, pp)
+        metrics["pooled_with_probe"] = {
+            "auroc": None if a is None else round(a, 4),
+            "brier": round(brier(yy, pp), 4),
+        }
+    metrics["baseline_probe_entropy_auroc"] = _entropy_baseline(rows, test_groups, arms[0].name)
+    return metrics
+
+
+def _entropy_baseline(rows: list[Row], test_groups: set[str], arm: str) -> float | None:
+    # How well the raw probe entropy alone predicts the cheapest arm's failure.
     i = FEATURE_NAMES.index("probe_mean_entropy")
-    sel = [r for r in rows if r.has_probe and "single_pass" in r.outcomes]
+    sel = [r for r in rows if r.has_probe and arm in r.outcomes]
     if not sel:
         return None
-    y = np.asarray([1.0 - r.outcomes["single_pass"][0] for r in sel])
+    y = np.asarray([1.0 - r.outcomes[arm][0] for r in sel])
     s = np.asarray([r.x[i] for r in sel])
     a = auroc(y, s)
     return None if a is None else round(a, 4)
@@ -421,11 +435,12 @@ def train_router(
     sources: list[Path],
     out: Path,
     *,
+    arms: list[ArmSpec],
     version: str = "router-v1",
     probe_tokens: int = 64,
     c: float = 0.5,
 ) -> dict[str, Any]:
-    """Fit a router model from ``sources`` and write it to ``out`` (.skops).
+    """Fit a router model over ``arms`` from ``sources`` and write it to ``out`` (.skops).
 
     Returns the metrics (per-arm AUROC/Brier on held-out prompts, pooled, entropy baseline)
     that are also stored in the model card.
@@ -435,6 +450,7 @@ def train_router(
         rows,
         version=version,
         probe_tokens=probe_tokens,
+        arms=arms,
         c=c,
         provenance={"sources": [str(s) for s in sources]},
     )

@@ -16,6 +16,10 @@ from typing import Any
 
 import httpx
 
+from router.config import load_config
+from router.embedded_redis import free_port
+from router.serve_local import LocalService
+
 
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -86,10 +90,6 @@ def run_serving_benchmark(
     """Run both benchmarks against ``url`` (or a freshly started local service)."""
     svc = None
     if url is None:
-        from router.config import load_config
-        from router.embedded_redis import free_port
-        from router.serve_local import LocalService
-
         cfg = load_config()
         cfg.server.port = free_port()
         svc = LocalService(cfg).start()

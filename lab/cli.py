@@ -8,10 +8,19 @@ does not install it. Other studies run as modules: ``python -m lab.labels``,
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from backends.bundled.paths import bundled_model_path
+from lab.bench_serving import run_serving_benchmark
+from lab.bundled.benchmark import run_model_benchmark
+from lab.bundled.model_card import card_measurements, write_model_card
+from lab.bundled.train import train_bundle
+from lab.bundled.trial import run_trial
 
 app = typer.Typer(
     name="lab",
@@ -21,6 +30,7 @@ app = typer.Typer(
 )
 
 DEFAULT_GAME24_CSV = Path("../shared/data/game24.csv")
+
 
 @app.command("train-model")
 def train_model(
@@ -35,12 +45,8 @@ def train_model(
     device: Annotated[str, typer.Option(help="cpu (as shipped) or cuda.")] = "cpu",
 ) -> None:
     """Train the bundled model (both experts) from scratch and write it with its card."""
-    from lab.bundled.train import train_bundle
-
-    metrics = train_bundle(output_dir, data_csv, seed=seed, tiny=tiny, progress=True,
-                           device=device)
+    metrics = train_bundle(output_dir, data_csv, seed=seed, tiny=tiny, progress=True, device=device)
     typer.echo(f"wrote {output_dir} in {metrics['wall_seconds']} s")
-
 
 
 @app.command("bench-model")
@@ -62,9 +68,6 @@ def bench_model(
     ] = False,
 ) -> None:
     """Measure the bundled model: accuracy vs samples, confidence AUROC, sampling speed."""
-    from lab.bundled.benchmark import run_model_benchmark
-    from backends.bundled.paths import bundled_model_path
-
     directory = model_dir or bundled_model_path()
     result = run_model_benchmark(
         directory,
@@ -76,17 +79,10 @@ def bench_model(
     )
     typer.echo(f"wrote {out_json}: {result.get('summary', '')}")
     if update_card:
-        import json
-        import shlex
-        import sys
-
-        from lab.bundled.model_card import card_measurements, write_model_card
-
         training = json.loads((directory / "training.json").read_text())
         command = shlex.join(["python", "-m", "lab", *sys.argv[1:]])
         card = write_model_card(directory, training, card_measurements(result, command))
         typer.echo(f"updated {card}")
-
 
 
 @app.command("trial-recipe")
@@ -141,8 +137,6 @@ def trial_recipe(
     seed: Annotated[int, typer.Option(help="Seed for data and init.")] = 0,
 ) -> None:
     """Train one expert with changed settings on one thread and score it (recipe search)."""
-    from lab.bundled.trial import run_trial
-
     overrides: dict[str, object] = {
         k: v
         for k, v in {
@@ -170,7 +164,6 @@ def trial_recipe(
     typer.echo(json.dumps(result, indent=2))
 
 
-
 @app.command("bench-serving")
 def bench_serving(
     url: Annotated[
@@ -182,13 +175,8 @@ def bench_serving(
     requests: Annotated[int, typer.Option(help="Requests for the latency percentiles.")] = 200,
 ) -> None:
     """Sampling throughput (n=16 in one request vs 16 requests) and ingress overhead."""
-    import json as _json
-
-    from lab.bench_serving import run_serving_benchmark
-
     result = run_serving_benchmark(url, out_json, requests=requests)
-    typer.echo(_json.dumps(result, indent=2))
-
+    typer.echo(json.dumps(result, indent=2))
 
 
 def main() -> None:

@@ -29,8 +29,10 @@ from typing import Any
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
-from difficulty.model import ArmSpec, default_arms
+from backends.verifiers.numeric import extract_answer, normalize_answer
+from difficulty.model import ArmSpec
 from difficulty.probe import has_answer, summarise
+from policies.registry import default_arms
 
 VerifierFor = Callable[[str], Verifier | None]
 
@@ -114,7 +116,7 @@ class Sample:
 
 
 def _vote(answers: Sequence[str | None]) -> list[tuple[str, int]]:
-    # Same as policies.common.vote (difficulty must not import policies); a test keeps them equal.
+    # Same as policies.common.vote; a test keeps them equal.
     return Counter(a for a in answers if a is not None).most_common()
 
 
@@ -197,8 +199,6 @@ def pool_arms(
 def _sample(
     c: Completion, item: LabelItem, grader: Verifier | None, verifier: Verifier | None, exact: bool
 ) -> Sample:
-    from backends.verifiers.numeric import extract_answer, normalize_answer
-
     lps = c.token_logprobs or []
     return Sample(
         ok=bool(_verify(grader, item, c.text)),
@@ -316,8 +316,8 @@ async def run_real_arms(
 ) -> None:
     """Run the arms a pool cannot stand for (bounded reasoning, beam search) for real.
 
-    ``run_arm`` is injected (``policies.labelling.strategy_runner`` builds one on the strategy
-    registry) because ``difficulty`` must not import ``policies``.
+    ``run_arm`` is injected (``lab.router_eval.strategy_runner`` builds one on the strategy
+    registry).
     """
     sem = asyncio.Semaphore(concurrency)
 

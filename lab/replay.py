@@ -19,10 +19,39 @@ from typing import Any
 
 import numpy as np
 
+from difficulty.estimate import DifficultyEstimate
 from difficulty.probe import ProbeSummary
-from policies.adaptive import AdaptivePolicy, AdaptiveSettings
+from difficulty.profiles import Task, TaskProfiles
+from lab.labels import Sample, simulate_best_of_n
+from policies.adaptive import AdaptivePolicy
 from policies.base import StrategyResult
-from policies.selector import SLO, Load
+from policies.latency import SLO, Load
+from policies.single_pass import SinglePass
+
+#: the task profiles serving matches prompts to (their kind and verifier)
+PROFILES = TaskProfiles()
+
+
+def item_task(item: dict[str, Any]) -> Task:
+    """The task of a labelled item: its recorded kind (else the one serving matches) with the
+    verifier serving uses for its text."""
+    task = PROFILES.match(item["text"])
+    return Task(item.get("kind") or task.kind, task.verifier)
+
+
+def estimate_item(
+    policy: AdaptivePolicy, item: dict[str, Any], probe: ProbeSummary | None
+) -> DifficultyEstimate:
+    """The policy's difficulty estimate of a labelled item from its labelled ``probe``."""
+    task = item_task(item)
+    return policy.estimator.estimate(
+        item["text"],
+        probe,
+        kind=task.kind,
+        exact_verifier=task.exact,
+        probe_tokens=probe.tokens if probe else 0,
+        answer_tokens=policy.pricer.budget_of(SinglePass.name, None, None).max_tokens,
+    )
 
 
 def fixed_arm_rows(items: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -41,8 +70,6 @@ def best_of_n_curve(
 ) -> dict[int, dict[str, float]]:
     """Fixed-N best-of-N: N samples always drawn; the verified one where serving has an exact
     checker, else the majority answer (``BestOfN``'s rule). Needs the labels' ``pool``."""
-    from lab.labels import Sample, simulate_best_of_n
-
     out = {}
     for n in ns:
         accs, toks = [], []
@@ -199,9 +226,7 @@ async def replay_auto(
     for i in order:
         it = items[i]
         probe = ProbeSummary.model_validate(it["probe"]) if use_probe else None
-        est = policy.estimate(
-            it["text"], probe, kind=it.get("kind"), probe_tokens=probe.tokens if probe else 0
-        )
+        est = estimate_item(policy, it, probe)
         d = await policy.choose(est, slo, load)
         explored += d.explored
         if d.reuse_probe:
@@ -254,10 +279,3 @@ def accuracy_at_tokens(points: Sequence[dict[str, Any]], tokens: float) -> float
         if t0 <= tokens <= t1:
             return a0 + (a1 - a0) * (tokens - t0) / (t1 - t0) if t1 > t0 else a1
     return env[-1][1]
-
-
-def default_settings(**kw: Any) -> AdaptiveSettings:
-    """Replay settings: no exploration unless asked, the config's budgets."""
-    base: dict[str, Any] = {"exploration_rate": 0.0}
-    base.update(kw)
-    return AdaptiveSettings(**base)

@@ -23,23 +23,43 @@ from typing import Any
 
 import numpy as np
 
+from backends.batching import MicroBatcher
+from backends.bundled.paths import bundled_model_path
+from backends.bundled.tasks.arithmetic import heldout_questions, random_question
+from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
 from backends.verifiers.base import Verifier
-from lab.labels import LabelItem, label_items, messages_for
-from difficulty.model import ArmSpec, RouterModel, default_arms
-from policies.adaptive import AdaptivePolicy, AdaptiveSettings
-from policies.base import Budget, Problem
+from backends.verifiers.game24 import Game24Verifier
+from backends.verifiers.numeric import NumericAnswerVerifier
+from difficulty.model import ArmSpec, RouterModel
+from difficulty.profiles import Task
+from lab.bundled.data import game24_splits
+from lab.labels import LabelItem, label_items, messages_for, run_real_arms
 from lab.replay import (
+    PROFILES,
     accuracy_at_tokens,
     best_of_n_curve,
     fixed_arm_rows,
+    oracle_repeatability,
     oracle_row,
     replay_auto,
     sweep_lambda,
     tokens_for_accuracy,
 )
 from lab.slo_sim import ReplayBackend, simulate
+from policies.adaptive import AdaptivePolicy
+from policies.base import Problem, StrategyResult
+from policies.budget import Budget
+from policies.decision import Decision, DecisionRequest
+from policies.registry import default_arms, get_strategy
+from policies.settings import PolicySettings, StrategiesSettings
+from router.config import AppConfig
+from router.errors import APIError
+from router.schemas import RouterOptions
+from router.service import RouterService
 
 TEST_ROWS = set(range(0, 100)) | set(range(900, 1000))
+#: the longest request deadline the service config allows
+MAX_TIMEOUT_MS = 3_600_000
 CONFIGURED_ARMS = (
     "single_pass",
     "bounded_reasoning",
@@ -49,38 +69,39 @@ CONFIGURED_ARMS = (
 )
 
 
-def serving_lookup(text: str) -> tuple[str, Verifier | None]:
-    """Task kind and the verifier serving uses (the service's ``default_verifier_lookup``)."""
-    from backends.bundled.tasks.detect import parse_task
-    from backends.verifiers.registry import verifier_for_task
-
-    kind = parse_task(text).kind
-    return kind, verifier_for_task(kind)
+def serving_task(text: str) -> Task:
+    """The task serving matches ``text`` to: its kind and verifier (Game of 24: exact;
+    arithmetic: none; anything else ``open``)."""
+    return PROFILES.match(text)
 
 
 def verifier_for(text: str) -> Verifier | None:
     """Serving's verifier: drives early stops and the probe's verdict (Game of 24 only)."""
-    return serving_lookup(text)[1]
+    return serving_task(text).verifier
 
 
 def grader_for(text: str) -> Verifier | None:
     """The benchmark's grader: exact Game of 24 check, arithmetic value against the question."""
-    from backends.verifiers.game24 import Game24Verifier
-    from backends.verifiers.numeric import NumericAnswerVerifier
-
-    kind = serving_lookup(text)[0]
-    if kind == "game24":
+    if serving_task(text).kind == "game24":
         return Game24Verifier()
     return NumericAnswerVerifier(solve_arithmetic=True)
+
+
+def problem_for(item: LabelItem) -> Problem:
+    """The strategies' view of a benchmark prompt: one user turn, its reference, and the task
+    (kind and verifier) serving matches it to."""
+    return Problem(
+        text=item.text,
+        messages=messages_for(item.text),
+        reference=item.reference,
+        task=serving_task(item.text),
+    )
 
 
 def split_items(
     split: str, csv: Path, n_game24: int, arith_per_k: int, seed: int
 ) -> list[LabelItem]:
     """Prompts of a split (see the module docstring)."""
-    from backends.bundled.tasks.arithmetic import heldout_questions, random_question
-    from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
-
     puzzles = read_csv_puzzles(csv)
     rng = random.Random(seed)
     if split == "test":
@@ -89,8 +110,6 @@ def split_items(
     else:
         # Prefer puzzles the model never trained on (its seeded extra held-out set), as the
         # benchmark's are; fill up with training puzzles. Benchmark rows never appear.
-        from lab.bundled.data import game24_splits
-
         bench = {puzzles[i] for i in TEST_ROWS if i < len(puzzles)}
         splits = game24_splits(csv)
         unseen = [p for p in splits.heldout if p not in bench]
@@ -113,17 +132,14 @@ def split_items(
 
 def strategy_runner(backend: Any, budgets: dict[str, Budget]) -> Any:
     """An arm runner on the strategy registry (for arms a sample pool cannot stand for)."""
-    from policies.registry import get_strategy
 
     async def run(item: LabelItem, arm: ArmSpec) -> tuple[bool, int, float]:
         data = budgets.get(arm.strategy, Budget()).model_dump()
         data.update({k: type(data[k])(v) for k, v in arm.budget.items() if k in data})
-        problem = Problem(
-            text=item.text, messages=messages_for(item.text), reference=item.reference
-        )
+        problem = problem_for(item)
         t0 = time.perf_counter()
         res = await get_strategy(arm.strategy).run(
-            problem, backend, verifier_for(item.text), Budget(**data), time.monotonic() + 300
+            problem, backend, Budget(**data), time.monotonic() + 300
         )
         wall = (time.perf_counter() - t0) * 1000
         g = grader_for(item.text)
@@ -135,13 +151,10 @@ def strategy_runner(backend: Any, budgets: dict[str, Budget]) -> Any:
 
 async def cmd_label(args: argparse.Namespace) -> None:
     """Label a split with the bundled (or given) model and write JSONL."""
+    # torch and transformers are heavy: only the commands that run the model import them.
     from backends.transformers_backend import TransformersBackend
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from backends.bundled.paths import bundled_model_path
-
-        model_dir = bundled_model_path()
+    model_dir = args.model_dir or bundled_model_path()
     backend = TransformersBackend.from_pretrained(
         model_dir, device=args.device, dtype="float32", torch_threads=args.threads
     )
@@ -152,9 +165,7 @@ async def cmd_label(args: argparse.Namespace) -> None:
     arms = [a for a in default_arms() if a.name not in set(args.skip_arms.split(","))]
     runner = None
     if any(a.strategy in ("bounded_reasoning", "beam_search") for a in arms):
-        from backends.batching import MicroBatcher
-
-        runner = strategy_runner(MicroBatcher(backend), AdaptiveSettings().budgets)
+        runner = strategy_runner(MicroBatcher(backend), StrategiesSettings().budgets)
     t0 = time.time()
 
     def progress(done: int, total: int) -> None:
@@ -186,14 +197,48 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def make_policy(model: RouterModel, **kw: Any) -> AdaptivePolicy:
     """A fresh policy (in-memory store, replay backend) for offline evaluation."""
-    settings = AdaptiveSettings(exploration_rate=0.0, **kw)
     return AdaptivePolicy(
-        settings,
+        PolicySettings(exploration_rate=0.0, **kw),
+        StrategiesSettings(),
         backend=ReplayBackend(),
         model=model,
-        verifier_lookup=serving_lookup,
         rng=random.Random(0),
     )
+
+
+class LiveRouter:
+    """``auto`` for real, as the service serves it: an in-process ``RouterService`` on
+    ``policy`` (its backend, settings and strategies) decides (probe included), runs the
+    chosen strategy or reuses the probe, and learns online."""
+
+    def __init__(self, policy: AdaptivePolicy) -> None:
+        if policy.backend is None:
+            raise ValueError("a live router needs the policy's backend")
+        config = AppConfig(policy=policy.settings, strategies=policy.strategies)
+        # Lab runs choose their own deadlines: allow the longest the config does.
+        config.server.max_request_timeout_ms = MAX_TIMEOUT_MS
+        self.policy = policy
+        self.service = RouterService(config, policy.backend, policy)
+
+    async def solve(
+        self, problem: Problem, deadline: float
+    ) -> tuple[Decision, StrategyResult, int]:
+        """Serve ``problem`` by ``deadline`` (``time.monotonic`` seconds): (decision, result,
+        total generated tokens, the probe's and the verifiers' included).
+
+        Raises ``router.errors.APIError`` (408) when no answer came within the deadline.
+        """
+        timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        served = await self.service.serve(
+            problem,
+            n=1,
+            effort=None,
+            options=RouterOptions(timeout_ms=timeout_ms),
+            max_tokens=None,
+            temperature=None,
+        )
+        total = served.completion_tokens + sum(r.verifier_tokens for r in served.results)
+        return served.decision, served.results[0], total
 
 
 async def decision_latency(model: RouterModel, texts: list[str], n: int = 2000) -> dict[str, float]:
@@ -202,10 +247,13 @@ async def decision_latency(model: RouterModel, texts: list[str], n: int = 2000) 
     The decision cache is off so every call computes features and the model.
     """
     pol = make_policy(model, decision_cache_ttl_s=0)
+    request = DecisionRequest(probe=False, serving=False)
     times = []
     for i in range(n):
+        text = texts[i % len(texts)]
         t0 = time.perf_counter()
-        await pol.decide(Problem(text=texts[i % len(texts)]), probe=False, serving=False)
+        # Task detection is timed too: it is part of deciding on a prompt.
+        await pol.decide(Problem(text=text, task=serving_task(text)), request)
         times.append((time.perf_counter() - t0) * 1000)
     a = np.asarray(times[100:])
     return {
@@ -328,29 +376,37 @@ async def run_live(
     """Run each fixed strategy (config budget) and ``auto`` for real on every item, graded.
 
     One row per (item, strategy): correct, generated tokens (probe included for auto),
-    latency, and for auto the chosen arm. Items run one at a time (latencies are unloaded).
+    latency, and for auto the chosen arm (``timeout`` when the service answered nothing
+    within the deadline). Items run one at a time (latencies are unloaded).
     """
-    from policies.registry import get_strategy
-
+    router = LiveRouter(policy) if policy is not None else None
     rows: list[dict[str, Any]] = []
     for it in items:
-        problem = Problem(text=it.text, messages=messages_for(it.text), reference=it.reference)
+        problem = problem_for(it)
         grader = grader_for(it.text)
         for name in names:
             t0 = time.perf_counter()
             deadline = time.monotonic() + timeout_s
             arm = name
+            text: str | None
             if name == "auto":
-                assert policy is not None
-                d, res, total = await policy.solve(problem, verifier_for(it.text), deadline)
-                arm = d.arm
+                assert router is not None
+                try:
+                    d, res, total = await router.solve(problem, deadline)
+                    arm, text = d.arm, res.text
+                except APIError as exc:
+                    if exc.status != 408:
+                        raise
+                    arm, text, total = "timeout", None, 0
             else:
-                res = await get_strategy(name).run(
-                    problem, backend, verifier_for(it.text), budgets[name], deadline
-                )
-                total = res.completion_tokens + res.verifier_tokens
+                res = await get_strategy(name).run(problem, backend, budgets[name], deadline)
+                text, total = res.text, res.completion_tokens + res.verifier_tokens
             wall = (time.perf_counter() - t0) * 1000
-            ok = grader is not None and grader.score(it.text, res.text, it.reference) >= 0.5
+            ok = (
+                text is not None
+                and grader is not None
+                and grader.score(it.text, text, it.reference) >= 0.5
+            )
             rows.append(
                 {
                     "text": it.text,
@@ -402,11 +458,7 @@ async def cmd_live(args: argparse.Namespace) -> None:
     """Live benchmark of auto and fixed strategies on the test split; JSON rows + summary."""
     from backends.transformers_backend import TransformersBackend
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from backends.bundled.paths import bundled_model_path
-
-        model_dir = bundled_model_path()
+    model_dir = args.model_dir or bundled_model_path()
     backend = TransformersBackend.from_pretrained(
         model_dir, device=args.device, dtype="float32", torch_threads=args.threads
     )
@@ -416,16 +468,15 @@ async def cmd_live(args: argparse.Namespace) -> None:
     k, n = (int(x) for x in args.shard.split("/"))
     items = items[k::n]
     model = RouterModel.load(args.model)
-    settings = AdaptiveSettings(exploration_rate=args.exploration, lambda_per_1k_tokens=args.lam)
     policy = AdaptivePolicy(
-        settings,
+        PolicySettings(exploration_rate=args.exploration, lambda_per_1k_tokens=args.lam),
+        StrategiesSettings(),
         backend=backend,
         model=model,
-        verifier_lookup=serving_lookup,
         rng=random.Random(args.seed),
     )
     names = [n for n in args.strategies.split(",") if n]
-    rows = await run_live(items, backend, names, policy, settings.budgets)
+    rows = await run_live(items, backend, names, policy, policy.strategies.budgets)
     summary = summarise_live(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"summary": summary, "items": rows}, indent=1))
@@ -434,8 +485,6 @@ async def cmd_live(args: argparse.Namespace) -> None:
 
 async def cmd_oracle_check(args: argparse.Namespace) -> None:
     """How much of the oracle's edge repeats across two labelling runs (both directions)."""
-    from lab.replay import oracle_repeatability
-
     a, b = load_jsonl(args.first), load_jsonl(args.second)
     best = args.base
     result = {
@@ -449,15 +498,9 @@ async def cmd_oracle_check(args: argparse.Namespace) -> None:
 
 async def cmd_add_arms(args: argparse.Namespace) -> None:
     """Run arms a pool cannot stand for (beam search) for real on existing label records."""
-    from backends.batching import MicroBatcher
     from backends.transformers_backend import TransformersBackend
-    from lab.labels import run_real_arms
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from backends.bundled.paths import bundled_model_path
-
-        model_dir = bundled_model_path()
+    model_dir = args.model_dir or bundled_model_path()
     tb = TransformersBackend.from_pretrained(
         model_dir, device=args.device, dtype="float32", torch_threads=args.threads
     )
@@ -465,7 +508,7 @@ async def cmd_add_arms(args: argparse.Namespace) -> None:
     recs = load_jsonl(args.labels)
     items = [LabelItem(r["text"], r.get("reference"), r.get("kind")) for r in recs]
     arms = [a for a in default_arms() if a.name in set(args.arms.split(","))]
-    runner = strategy_runner(backend, AdaptiveSettings().budgets)
+    runner = strategy_runner(backend, StrategiesSettings().budgets)
     t0 = time.time()
     for start in range(0, len(recs), 64):
         await run_real_arms(

@@ -23,28 +23,30 @@ from typing import Any
 
 import numpy as np
 
-from lab.labels import LabelItem, messages_for
+from backends.batching import MicroBatcher
+from backends.bundled.paths import bundled_model_path
 from difficulty.model import RouterModel
-from policies.adaptive import AdaptivePolicy, AdaptiveSettings
-from policies.base import Problem
-from lab.router_eval import grader_for, serving_lookup, split_items, verifier_for
+from lab.labels import LabelItem
+from lab.router_eval import LiveRouter, grader_for, problem_for, split_items
+from policies.adaptive import AdaptivePolicy
+from policies.registry import get_strategy
+from policies.settings import PolicySettings, StrategiesSettings
+from router.errors import APIError
 
 
 async def one_request(
-    policy: AdaptivePolicy, item: LabelItem, mode: str, deadline_s: float
+    router: LiveRouter, item: LabelItem, mode: str, deadline_s: float
 ) -> dict[str, Any]:
-    """Serve one item: ``auto`` through the policy, ``high`` as plain always-search (the
+    """Serve one item: ``auto`` through the service, ``high`` as plain always-search (the
     configured best-of-N budget, no policy, no downgrade); latency, tokens, correctness."""
-    from policies.registry import get_strategy
-
-    problem = Problem(text=item.text, messages=messages_for(item.text), reference=item.reference)
+    policy = router.policy
+    problem = problem_for(item)
     t0 = time.monotonic()
     extra: dict[str, Any] = {}
     try:
         if mode == "auto":
             d, res, total = await asyncio.wait_for(
-                policy.solve(problem, verifier_for(item.text), t0 + deadline_s),
-                timeout=deadline_s + 1.0,
+                router.solve(problem, t0 + deadline_s), timeout=deadline_s + 1.0
             )
             arm = d.arm
             extra = {
@@ -54,13 +56,12 @@ async def one_request(
             }
         else:
             assert policy.backend is not None
-            strategy = policy.settings.effort["high"]
+            strategy = policy.strategies.effort["high"]
             res = await asyncio.wait_for(
                 get_strategy(strategy).run(
                     problem,
                     policy.backend,
-                    verifier_for(item.text),
-                    policy.settings.budgets[strategy],
+                    policy.strategies.budgets[strategy],
                     t0 + deadline_s,
                 ),
                 timeout=deadline_s + 1.0,
@@ -69,6 +70,11 @@ async def one_request(
         g = grader_for(item.text)
         ok = g is not None and g.score(item.text, res.text, item.reference) >= 0.5
     except TimeoutError:
+        ok, arm, total = False, "timeout", 0
+    except APIError as exc:
+        # The service answered nothing within the deadline (408): a timeout here too.
+        if exc.status != 408:
+            raise
         ok, arm, total = False, "timeout", 0
     return {
         "t": t0,
@@ -82,7 +88,7 @@ async def one_request(
 
 
 async def open_loop(
-    policy: AdaptivePolicy,
+    router: LiveRouter,
     items: list[LabelItem],
     mode: str,
     rate: float,
@@ -103,12 +109,12 @@ async def open_loop(
         if delay > 0:
             await asyncio.sleep(delay)
         item = items[rng.randrange(len(items))]
-        tasks.append(asyncio.create_task(one_request(policy, item, mode, deadline_s)))
+        tasks.append(asyncio.create_task(one_request(router, item, mode, deadline_s)))
     return list(await asyncio.gather(*tasks))
 
 
 async def closed_loop(
-    policy: AdaptivePolicy, items: list[LabelItem], workers: int, duration_s: float
+    router: LiveRouter, items: list[LabelItem], workers: int, duration_s: float
 ) -> tuple[float, float]:
     """Always-search with ``workers`` clients back to back: (requests/s, tokens/s)."""
     stop = time.monotonic() + duration_s
@@ -118,7 +124,7 @@ async def closed_loop(
     async def worker() -> None:
         while time.monotonic() < stop:
             item = items[rng.randrange(len(items))]
-            done.append(await one_request(policy, item, "high", 60.0))
+            done.append(await one_request(router, item, "high", 60.0))
 
     t0 = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(workers)))
@@ -167,34 +173,28 @@ def summary(rows: list[dict[str, Any]], slo_ms: float) -> dict[str, Any]:
 
 def make(
     backend: Any, model: RouterModel, slo_ms: float, capacity: float, call_ms: float = 0.0
-) -> AdaptivePolicy:
-    """A fresh policy (in-memory store) with the SLO and the measured capacity and per-call
-    latency (what a deployment measures once for its backend)."""
-    settings = AdaptiveSettings(
-        latency_slo_ms=slo_ms,
+) -> LiveRouter:
+    """A fresh policy (in-memory store) with the SLO (whole milliseconds, as the config takes
+    it) and the measured capacity and per-call latency (what a deployment measures once for
+    its backend), served by its own in-process service."""
+    settings = PolicySettings(
+        latency_slo_ms=round(slo_ms),
         exploration_rate=0.0,
         capacity_tokens_per_s=capacity,
         call_latency_ms=call_ms,
     )
-    return AdaptivePolicy(
-        settings,
-        backend=backend,
-        model=model,
-        verifier_lookup=serving_lookup,
-        rng=random.Random(0),
+    policy = AdaptivePolicy(
+        settings, StrategiesSettings(), backend=backend, model=model, rng=random.Random(0)
     )
+    return LiveRouter(policy)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """The three phases; returns the report."""
-    from backends.batching import MicroBatcher
+    # torch and transformers are heavy: imported only when the model runs.
     from backends.transformers_backend import TransformersBackend
 
-    model_dir = args.model_dir
-    if model_dir is None:
-        from backends.bundled.paths import bundled_model_path
-
-        model_dir = bundled_model_path()
+    model_dir = args.model_dir or bundled_model_path()
     tb = TransformersBackend.from_pretrained(
         model_dir,
         device=args.device,

@@ -24,9 +24,11 @@ from typing import Any
 
 from backends.base import Backend, BackendError, ChatMessage, GenerationRequest, GenerationResult
 from difficulty.probe import ProbeSummary
+from lab.replay import estimate_item
 from policies.adaptive import AdaptivePolicy
 from policies.base import StrategyResult
-from policies.selector import SLO, Decision
+from policies.decision import Decision
+from policies.latency import SLO
 
 
 @dataclass
@@ -174,9 +176,7 @@ class _Sim:
         pol = self.policy
         assert pol is not None
         it = r.item
-        est = pol.estimate(
-            it["text"], probe, kind=it.get("kind"), probe_tokens=probe.tokens if probe else 0
-        )
+        est = estimate_item(pol, it, probe)
         load = pol.tracker.snapshot(self.now, elapsed_ms=(self.now - r.arrival) * 1000)
         d = await pol.choose(est, self.slo, load)
         r.decision = d

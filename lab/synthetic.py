@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from difficulty.model import default_arms
+from policies.registry import default_arms
 
 TOKENS_PER_SAMPLE = 50
 

@@ -1,22 +1,29 @@
-"""The ``Strategy`` contract: how one way of spending compute is run and accounted for.
+"""The ``Strategy`` contract: how one way of spending compute is run, priced and accounted for.
 
 Every strategy is anytime: it gets a monotonic ``deadline`` (seconds, same clock as
 ``clock()``) and returns the best answer found so far when time runs out, with
-``stop_reason="deadline"``.
+``stop_reason="deadline"``. Besides ``run``, a strategy declares what the policy needs to
+price it (calls it makes, how its budget shrinks, whether it can reuse or continue the
+difficulty probe), so no code outside ``policies/`` names a strategy.
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from backends.base import Backend, ChatMessage
 from backends.verifiers.base import Verifier
+from difficulty.profiles import OPEN_TASK, Task
+from policies.budget import Budget
+
+if TYPE_CHECKING:
+    from difficulty.estimate import DifficultyEstimate
 
 Clock = Callable[[], float]
 StopReason = Literal[
@@ -29,28 +36,12 @@ StopReason = Literal[
     "exhausted",  # search frontier empty
 ]
 
+#: seed offset between independent copies of one request (OpenAI's ``n``)
+COPY_SEED_STRIDE = 1
+
 
 class StrategyError(ValueError):
     """A strategy could not be built or run with the given budget/problem."""
-
-
-class Budget(BaseModel):
-    """How much compute a strategy may spend; filled by the selector or the request.
-
-    ``max_tokens`` bounds each sample's (or each step's trace's) generated tokens;
-    ``samples`` is N for best-of-N and the maximum for self-consistency; ``beam_width`` and
-    ``expansions`` shape step search (keep b, propose k per state).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_tokens: int = Field(default=128, ge=1, le=32768)
-    samples: int = Field(default=1, ge=1, le=256)
-    batch_size: int = Field(default=4, ge=1, le=256)
-    beam_width: int = Field(default=1, ge=1, le=64)
-    expansions: int = Field(default=1, ge=1, le=64)
-    max_steps: int = Field(default=8, ge=1, le=64)
-    temperature: float = Field(default=0.8, ge=0.0, le=5.0)
 
 
 @dataclass
@@ -58,10 +49,11 @@ class Problem:
     """One request as strategies see it: chat ``messages`` or a raw ``prompt``.
 
     ``text`` is the user's problem (the last user message, or the raw prompt) and is what
-    verifiers read. ``reference`` is a known answer (benchmarks only). ``prefix`` is the
-    start of the answer already generated greedily (the router's probe, cut at its token
-    limit) and ``prefix_tokens`` its length: single pass continues from it instead of
-    generating it again.
+    verifiers read; ``task`` is the profile it matched (detected once per request) with its
+    verifier. ``reference`` is a known answer (benchmarks only). ``prefix`` is the start of
+    the answer already generated greedily (the router's probe, cut at its token limit) and
+    ``prefix_tokens`` its length: single pass continues from it instead of generating it
+    again.
     """
 
     text: str
@@ -72,6 +64,18 @@ class Problem:
     stop: list[str] = field(default_factory=list)
     prefix: str = ""
     prefix_tokens: int = 0
+    task: Task = OPEN_TASK
+
+    @property
+    def verifier(self) -> Verifier | None:
+        """The verifier of the problem's task (None: nothing checks its answers)."""
+        return self.task.verifier
+
+    def copy(self, index: int) -> Problem:
+        """The ``index``-th independent copy (its own sampling seed when seeded)."""
+        if not index or self.seed is None:
+            return self
+        return dataclasses.replace(self, seed=self.seed + COPY_SEED_STRIDE * index)
 
 
 @dataclass
@@ -92,6 +96,7 @@ class StrategyResult:
     ``visible_tokens`` are the tokens of the returned ``text``; ``hidden_tokens`` every other
     generated token (other samples, pruned branches, probes); ``verifier_tokens`` the model
     tokens verifiers spent. ``completion_tokens`` (visible + hidden) is what usage reports.
+    ``samples`` counts what the strategy drew (samples, proposals or calls; see each).
     """
 
     strategy: str
@@ -113,25 +118,98 @@ class StrategyResult:
         """Every generated token, visible and hidden."""
         return self.visible_tokens + self.hidden_tokens
 
-    @property
-    def stopped_early(self) -> bool:
-        """True when the strategy stopped before spending its whole budget."""
-        return self.stop_reason in ("answered", "verified", "settled", "deadline")
-
 
 class Strategy(abc.ABC):
-    """One way of spending inference-time compute, registered by ``name``."""
+    """One way of spending inference-time compute, registered by ``name``.
+
+    ``run`` is the strategy; the class methods are what the policy prices it with. The
+    defaults describe a strategy that makes one backend call and cannot use the probe.
+    """
 
     name: ClassVar[str]
+    #: whether the client's ``temperature`` replaces the budget's (one sampled answer)
+    takes_client_temperature: ClassVar[bool] = False
 
     @abc.abstractmethod
     async def run(
         self,
         problem: Problem,
         backend: Backend,
-        verifier: Verifier | None,
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
     ) -> StrategyResult:
-        """Run to completion or to ``deadline`` and return the best response found."""
+        """Run to completion or to ``deadline`` and return the best response found.
+
+        ``problem.verifier`` (may be None) scores candidates.
+        """
+
+    async def run_copies(
+        self,
+        problem: Problem,
+        backend: Backend,
+        budget: Budget,
+        deadline: float,
+        n: int,
+        clock: Clock = time.monotonic,
+    ) -> list[StrategyResult]:
+        """``n`` independent answers (OpenAI's ``n``): ``n`` concurrent runs, each copy with
+        its own seed. Strategies that can share one backend call override this."""
+        runs = [self.run(problem.copy(i), backend, budget, deadline, clock) for i in range(n)]
+        return list(await asyncio.gather(*runs))
+
+    # -- pricing: what the policy needs to know --------------------------------------------
+
+    @classmethod
+    def arm_name(cls, budget: Budget) -> str:
+        """The arm a (strategy, budget) is priced and learned as."""
+        return cls.name
+
+    @classmethod
+    def fixed_samples(cls, budget: Budget) -> int | None:
+        """Samples every run draws, whatever the item; None when that varies."""
+        return None
+
+    @classmethod
+    def calls(cls, budget: Budget) -> float:
+        """Sequential backend calls one run makes (each may wait for a decode cycle)."""
+        return 1.0
+
+    @classmethod
+    def calls_made(cls, budget: Budget, result: StrategyResult) -> int | None:
+        """Sequential calls a finished run made, to learn one call's latency from its wall
+        time; None when its calls overlapped and its wall time says nothing about one."""
+        return 1
+
+    @classmethod
+    def calls_vary(cls) -> bool:
+        """Whether the calls a run makes depend on the item (learned per task kind)."""
+        return False
+
+    @classmethod
+    def shrink(cls, budget: Budget) -> Budget | None:
+        """A smaller budget of the same strategy to fit a deadline under load, or None
+        when it cannot shrink further."""
+        return None
+
+    @classmethod
+    def reuses_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Whether the probe's greedy completion already is this arm's answer."""
+        return False
+
+    @classmethod
+    def continues_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Whether this arm would continue a probe cut by its token limit."""
+        return False
+
+    @classmethod
+    def repeats_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Whether running this arm could only repeat the finished probe (never offered)."""
+        return False
+
+    @classmethod
+    def expected_samples(
+        cls, budget: Budget, p_success: float, exact_verifier: bool
+    ) -> float | None:
+        """Samples drawn on average when it stops early, or None when it draws them all."""
+        return None

@@ -55,7 +55,6 @@ class BeamSearch(Strategy):
         self,
         problem: Problem,
         backend: Backend,
-        verifier: Verifier | None,
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
@@ -67,6 +66,7 @@ class BeamSearch(Strategy):
         exhausted (every state was expanded and nothing is left to backtrack to) or deadline.
         """
         started = clock()
+        verifier = problem.verifier
         base = await base_prompt(problem, backend)
         token_budget = budget.max_tokens * budget.beam_width * budget.expansions
         beams = [Beam()]
@@ -77,26 +77,7 @@ class BeamSearch(Strategy):
         stop: StopReason = "budget"
         while rounds < ROUNDS_PER_STEP * budget.max_steps:
             expanded.update(tuple(b.lines) for b in beams)
-            results = await asyncio.gather(
-                *(
-                    call_until(
-                        backend,
-                        request_for(
-                            problem,
-                            n=budget.expansions,
-                            max_tokens=min(STEP_TOKENS, budget.max_tokens),
-                            temperature=budget.temperature,
-                            stop=["\n"],
-                            logprobs=True,
-                            prompt=base + "".join(line + "\n" for line in b.lines),
-                            seed=_seed(problem, rounds, i),
-                        ),
-                        deadline,
-                        clock,
-                    )
-                    for i, b in enumerate(beams)
-                )
-            )
+            results = await _expand(problem, backend, budget, base, beams, rounds, deadline, clock)
             rounds += 1
             if any(r is None for r in results):
                 stop = "deadline"
@@ -132,17 +113,11 @@ class BeamSearch(Strategy):
             if finished and not (verifier is not None and verifier.exact):
                 stop = "answered"  # nothing says the answers are wrong: stop here
                 break
-            # Dead frontier: its states go back to the set-aside pool, and the next frontier
-            # is the pool's best, where every failed expansion of a state counts as one step
-            # back up the tree: a deep state is re-sampled, a state that keeps failing yields
-            # to a shallower sibling (backtracking).
-            pool += [b for b in beams if expanded[tuple(b.lines)] < MAX_EXPANSIONS_PER_STATE]
+            pool = _backtrack(beams, pool, expanded)
             if not pool:
                 stop = "exhausted"
                 break
-            pool.sort(key=lambda b: (len(b.lines) - expanded[tuple(b.lines)], b.score))
-            beams = pool[-budget.beam_width :][::-1]
-            pool = pool[: -budget.beam_width]
+            beams, pool = pool[-budget.beam_width :][::-1], pool[: -budget.beam_width]
         chosen = _best(finished, beams, verifier is not None)
         return finish(
             self.name,
@@ -156,6 +131,78 @@ class BeamSearch(Strategy):
             samples=samples,
             stop_reason=stop,
         )
+
+    @classmethod
+    def calls(cls, budget: Budget) -> float:
+        """One round of (concurrent) calls per step."""
+        return float(budget.max_steps)
+
+    @classmethod
+    def calls_made(cls, budget: Budget, result: StrategyResult) -> int | None:
+        """Its calls overlap within a round: its wall time says nothing about one call."""
+        return None
+
+    @classmethod
+    def shrink(cls, budget: Budget) -> Budget | None:
+        """Half the beam and half the proposals per state."""
+        if budget.beam_width <= 1 and budget.expansions <= 1:
+            return None
+        return budget.model_copy(
+            update={
+                "beam_width": max(1, budget.beam_width // 2),
+                "expansions": max(1, budget.expansions // 2),
+            }
+        )
+
+
+def _backtrack(
+    beams: list[Beam], pool: list[Beam], expanded: Counter[tuple[str, ...]]
+) -> list[Beam]:
+    """The set-aside pool after a dead frontier, best last.
+
+    The frontier's states go back to the pool, and every failed expansion of a state counts
+    as one step back up the tree: a deep state is re-sampled, a state that keeps failing
+    yields to a shallower sibling (backtracking, as Tree of Thoughts' DFS does).
+    """
+    pool = pool + [b for b in beams if expanded[tuple(b.lines)] < MAX_EXPANSIONS_PER_STATE]
+    pool.sort(key=lambda b: (len(b.lines) - expanded[tuple(b.lines)], b.score))
+    return pool
+
+
+async def _expand(
+    problem: Problem,
+    backend: Backend,
+    budget: Budget,
+    base: str,
+    beams: list[Beam],
+    round_: int,
+    deadline: float,
+    clock: Clock,
+) -> list[GenerationResult | None]:
+    """One call per state, concurrently: ``budget.expansions`` proposals of its next line
+    (None for a call the deadline cut)."""
+    return list(
+        await asyncio.gather(
+            *(
+                call_until(
+                    backend,
+                    request_for(
+                        problem,
+                        n=budget.expansions,
+                        max_tokens=min(STEP_TOKENS, budget.max_tokens),
+                        temperature=budget.temperature,
+                        stop=["\n"],
+                        logprobs=True,
+                        prompt=base + "".join(line + "\n" for line in b.lines),
+                        seed=_seed(problem, round_, i),
+                    ),
+                    deadline,
+                    clock,
+                )
+                for i, b in enumerate(beams)
+            )
+        )
+    )
 
 
 def _seed(problem: Problem, call: int, state: int) -> int | None:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 
 from backends.base import Backend
-from backends.verifiers.base import Verifier
 from backends.verifiers.numeric import normalize_answer
 from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
 from policies.common import (
     call_until,
     candidate_of,
     finish,
+    halve_samples,
     mean_logprob,
     out_of_time,
     request_for,
@@ -33,7 +33,6 @@ class BestOfN(Strategy):
         self,
         problem: Problem,
         backend: Backend,
-        verifier: Verifier | None,
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
@@ -52,8 +51,8 @@ class BestOfN(Strategy):
             return out_of_time(self.name, started, clock)
         cands = [candidate_of(c) for c in res.completions]
         lp = {id(c): mean_logprob(comp) for c, comp in zip(cands, res.completions, strict=True)}
-        spent, verified = score_all(verifier, problem, cands)
-        chosen = pick(cands, lp, use_scores=verifier is not None)
+        spent, verified = score_all(problem, cands)
+        chosen = pick(cands, lp, use_scores=problem.verifier is not None)
         return finish(
             self.name,
             chosen=chosen,
@@ -66,6 +65,21 @@ class BestOfN(Strategy):
             samples=len(cands),
             stop_reason="verified" if verified else "budget",
         )
+
+    @classmethod
+    def arm_name(cls, budget: Budget) -> str:
+        """``best_of_n@N``: each N is its own arm."""
+        return f"{cls.name}@{budget.samples}"
+
+    @classmethod
+    def fixed_samples(cls, budget: Budget) -> int | None:
+        """All N, always."""
+        return budget.samples
+
+    @classmethod
+    def shrink(cls, budget: Budget) -> Budget | None:
+        """Half the samples (it draws them all in one call)."""
+        return halve_samples(budget)
 
 
 def pick(cands: list[Candidate], lp: dict[int, float], *, use_scores: bool) -> Candidate:

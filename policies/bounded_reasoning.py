@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from backends.base import Backend, Completion
-from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
+from backends.verifiers.base import ProcessVerifier, VerifierError
 from backends.verifiers.numeric import extract_answer
 from policies.base import (
     Budget,
@@ -32,6 +33,9 @@ from policies.base import (
     StrategyResult,
 )
 from policies.common import base_prompt, call_until, finish, request_for, score_all
+
+if TYPE_CHECKING:
+    from difficulty.estimate import DifficultyEstimate
 
 FORCED_ANSWER_TOKENS = 24
 #: temperature of a continuation after a rejected line (greedy would repeat the same line)
@@ -86,12 +90,12 @@ class BoundedReasoning(Strategy):
     """Reason within ``budget.max_tokens``; stop at the first (accepted) answer line."""
 
     name = "bounded_reasoning"
+    takes_client_temperature = True
 
     async def run(
         self,
         problem: Problem,
         backend: Backend,
-        verifier: Verifier | None,
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
@@ -126,6 +130,7 @@ class BoundedReasoning(Strategy):
         segments = [_kept(comp, cut_after_answer(comp.text))]
         calls = 1
         stop: StopReason = "answered"
+        verifier = problem.verifier
         checker = verifier if isinstance(verifier, ProcessVerifier) and verifier.exact else None
         if checker is not None:
             segments, generated, calls, stop = await self._correct(
@@ -150,7 +155,7 @@ class BoundedReasoning(Strategy):
                     answer=extract_answer(text + extra_text),
                     finish_reason="stop",
                 )
-        spent, verified = score_all(verifier, problem, [cand])
+        spent, verified = score_all(problem, [cand])
         if verified:
             stop = "verified"
         return finish(
@@ -164,6 +169,30 @@ class BoundedReasoning(Strategy):
             clock=clock,
             samples=calls,
             stop_reason=stop,
+        )
+
+    @classmethod
+    def calls_made(cls, budget: Budget, result: StrategyResult) -> int | None:
+        """The calls that extended the chain, one after the other."""
+        return max(1, result.samples)
+
+    @classmethod
+    def calls_vary(cls) -> bool:
+        """Backtracking on an exact step checker makes a few calls on hard items."""
+        return True
+
+    @classmethod
+    def repeats_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Without an exact checker it backtracks on nothing: one greedy chain, token for
+        token the probe's when the probe ended by itself, so it can only cost what single
+        pass (served from the probe) gets for free. On the benchmark's arithmetic the two
+        agreed on all 112 such questions while the router, reading noise in its per-arm
+        models, sent 58 of them here (23 tokens a request on the mix)."""
+        return (
+            est.probe_finished
+            and not est.exact_verifier
+            and budget.temperature == 0
+            and budget.max_tokens >= est.probe_tokens
         )
 
     async def _correct(

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from backends.base import Backend, Completion, GenerationRequest, GenerationResult
+from backends.verifiers.base import VerifierError
 from backends.verifiers.numeric import extract_answer, normalize_answer
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, StrategyResult
 
@@ -139,11 +140,11 @@ def out_of_time(name: str, started: float, clock: Clock) -> StrategyResult:
     )
 
 
-def score_all(verifier: object, problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
-    """Score candidates in place; returns (verifier tokens spent, any exactly verified)."""
-    from backends.verifiers.base import Verifier, VerifierError
-
-    if not isinstance(verifier, Verifier):
+def score_all(problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
+    """Score candidates in place with the problem's verifier; returns (verifier tokens
+    spent, any exactly verified). Without a verifier nothing is scored."""
+    verifier = problem.verifier
+    if verifier is None:
         return 0, False
     spent, verified = 0, False
     for c in candidates:
@@ -157,6 +158,9 @@ def score_all(verifier: object, problem: Problem, candidates: list[Candidate]) -
     return spent, verified
 
 
-def default_budget() -> Budget:
-    """The budget used when none is given (tests, bench)."""
-    return Budget()
+def halve_samples(budget: Budget) -> Budget | None:
+    """``budget`` with half the samples (batches no larger than that), None at one sample."""
+    if budget.samples <= 1:
+        return None
+    half = max(1, budget.samples // 2)
+    return budget.model_copy(update={"samples": half, "batch_size": min(budget.batch_size, half)})

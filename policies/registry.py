@@ -1,68 +1,112 @@
-"""Strategies by name: the one place that maps a name to a class."""
+"""Strategies by name: the one place that maps a name to a class, and the defaults built
+from them (config budgets, the ``reasoning_effort`` map, the router's arms)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
-from policies.base import Budget, Strategy, StrategyError
+from difficulty.model import ArmSpec
+from policies.base import Strategy, StrategyError
 from policies.beam_search import BeamSearch
 from policies.best_of_n import BestOfN
 from policies.bounded_reasoning import BoundedReasoning
+from policies.budget import Budget, BudgetError, merged_budget
 from policies.self_consistency import SelfConsistency
 from policies.single_pass import SinglePass
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    "single_pass": SinglePass,
-    "bounded_reasoning": BoundedReasoning,
-    "best_of_n": BestOfN,
-    "self_consistency": SelfConsistency,
-    "beam_search": BeamSearch,
+    SinglePass.name: SinglePass,
+    BoundedReasoning.name: BoundedReasoning,
+    BestOfN.name: BestOfN,
+    SelfConsistency.name: SelfConsistency,
+    BeamSearch.name: BeamSearch,
 }
+STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
+
+#: what a request gets when its strategy's backend calls keep failing
+FALLBACK_STRATEGY = SinglePass.name
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class registered as ``name``; unknown names fail with the valid list."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise StrategyError(
+            f"unknown strategy {name!r}; valid: {', '.join(STRATEGY_NAMES)}"
+        ) from None
 
 
 def get_strategy(name: str, **kwargs: Any) -> Strategy:
-    """A fresh strategy ``name``; unknown names fail with the valid list."""
-    try:
-        cls = STRATEGIES[name]
-    except KeyError:
-        raise StrategyError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}") from None
-    return cls(**kwargs)
+    """A fresh strategy ``name`` built with ``kwargs``; unknown names fail with the list."""
+    return strategy_class(name)(**kwargs)
 
 
-def budget_with(base: Budget, **overrides: Any) -> Budget:
-    """``base`` with the non-None ``overrides`` applied (validated)."""
-    data = base.model_dump()
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return Budget(**data)
+def default_budgets() -> dict[str, Budget]:
+    """Each strategy's default budget (the config's ``strategies.budgets``)."""
+    return {
+        SinglePass.name: Budget(temperature=0.0),
+        BoundedReasoning.name: Budget(temperature=0.0),
+        BestOfN.name: Budget(samples=16, batch_size=16),
+        SelfConsistency.name: Budget(samples=16, batch_size=4),
+        BeamSearch.name: Budget(beam_width=3, expansions=8, max_steps=8),
+    }
 
 
-def budget_from_config(
-    name: str, defaults: Mapping[str, Any] | BaseModel | None, overrides: Mapping[str, Any]
+def default_effort() -> dict[str, str]:
+    """What ``reasoning_effort`` forces (the config's ``strategies.effort``)."""
+    return {"low": SinglePass.name, "medium": BoundedReasoning.name, "high": BestOfN.name}
+
+
+def default_arms() -> list[ArmSpec]:
+    """The arms the bundled router chooses among (cheap to expensive): a strategy with the
+    budget fields that make it differ from the configured default."""
+
+    def sampled(cls: type[Strategy], n: int, batch: int) -> ArmSpec:
+        budget = {"samples": float(n), "batch_size": float(batch)}
+        return ArmSpec(name=cls.arm_name(Budget(samples=n)), strategy=cls.name, budget=budget)
+
+    return [
+        ArmSpec(name=SinglePass.name, strategy=SinglePass.name),
+        ArmSpec(name=BoundedReasoning.name, strategy=BoundedReasoning.name),
+        sampled(SelfConsistency, 4, 4),
+        sampled(SelfConsistency, 8, 4),
+        sampled(SelfConsistency, 16, 4),  # the configured self-consistency budget
+        sampled(SelfConsistency, 32, 8),
+        sampled(BestOfN, 16, 16),
+        ArmSpec(name=BeamSearch.name, strategy=BeamSearch.name),
+    ]
+
+
+def uninformed_priors() -> dict[str, float]:
+    """P(success) per arm of a router that knows nothing (``RouterModel.uninformed``):
+    searching arms above one greedy answer, so that evidence can pull them down."""
+    return {SinglePass.name: 0.3, BoundedReasoning.name: 0.35, BeamSearch.name: 0.6}
+
+
+#: the arms ``acr bench`` runs when none are named (``strategy[:field=value,...]``)
+BENCH_ARMS: tuple[str, ...] = (
+    SinglePass.name,
+    BoundedReasoning.name,
+    f"{BestOfN.name}:samples=4",
+    f"{BestOfN.name}:samples=16",
+    f"{SelfConsistency.name}:samples=16,batch_size=4",
+    f"{BeamSearch.name}:beam_width=3,expansions=8",
+)
+
+
+def budget_for(
+    name: str, defaults: Mapping[str, Budget], *overrides: Mapping[str, Any] | None
 ) -> Budget:
-    """The ``Budget`` strategy ``name`` runs with: configured defaults, then a request's
-    ``overrides`` (e.g. the API's ``acr.budget``).
+    """The ``Budget`` strategy ``name`` runs with: its configured default, then each of
+    ``overrides`` (an arm's fields, a request's ``acr.budget``) in order.
 
-    ``defaults`` is a config section (``router.config.StrategyBudgetConfig``) or a mapping;
-    unknown strategy names and unknown or out-of-range budget fields raise ``StrategyError``
-    naming what is valid, which the API turns into a 400.
+    Unknown strategy names and unknown or out-of-range budget fields raise
+    ``StrategyError`` naming what is valid, which the API turns into a 400.
     """
-    if name not in STRATEGIES:
-        raise StrategyError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    base = defaults.model_dump() if isinstance(defaults, BaseModel) else dict(defaults or {})
-    fields = set(Budget.model_fields)
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise StrategyError(
-            f"unknown budget field {unknown[0]!r}; valid: {', '.join(Budget.model_fields)}"
-        )
-    data = {k: v for k, v in base.items() if k in fields}
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    strategy_class(name)
     try:
-        return Budget(**data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(x) for x in err["loc"])
-        raise StrategyError(f"invalid budget for {name}: {field}: {err['msg']}") from None
+        return merged_budget(defaults.get(name), *(dict(o) if o else None for o in overrides))
+    except BudgetError as exc:
+        raise StrategyError(f"invalid budget for {name}: {exc}") from None

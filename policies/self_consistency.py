@@ -18,16 +18,17 @@ stopping saved only 14% of the samples, all of it on the easy items.
 
 from __future__ import annotations
 
+import math
 import time
 
 from backends.base import Backend
-from backends.verifiers.base import Verifier
 from backends.verifiers.numeric import normalize_answer
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
 from policies.common import (
     call_until,
     candidate_of,
     finish,
+    halve_samples,
     mean_logprob,
     prob_leader_ahead,
     request_for,
@@ -58,7 +59,6 @@ class SelfConsistency(Strategy):
         self,
         problem: Problem,
         backend: Backend,
-        verifier: Verifier | None,
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
@@ -92,15 +92,13 @@ class SelfConsistency(Strategy):
             lp.update(
                 {id(c): mean_logprob(comp) for c, comp in zip(new, res.completions, strict=True)}
             )
-            s, verified = score_all(verifier, problem, new)
+            s, verified = score_all(problem, new)
             spent += s
             cands += new
             if verified:
                 stop = "verified"
                 break
-            checked = (
-                verifier is not None and verifier.exact and any(c.score is not None for c in new)
-            )
+            checked = problem.task.exact and any(c.score is not None for c in new)
             if self.adaptive and not checked:
                 ranking = vote([c.answer for c in cands])
                 if self._settled(ranking):
@@ -122,6 +120,36 @@ class SelfConsistency(Strategy):
             samples=len(cands),
             stop_reason=stop,
         )
+
+    @classmethod
+    def arm_name(cls, budget: Budget) -> str:
+        """``self_consistency@N``: each sample cap is its own arm."""
+        return f"{cls.name}@{budget.samples}"
+
+    @classmethod
+    def calls(cls, budget: Budget) -> float:
+        """One call per batch, one after the other (at most)."""
+        return float(math.ceil(budget.samples / max(1, budget.batch_size)))
+
+    @classmethod
+    def calls_made(cls, budget: Budget, result: StrategyResult) -> int | None:
+        """The batches it drew before stopping."""
+        return max(1, math.ceil(result.samples / max(1, budget.batch_size)))
+
+    @classmethod
+    def shrink(cls, budget: Budget) -> Budget | None:
+        """Half the samples."""
+        return halve_samples(budget)
+
+    @classmethod
+    def expected_samples(
+        cls, budget: Budget, p_success: float, exact_verifier: bool
+    ) -> float | None:
+        """With an exact checker it stops at the first verified sample: the expected draw
+        (``expected_samples``); otherwise the vote's stop is not priced (None)."""
+        if not exact_verifier:
+            return None
+        return expected_samples(p_success, budget.samples, budget.batch_size)
 
     def _settled(self, ranking: list[tuple[str, int]]) -> bool:
         if not ranking:
@@ -146,3 +174,21 @@ class SelfConsistency(Strategy):
             return max(cands, key=lambda c: lp[id(c)])
         pool = [c for c in cands if normalize_answer(c.answer) == ranking[0][0]]
         return max(pool, key=lambda c: lp[id(c)])
+
+
+def expected_samples(p_success: float, samples: int, batch: int) -> float:
+    """Samples an early-stopping sampler draws (batches of ``batch``, stop at the first
+    verified one) when P(one of ``samples`` verifies) is ``p_success``.
+
+    Independent samples with per-sample solve rate q = 1 - (1 - p)^(1/N); batch k is drawn
+    only when the k batches before it all failed: sum_k b_k (1 - q)^(b * k).
+    """
+    n, b = max(1, samples), max(1, min(batch, samples))
+    p = min(max(p_success, 0.0), 1 - 1e-9)
+    fail = (1.0 - p) ** (1.0 / n)  # one sample fails
+    total, drawn = 0.0, 0
+    while drawn < n:
+        size = min(b, n - drawn)
+        total += size * fail**drawn
+        drawn += size
+    return total

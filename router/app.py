@@ -13,7 +13,6 @@ chart's ``serveConfigV2`` use (``router.app:app_builder``). It binds:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 from typing import Any
@@ -21,38 +20,16 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from backends.base import (
-    Backend,
-    BackendError,
-    ChatMessage,
-    Completion,
-    GenerationRequest,
-    GenerationResult,
-)
+from backends.base import BackendError, ChatMessage, GenerationRequest
+from backends.bundled.paths import bundled_model_path
 from router.config import AppConfig, ModelConfig, load_config
+from router.embedded_redis import EmbeddedRedis
+from router.runtime import build_runtime
+from router.serve_handle import result_to_dict
 
 log = logging.getLogger("acr.app")
 
 CONFIG_PATH_ENV = "ACR_CONFIG_PATH"
-
-
-def _result_to_dict(result: GenerationResult) -> dict[str, Any]:
-    return dataclasses.asdict(result)
-
-
-def _result_from_dict(data: dict[str, Any]) -> GenerationResult:
-    comps = [Completion(**c) for c in data["completions"]]
-    return GenerationResult(
-        completions=comps,
-        prompt_tokens=data["prompt_tokens"],
-        model=data.get("model", ""),
-        timings_ms=data.get("timings_ms", {}),
-    )
-
-
-def _rows(batch: list[dict[str, Any]]) -> int:
-    # A request for n samples costs n rows of the batch, not one.
-    return sum(int(r.get("n", 1)) for r in batch)
 
 
 @serve.deployment(name="ModelReplica", max_ongoing_requests=64)
@@ -64,10 +41,11 @@ class ModelReplica:
     """
 
     def __init__(self, model_config: dict[str, Any]) -> None:
+        # torch is imported in the model replica's process only, never by the ingress.
         from backends.transformers_backend import TransformersBackend
 
         cfg = ModelConfig(**model_config)
-        path = cfg.path or _bundled_path()
+        path = cfg.path or str(bundled_model_path())
         self.backend = TransformersBackend.from_pretrained(
             path,
             device=cfg.device,
@@ -92,7 +70,7 @@ class ModelReplica:
             return {"error": f"invalid generation request: {exc}", "retryable": False}
         if self.backend.batching == "continuous":
             try:
-                return _result_to_dict(await self.backend.generate(req))
+                return result_to_dict(await self.backend.generate(req))
             except BackendError as exc:
                 return {"error": str(exc), "retryable": exc.retryable}
         result: dict[str, Any] = await self.generate_batched(req)
@@ -105,7 +83,7 @@ class ModelReplica:
             results = await asyncio.to_thread(self.backend.generate_batch_sync, requests)
         except BackendError as exc:
             return [{"error": str(exc), "retryable": exc.retryable} for _ in requests]
-        return [_result_to_dict(r) for r in results]
+        return [result_to_dict(r) for r in results]
 
     async def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The model's chat template applied to ``messages``."""
@@ -116,56 +94,12 @@ class ModelReplica:
         return self.backend.describe()
 
 
-def _bundled_path() -> str:
-    from backends.bundled.paths import bundled_model_path
-
-    return str(bundled_model_path())
-
-
-class ServeHandleBackend(Backend):
-    """A ``Backend`` that forwards to ``ModelReplica`` deployments through a handle.
-
-    A replica that died mid-request surfaces as a retryable ``BackendError``; Ray routes the
-    retry to a live replica.
-    """
-
-    def __init__(self, handle: DeploymentHandle, name: str) -> None:
-        self.handle = handle
-        self.name = name
-        self._template_cache: dict[str, str] = {}
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult:
-        """Call the replica; raises ``BackendError`` on replica errors or death."""
-        try:
-            data = await self.handle.generate.remote(request.model_dump())
-        except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
-            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
-        if "error" in data:
-            raise BackendError(str(data["error"]), retryable=bool(data.get("retryable")))
-        return _result_from_dict(data)
-
-    async def render_chat(self, messages: list[ChatMessage]) -> str:
-        """Rendered by a replica once per distinct conversation, then cached."""
-        key = "\x00".join(f"{m.role}\x01{m.content}" for m in messages)
-        if key not in self._template_cache:
-            try:
-                text = await self.handle.render_chat.remote([m.model_dump() for m in messages])
-            except Exception as exc:  # noqa: BLE001
-                raise BackendError(f"model replica failed: {exc}") from exc
-            if len(self._template_cache) > 4096:
-                self._template_cache.clear()
-            self._template_cache[key] = str(text)
-        return self._template_cache[key]
-
-
 @serve.deployment(name="RouterIngress", max_ongoing_requests=256)
 @serve.ingress()
 class RouterIngress:
     """The OpenAI-compatible HTTP API; runs strategies and talks to Redis."""
 
     def __init__(self, model: DeploymentHandle | None, config: dict[str, Any]) -> None:
-        from router.runtime import build_runtime
-
         self.config = AppConfig(**config)
         self.runtime = build_runtime(self.config, model)
 
@@ -183,8 +117,6 @@ def app_builder(args: dict[str, Any] | None = None) -> serve.Application:
     path = args.get("config_path") or os.environ.get(CONFIG_PATH_ENV) or None
     config = load_config(path)
     if not config.redis.url:
-        from router.embedded_redis import EmbeddedRedis
-
         embedded = EmbeddedRedis(port=config.redis.embedded_port).start()
         _EMBEDDED.append(embedded)
         config.redis.url = embedded.url

@@ -1,16 +1,17 @@
-"""``acr bench``: strategies over a dataset slice, JSON per item and a Pareto plot.
+"""``acr bench``: strategies and ``auto`` over a dataset slice, through the service.
 
-Rows are (strategy, budget) arms, e.g. ``best_of_n:samples=16``; each item of the slice is
-run through each arm against the same model, graded exactly, and recorded with its tokens
-(visible + hidden + verifier) and latency. The plot shows accuracy against mean generated
-tokens per item with the Pareto frontier. Extra rows (the router's ``auto``, the
-``oracle``) can be added by passing ``extra_rows``.
+Rows are (strategy, budget) arms, e.g. ``best_of_n:samples=16``, plus the router's ``auto``;
+each item of the slice goes through the same ``RouterService`` path as a served request
+(decide, run, record), against one in-process model, and is graded exactly and recorded
+with its tokens (visible + hidden + verifier, the probe included) and latency. The plot
+shows accuracy against mean generated tokens per item with the Pareto frontier. Extra rows
+(a later policy's) can be added with ``extra_rows``; the ``oracle`` row is the cheapest
+fixed arm that solved each item, known after the fact.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import inspect
 import json
 import random
@@ -18,22 +19,27 @@ import statistics
 import time
 import zlib
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backends.base import Backend, ChatMessage
-from backends.verifiers.base import Verifier
-from policies.base import Budget, Problem, StrategyResult
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-DEFAULT_ARMS = [
-    "single_pass",
-    "bounded_reasoning",
-    "best_of_n:samples=4",
-    "best_of_n:samples=16",
-    "self_consistency:samples=16,batch_size=4",
-    "beam_search:beam_width=3,expansions=8",
-]
+from backends.base import Backend
+from backends.batching import MicroBatcher
+from backends.bundled.paths import bundled_model_path
+from backends.bundled.tasks.arithmetic import heldout_questions
+from backends.bundled.tasks.game24 import check_answer, puzzle_text, read_csv_puzzles
+from backends.verifiers.numeric import answers_match, extract_answer
+from policies.base import StrategyResult
+from policies.budget import Budget
+from policies.registry import STRATEGIES, strategy_class
+from policies.settings import strategy_options
+from router.config import AppConfig
+from router.runtime import make_policy
+from router.schemas import ChatCompletionRequest, InMessage, RouterOptions
+from router.served import ServedResult
+from router.service import RouterService
 
 
 @dataclass(frozen=True)
@@ -50,18 +56,72 @@ class Item:
     group: str = ""
 
 
-def parse_arm(spec: str, base: dict[str, Budget] | None = None) -> tuple[str, str, Budget]:
+@dataclass(frozen=True)
+class ItemRun:
+    """What one row did on one item: its answer and an honest account of its tokens."""
+
+    strategy: str
+    text: str
+    visible_tokens: int
+    hidden_tokens: int
+    verifier_tokens: int
+    prompt_tokens: int
+    samples: int
+    stop_reason: str
+
+    @property
+    def completion_tokens(self) -> int:
+        """Every generated token, visible and hidden (the probe included)."""
+        return self.visible_tokens + self.hidden_tokens
+
+    @property
+    def tokens(self) -> int:
+        """Generated (visible + hidden, the probe included) plus verifier tokens."""
+        return self.visible_tokens + self.hidden_tokens + self.verifier_tokens
+
+    @classmethod
+    def of(cls, res: StrategyResult) -> ItemRun:
+        """The account of one strategy result (an extra row's)."""
+        return cls(
+            res.strategy,
+            res.text,
+            res.visible_tokens,
+            res.hidden_tokens,
+            res.verifier_tokens,
+            res.prompt_tokens,
+            res.samples,
+            res.stop_reason,
+        )
+
+    @classmethod
+    def served(cls, served: ServedResult, label: str) -> ItemRun:
+        """The account of a served request (one choice), named ``label``."""
+        res = served.results[0]
+        return cls(
+            label,
+            res.text,
+            served.completion_tokens - served.reasoning_tokens,
+            served.reasoning_tokens,
+            sum(r.verifier_tokens for r in served.results),
+            served.prompt_tokens,
+            sum(r.samples for r in served.results),
+            res.stop_reason,
+        )
+
+
+Runner = Callable[[Item], Awaitable[ItemRun | StrategyResult]]
+
+
+def parse_arm(spec: str, config: AppConfig | None = None) -> tuple[str, str, Budget]:
     """``"best_of_n:samples=16"`` -> (row name, strategy, budget).
 
     Fields are ``Budget``'s; a strategy's own constructor options (``threshold`` and
     ``adaptive`` of self-consistency) are accepted too and read by ``arm_options``.
     """
-    from policies.registry import STRATEGIES
-
     name, _, params = spec.partition(":")
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid: {', '.join(STRATEGIES)}")
-    data = (base or {}).get(name, _default_budget(name)).model_dump()
+    data = (config or AppConfig()).strategies.budget(name).model_dump()
     options = _strategy_options(name)
     for kv in filter(None, params.split(",")):
         key, _, value = kv.partition("=")
@@ -76,10 +136,8 @@ def parse_arm(spec: str, base: dict[str, Budget] | None = None) -> tuple[str, st
 
 def _strategy_options(strategy: str) -> dict[str, inspect.Parameter]:
     """The keyword options of ``strategy``'s constructor (none for most strategies)."""
-    from policies.registry import STRATEGIES
-
-    params = inspect.signature(STRATEGIES[strategy].__init__).parameters
-    return {k: p for k, p in params.items() if k != "self" and p.kind is p.POSITIONAL_OR_KEYWORD}
+    params = inspect.signature(strategy_class(strategy).__init__).parameters
+    return {k: params[k] for k in strategy_options(strategy_class(strategy))}
 
 
 def arm_options(spec: str) -> dict[str, Any]:
@@ -93,13 +151,6 @@ def arm_options(spec: str) -> dict[str, Any]:
             default = options[key].default
             out[key] = bool(int(value)) if isinstance(default, bool) else type(default)(value)
     return out
-
-
-def _default_budget(strategy: str) -> Budget:
-    from router.config import AppConfig
-
-    b = AppConfig().strategies.budgets[strategy]
-    return Budget(**b.model_dump())
 
 
 def load_items(
@@ -116,8 +167,6 @@ def load_items(
     lines, GSM8K style, answers after ``####``)."""
     items: list[Item] = []
     if dataset == "game24":
-        from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
-
         if path is None:
             raise ValueError("game24 needs --data PATH (game24.csv)")
         puzzles = read_csv_puzzles(path)
@@ -136,8 +185,6 @@ def load_items(
                         )
                     )
     elif dataset == "arithmetic":
-        from backends.bundled.tasks.arithmetic import heldout_questions
-
         for j, q in enumerate(heldout_questions(per_count)):
             items.append(
                 Item(
@@ -168,22 +215,8 @@ def load_items(
 def grade(item: Item, text: str) -> bool:
     """Exact grading: the Game of 24 checker, or the numeric answer against the reference."""
     if item.kind == "game24":
-        from backends.bundled.tasks.game24 import check_answer
-
         return check_answer(item.numbers, text)
-    from backends.verifiers.numeric import answers_match, extract_answer
-
     return answers_match(extract_answer(text), item.reference)
-
-
-def serving_verifier(item: Item) -> Verifier | None:
-    """The verifier the service itself would use (exact checker for Game of 24 only)."""
-    from backends.verifiers.registry import verifier_for_task
-
-    return verifier_for_task("game24" if item.kind == "game24" else "open")
-
-
-Runner = Callable[[Item], Awaitable[StrategyResult]]
 
 
 def item_seed(item: Item) -> int:
@@ -191,13 +224,54 @@ def item_seed(item: Item) -> int:
     return zlib.crc32(item.id.encode()) % 100_000
 
 
-def item_problem(item: Item) -> Problem:
-    """The problem as the service would see it: one user message, no reference answer."""
-    return Problem(
-        text=item.text,
-        messages=[ChatMessage(role="user", content=item.text)],
-        seed=item_seed(item),
+def bench_config(
+    base: AppConfig | None = None, options: dict[str, dict[str, Any]] | None = None
+) -> AppConfig:
+    """The service config a bench row runs with: no exploration (rows must be repeatable)
+    and the row's strategy ``options`` (strategy -> its settings)."""
+    config = (base or AppConfig()).model_copy(deep=True)
+    config.policy.exploration_rate = 0.0
+    config.strategies.options = {**config.strategies.options, **(options or {})}
+    return config
+
+
+def service_runner(
+    backend: Backend,
+    timeout_s: float,
+    *,
+    strategy: str | None = None,
+    budget: Budget | None = None,
+    config: AppConfig | None = None,
+) -> Runner:
+    """A runner that sends each item through a ``RouterService`` of its own, as a chat
+    request with the item's seed: with ``strategy`` (and ``budget``) named, or ``auto``."""
+    cfg = config or bench_config()
+    cfg.server.max_request_timeout_ms = max(
+        cfg.server.max_request_timeout_ms, int(timeout_s * 1000)
     )
+    service = RouterService(cfg, backend, make_policy(cfg, backend, None))
+    options = RouterOptions(
+        strategy=strategy,
+        budget=budget.model_dump() if budget is not None else None,
+        timeout_ms=int(timeout_s * 1000),
+    )
+
+    async def run(item: Item) -> ItemRun:
+        req = ChatCompletionRequest(
+            messages=[InMessage(role="user", content=item.text)], seed=item_seed(item)
+        )
+        served = await service.serve(
+            service.validate.chat_problem(req),
+            n=1,
+            effort=None,
+            options=options,
+            max_tokens=None,
+            temperature=None,
+        )
+        label = served.results[0].strategy if strategy else f"auto:{served.decision.arm}"
+        return ItemRun.served(served, label)
+
+    return run
 
 
 def strategy_runner(
@@ -207,20 +281,17 @@ def strategy_runner(
     timeout_s: float,
     options: dict[str, Any] | None = None,
 ) -> Runner:
-    """An async callable running ``strategy`` (built with ``options``) on one item, with the
-    verifier serving would use and a deadline ``timeout_s`` after it starts."""
-    from policies.registry import get_strategy
+    """The row of one fixed arm: ``strategy`` (built with ``options``) with ``budget``."""
+    config = bench_config(options={strategy: options} if options else None)
+    return service_runner(backend, timeout_s, strategy=strategy, budget=budget, config=config)
 
-    async def run(item: Item) -> StrategyResult:
-        return await get_strategy(strategy, **(options or {})).run(
-            item_problem(item),
-            backend,
-            serving_verifier(item),
-            budget,
-            time.monotonic() + timeout_s,
-        )
 
-    return run
+def auto_runner(backend: Backend, router_model: Path | None, timeout_s: float) -> Runner:
+    """The router's ``auto`` row: decide (probe included), run or reuse, learn online, as
+    the service does; state in memory, starting from the router model's priors."""
+    config = bench_config()
+    config.policy.classifier_path = str(router_model) if router_model else None
+    return service_runner(backend, timeout_s, config=config)
 
 
 async def run_row(
@@ -232,7 +303,8 @@ async def run_row(
     async def one(item: Item) -> dict[str, Any]:
         async with sem:
             t0 = time.perf_counter()
-            res = await runner(item)
+            got = await runner(item)
+            res = got if isinstance(got, ItemRun) else ItemRun.of(got)
             on_done()
             return {
                 "row": name,
@@ -243,7 +315,7 @@ async def run_row(
                 "strategy": res.strategy,
                 "correct": grade(item, res.text),
                 # generated (visible + hidden) plus the model tokens verifiers spent
-                "tokens": res.completion_tokens + res.verifier_tokens,
+                "tokens": res.tokens,
                 "visible_tokens": res.visible_tokens,
                 "hidden_tokens": res.hidden_tokens,
                 "verifier_tokens": res.verifier_tokens,
@@ -254,44 +326,6 @@ async def run_row(
             }
 
     return list(await asyncio.gather(*(one(i) for i in items)))
-
-
-def auto_runner(backend: Backend, router_model: Path | None, timeout_s: float) -> Runner:
-    """The router's ``auto`` row: decide (probe included), run or reuse, learn online.
-
-    The probe's tokens are counted as hidden tokens of the result unless the probe *is* the
-    answer; the row's records name the chosen arm as ``auto:<arm>``. State is in memory and
-    starts from the router model's training priors (no grading feedback reaches it).
-    """
-    from policies.adaptive import AdaptivePolicy, AdaptiveSettings
-    from router.config import AppConfig
-
-    model = AdaptivePolicy.load_model(str(router_model) if router_model else None)
-    settings = AdaptiveSettings.from_config(AppConfig(), exploration_rate=0.0)
-
-    def lookup(text: str) -> tuple[str, Verifier | None]:
-        from backends.bundled.tasks.detect import parse_task
-        from backends.verifiers.registry import verifier_for_task
-
-        kind = parse_task(text).kind
-        return kind, verifier_for_task(kind)
-
-    policy = AdaptivePolicy(settings, backend=backend, model=model, verifier_lookup=lookup)
-
-    async def run(item: Item) -> StrategyResult:
-        d, res, total = await policy.solve(
-            item_problem(item), serving_verifier(item), time.monotonic() + timeout_s
-        )
-        extra = total - res.completion_tokens - res.verifier_tokens  # the probe, if not reused
-        return StrategyResult(
-            **{
-                **res.__dict__,
-                "strategy": f"auto:{d.arm}",
-                "hidden_tokens": res.hidden_tokens + extra,
-            }
-        )
-
-    return run
 
 
 def oracle_records(records: list[dict[str, Any]], rows: list[str]) -> list[dict[str, Any]]:
@@ -367,6 +401,7 @@ def pareto(summary: list[dict[str, Any]]) -> list[str]:
 
 def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     """Accuracy against mean generated tokens, frontier joined."""
+    # matplotlib is heavy and only the plot needs it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -407,6 +442,38 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _load_model(model_dir: Path | None, device: str, torch_threads: int) -> Backend:
+    """The model a bench runs against, micro-batched in process."""
+    # torch is imported only when a bench really loads the model.
+    from backends.transformers_backend import TransformersBackend
+
+    model = TransformersBackend.from_pretrained(
+        model_dir or bundled_model_path(), device=device, torch_threads=torch_threads
+    )
+    return MicroBatcher(model)
+
+
+async def _run_rows(
+    rows: list[tuple[str, Runner]], items: list[Item], concurrency: int, progress: bool
+) -> list[dict[str, Any]]:
+    """Every row over ``items``, one row after the other, with a progress bar."""
+    records: list[dict[str, Any]] = []
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        disable=not progress,
+    ) as bar:
+        for name, runner in rows:
+            task = bar.add_task(name, total=len(items))
+
+            def tick(t: Any = task) -> None:
+                bar.advance(t)
+
+            records.extend(await run_row(name, runner, items, concurrency, tick))
+    return records
+
+
 def run_bench(
     items: list[Item],
     arms: list[str],
@@ -441,45 +508,19 @@ def run_bench(
     spinning thread pool made decoding 10-100x slower (measured: 56 tokens in 3 s with two
     threads on a busy 2-core machine, 0.2 s with one).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     specs = [parse_arm(a) for a in arms]
     records: list[dict[str, Any]] = []
 
-    def load() -> Backend:
-        from backends.batching import MicroBatcher
-        from backends.bundled.paths import bundled_model_path
-        from backends.transformers_backend import TransformersBackend
-
-        model = TransformersBackend.from_pretrained(
-            model_dir or bundled_model_path(), device=device, torch_threads=torch_threads
-        )
-        return MicroBatcher(model)
-
     async def main() -> None:
-        nonlocal backend
-        if backend is None:
-            backend = load()
+        be = backend or _load_model(model_dir, device, torch_threads)
         rows: list[tuple[str, Runner]] = [
-            (name, strategy_runner(backend, strat, budget, timeout_s, arm_options(name)))
+            (name, strategy_runner(be, strat, budget, timeout_s, arm_options(name)))
             for name, strat, budget in specs
         ] + list((extra_rows or {}).items())
         if auto:
-            rows.append(("auto", auto_runner(backend, router_model, timeout_s)))
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            disable=not progress,
-        ) as bar:
-            for name, runner in rows:
-                task = bar.add_task(name, total=len(items))
-
-                def tick(t: Any = task) -> None:
-                    bar.advance(t)
-
-                records.extend(await run_row(name, runner, items, concurrency, tick))
-        await backend.close()
+            rows.append(("auto", auto_runner(be, router_model, timeout_s)))
+        records.extend(await _run_rows(rows, items, concurrency, progress))
+        await be.close()
 
     t0 = time.time()
     asyncio.run(main())
@@ -500,14 +541,3 @@ def run_bench(
     out_json.write_text(json.dumps(result, indent=2, default=str))
     plot(summary, out_json.with_suffix(".png"), title or out_json.stem)
     return result
-
-
-def write_csv(result: dict[str, Any], path: Path) -> None:
-    """The summary as CSV (for spreadsheets)."""
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(result["summary"][0]))
-        w.writeheader()
-        w.writerows(result["summary"])
-
-
-__all__ = ["Item", "asdict", "load_items", "parse_arm", "run_bench", "summarise", "pareto"]

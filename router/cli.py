@@ -1,15 +1,22 @@
-"""The ``acr`` command line: serve, train the bundled model and the router, benchmark.
+"""The ``acr`` command line: serve, show the config, benchmark, train the router.
 
-Every command imports its heavy dependencies lazily so that ``acr --help`` is instant.
+Commands that need Ray or torch import them when they run, so that ``acr --help`` is instant.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from difficulty.train import load_stream
+from difficulty.train import train_router as fit_router
+from policies.registry import BENCH_ARMS, default_arms
+from router.config import ConfigError, config_to_yaml, load_config
 
 app = typer.Typer(
     name="acr",
@@ -41,7 +48,6 @@ def show_config(
     config: Annotated[Path | None, typer.Option("--config", "-c", exists=True)] = None,
 ) -> None:
     """Print the effective configuration (file + ACR_* environment) as YAML."""
-    from router.config import ConfigError, config_to_yaml, load_config
 
     try:
         typer.echo(config_to_yaml(load_config(config)))
@@ -87,7 +93,7 @@ def bench(
     ``beam_search:beam_width=3,expansions=8``; the PNG beside the JSON plots accuracy against
     mean generated tokens with the Pareto frontier.
     """
-    from router.bench import DEFAULT_ARMS, load_items, run_bench
+    from router.bench import load_items, run_bench
 
     if dataset == "game24" and data is None:
         data = DEFAULT_GAME24_CSV
@@ -95,7 +101,7 @@ def bench(
         items = load_items(dataset, rows=rows, path=data, per_count=per_count, limit=limit)
         result = run_bench(
             items,
-            arm or DEFAULT_ARMS,
+            arm or list(BENCH_ARMS),
             out_json,
             model_dir=model_dir,
             concurrency=concurrency,
@@ -146,22 +152,18 @@ def train_router(
     stream: Annotated[str, typer.Option(help="Outcome stream key.")] = "acr:outcomes",
 ) -> None:
     """Fit the difficulty/router model from logged outcomes; prints AUROC and Brier score."""
-    import asyncio
-    import json as _json
-    import tempfile
-
-    from difficulty.train import load_stream
-    from difficulty.train import train_router as _train
 
     paths = list(sources)
     if redis_url:
         records = asyncio.run(load_stream(redis_url, stream))
         tmp = Path(tempfile.mkdtemp(prefix="acr-stream-")) / "stream.jsonl"
-        tmp.write_text("\n".join(_json.dumps(r) for r in records))
+        tmp.write_text("\n".join(json.dumps(r) for r in records))
         typer.echo(f"read {len(records)} outcomes from {stream}")
         paths.append(tmp)
-    metrics = _train(paths, out, version=version, probe_tokens=probe_tokens)
-    typer.echo(_json.dumps(metrics, indent=2))
+    metrics = fit_router(
+        paths, out, arms=default_arms(), version=version, probe_tokens=probe_tokens
+    )
+    typer.echo(json.dumps(metrics, indent=2))
 
 
 def main() -> None:

@@ -25,15 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from policies.settings import PolicySettings, StrategiesSettings
+
 ENV_PREFIX = "ACR_"
-STRATEGY_NAMES = (
-    "single_pass",
-    "bounded_reasoning",
-    "best_of_n",
-    "self_consistency",
-    "beam_search",
-)
-Effort = Literal["low", "medium", "high"]
 
 
 class ConfigError(ValueError):
@@ -93,6 +87,11 @@ class RedisConfig(_Section):
     )
     buffer_max_outcomes: PositiveInt = Field(
         default=10_000, description="Outcomes held in memory while Redis is unreachable."
+    )
+    password: str | None = Field(
+        default=None,
+        description="Redis password (set it from a Secret as ACR_REDIS_PASSWORD); kept out "
+        "of the URL, so any character is safe.",
     )
     socket_timeout_ms: PositiveInt = Field(default=500, le=60_000)
     reconnect_backoff_max_ms: PositiveInt = Field(default=5_000, le=600_000)
@@ -156,7 +155,6 @@ class ModelConfig(_Section):
         default=None, description="For kind 'openai': env var holding the server's API key."
     )
     http_timeout_ms: PositiveInt = Field(default=60_000, le=600_000)
-    max_retries: NonNegativeInt = Field(default=1, le=10)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> ModelConfig:
@@ -166,7 +164,11 @@ class ModelConfig(_Section):
 
 
 class VerifierConfig(_Section):
-    """An optional learned reward model served by its own replicas (exact checkers need none)."""
+    """An optional learned reward model (exact checkers need none).
+
+    Not wired yet: the service does not load it (the next step of the design does); the
+    section is accepted so that configs and the chart that set it stay valid.
+    """
 
     reward_model_path: str | None = Field(
         default=None, description="Local transformers sequence-classification checkpoint."
@@ -175,77 +177,6 @@ class VerifierConfig(_Section):
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     num_replicas: PositiveInt = Field(default=1, le=64)
-
-
-class StrategyBudgetConfig(_Section):
-    """Default budget of one strategy (see ``policies.base.Budget``)."""
-
-    # Long enough for an 8-operand arithmetic scratchpad (~130 tokens); most answers end
-    # far sooner at their end-of-sequence token, so the cap costs nothing there.
-    max_tokens: PositiveInt = Field(default=160, le=32768)
-    samples: PositiveInt = Field(default=1, le=256)
-    batch_size: PositiveInt = Field(default=4, le=256)
-    beam_width: PositiveInt = Field(default=1, le=64)
-    expansions: PositiveInt = Field(default=1, le=64)
-    max_steps: PositiveInt = Field(default=8, le=64)
-    temperature: float = Field(default=0.8, ge=0, le=5)
-
-
-def _default_budgets() -> dict[str, StrategyBudgetConfig]:
-    return {
-        "single_pass": StrategyBudgetConfig(samples=1, temperature=0.0),
-        "bounded_reasoning": StrategyBudgetConfig(samples=1, temperature=0.0, max_tokens=160),
-        "best_of_n": StrategyBudgetConfig(samples=16, batch_size=16),
-        "self_consistency": StrategyBudgetConfig(samples=16, batch_size=4),
-        "beam_search": StrategyBudgetConfig(beam_width=3, expansions=8, max_steps=8),
-    }
-
-
-class StrategiesConfig(_Section):
-    """Strategy budgets and what ``reasoning_effort`` maps to."""
-
-    budgets: dict[str, StrategyBudgetConfig] = Field(default_factory=_default_budgets)
-    effort: dict[Effort, str] = Field(
-        default_factory=lambda: {  # type: ignore[arg-type]
-            "low": "single_pass",
-            "medium": "bounded_reasoning",
-            "high": "best_of_n",
-        }
-    )
-
-    @model_validator(mode="after")
-    def _known_names(self) -> StrategiesConfig:
-        for where, names in (("budgets", self.budgets.keys()), ("effort", self.effort.values())):
-            for name in names:
-                if name not in STRATEGY_NAMES:
-                    raise ValueError(
-                        f"strategies.{where} names unknown strategy {name!r}; "
-                        f"valid: {', '.join(STRATEGY_NAMES)}"
-                    )
-        return self
-
-
-class PolicyConfig(_Section):
-    """How the router chooses a strategy and learns from outcomes."""
-
-    version: str = Field(default="v1", pattern=r"^[A-Za-z0-9._-]{1,32}$")
-    latency_slo_ms: PositiveInt = Field(default=10_000, le=3_600_000)
-    cost_cap_tokens: PositiveInt = Field(default=4096, le=1_000_000)
-    # 0.1: the largest value that lost no accuracy on the router's training prompts (the
-    # replay of difficulty/bundled/README.md; 0.02-0.1 all reached 0.707, 0.15 0.705).
-    lambda_per_1k_tokens: float = Field(
-        default=0.1, ge=0, description="Success probability traded for 1,000 tokens."
-    )
-    exploration_rate: float = Field(
-        default=0.05, ge=0, le=1, description="Largest share of requests that explore."
-    )
-    decision_cache_ttl_s: NonNegativeInt = Field(default=300, le=86_400)
-    classifier_path: str | None = Field(
-        default=None, description="A trained router model (.skops); empty uses the bundled one."
-    )
-    probe_tokens: NonNegativeInt = Field(
-        default=24, le=512, description="Greedy tokens of the entropy probe (0 disables it)."
-    )
 
 
 class LimitsConfig(_Section):
@@ -286,8 +217,8 @@ class AppConfig(BaseSettings):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
-    strategies: StrategiesConfig = Field(default_factory=StrategiesConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
 

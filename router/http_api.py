@@ -6,6 +6,7 @@ error envelopes; malformed bodies (bad JSON, invalid UTF-8, wrong types) are 400
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -27,9 +28,11 @@ from router.schemas import (
     CompletionRequest,
     FeedbackRequest,
     RouteRequest,
+    RouterOptions,
     usage_dict,
 )
-from router.service import RouterService, ServedResult
+from router.served import ServedResult
+from router.service import RouterService
 
 log = logging.getLogger("acr.http")
 
@@ -265,6 +268,13 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _install_routes(app: FastAPI, service: RouterService, health: HealthCheck | None) -> None:
     """The API's endpoints; each parses, calls the service and serialises."""
+    _install_info_routes(app, service, health)
+    _install_completion_routes(app, service)
+    _install_decision_routes(app, service)
+
+
+def _install_info_routes(app: FastAPI, service: RouterService, health: HealthCheck | None) -> None:
+    """Liveness, Prometheus metrics and the model list."""
     metrics = service.metrics
 
     @app.get("/healthz")
@@ -285,15 +295,19 @@ def _install_routes(app: FastAPI, service: RouterService, health: HealthCheck | 
             ],
         }
 
+
+def _install_completion_routes(app: FastAPI, service: RouterService) -> None:
+    """Chat and text completions."""
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
-        problem = service.chat_problem(req)
+        problem = service.validate.chat_problem(req)
         served = await service.serve(
             problem,
             n=req.n,
             effort=req.reasoning_effort,
             options=_with_header_budget(req.acr, request),
-            max_tokens=service._max_tokens(req.max_completion_tokens, req.max_tokens),
+            max_tokens=service.validate.max_tokens(req.max_completion_tokens, req.max_tokens),
             temperature=req.temperature,
             api_key_id=_key_id(request),
         )
@@ -309,8 +323,8 @@ def _install_routes(app: FastAPI, service: RouterService, health: HealthCheck | 
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Response:
-        problems = service.completion_problems(req)
-        max_tokens = service._max_tokens(req.max_tokens)
+        problems = service.validate.completion_problems(req)
+        max_tokens = service.validate.max_tokens(req.max_tokens)
         served_list = [
             await service.serve(
                 p,
@@ -357,14 +371,19 @@ def _install_routes(app: FastAPI, service: RouterService, health: HealthCheck | 
         }
         return JSONResponse(body, headers=headers)
 
+
+def _install_decision_routes(app: FastAPI, service: RouterService) -> None:
+    """The decision alone, and feedback on a past response."""
+
     @app.post("/v1/route")
     async def route(req: RouteRequest, request: Request) -> JSONResponse:
         chat_req = ChatCompletionRequest(
             messages=req.messages, reasoning_effort=req.reasoning_effort
         )
-        problem = service.chat_problem(chat_req)
+        problem = service.validate.chat_problem(chat_req)
+        options = _with_header_budget(req.acr, request)
         decision = await service.decide(
-            problem, req.reasoning_effort, _with_header_budget(req.acr, request), generate=False
+            problem, service.decision_request(req.reasoning_effort, options, generate=False)
         )
         return JSONResponse(
             {"object": "router.decision", "router": decision.public()},
@@ -388,15 +407,11 @@ def _key_id(request: Request) -> str:
     key = _bearer(request)
     if not key:
         return ""
-    import hashlib
-
     return hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:12]
 
 
-def _with_header_budget(options: Any, request: Request) -> Any:
+def _with_header_budget(options: RouterOptions | None, request: Request) -> RouterOptions | None:
     """Apply the ``x-acr-latency-budget-ms`` header when the body did not set one."""
-    from router.schemas import RouterOptions
-
     raw = request.headers.get("x-acr-latency-budget-ms")
     if raw is None:
         return options

@@ -11,12 +11,15 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from backends.base import Backend
+from backends.openai_http import OpenAIHTTPBackend
+from policies.adaptive import AdaptivePolicy
 from router.config import AppConfig
 from router.http_api import build_http_app
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
 from router.rate_limit import RateLimiter
-from router.service import Decider, RouterService
+from router.serve_handle import ServeHandleBackend
+from router.service import RouterService
 
 log = logging.getLogger("acr.runtime")
 
@@ -38,16 +41,12 @@ def make_backend(config: AppConfig, model_handle: Any = None) -> Backend:
     """The model backend for ``config``: replicas through a handle, or an HTTP server."""
     m = config.model
     if m.kind == "openai":
-        from backends.openai_http import OpenAIHTTPBackend
-
         key = os.environ.get(m.api_key_env) if m.api_key_env else None
         return OpenAIHTTPBackend(
             m.base_url or "", m.name, api_key=key, timeout_s=m.http_timeout_ms / 1000
         )
     if model_handle is None:
         raise ValueError("model.kind 'transformers' needs a ModelReplica handle")
-    from router.app import ServeHandleBackend
-
     return ServeHandleBackend(model_handle, m.name)
 
 
@@ -58,21 +57,23 @@ def make_redis(config: AppConfig) -> Redis | None:
         return None
     timeout = r.socket_timeout_ms / 1000
     return Redis.from_url(
-        r.url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
+        r.url,
+        password=r.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
     )
 
 
-def make_decider(config: AppConfig, backend: Backend, redis: Redis | None) -> Decider | None:
-    """The adaptive policy when its modules and model are available, else None (static)."""
-    try:
-        from router.policy_adapter import build_adaptive_decider
-    except ImportError:
-        return None
-    try:
-        return build_adaptive_decider(config, backend, redis)
-    except Exception:  # noqa: BLE001 - a broken router model must not stop serving
-        log.exception("adaptive policy unavailable; using the static effort map")
-        return None
+def make_policy(config: AppConfig, backend: Backend, redis: Redis | None) -> AdaptivePolicy:
+    """The adaptive policy for ``config``, sharing state through ``redis`` when given."""
+    return AdaptivePolicy.build(
+        config.policy,
+        config.strategies,
+        backend,
+        redis_client=redis,
+        key_prefix=config.redis.key_prefix,
+    )
 
 
 def build_runtime(
@@ -101,7 +102,7 @@ def build_runtime(
     service = RouterService(
         config,
         be,
-        decider=make_decider(config, be, redis),
+        make_policy(config, be, redis),
         outcomes=outcomes,
         metrics=metrics,
         limiter=limiter,

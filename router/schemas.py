@@ -10,27 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from router.config import STRATEGY_NAMES
+from policies.budget import BudgetOverride
+from policies.registry import STRATEGY_NAMES
 
 Effort = Literal["low", "medium", "high", "auto"]
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, str_max_length=8_000_000)
-
-
-class BudgetOverride(BaseModel):
-    """Explicit budget fields a request may set (each bounded like the config's)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    samples: int | None = Field(default=None, ge=1, le=256)
-    batch_size: int | None = Field(default=None, ge=1, le=256)
-    beam_width: int | None = Field(default=None, ge=1, le=64)
-    expansions: int | None = Field(default=None, ge=1, le=64)
-    max_steps: int | None = Field(default=None, ge=1, le=64)
-    temperature: float | None = Field(default=None, ge=0, le=5)
 
 
 class RouterOptions(BaseModel):
@@ -43,7 +30,7 @@ class RouterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     strategy: str | None = Field(default=None, max_length=64)
-    budget: BudgetOverride | None = None
+    budget: BudgetOverride | None = None  # type: ignore[valid-type]
     latency_budget_ms: int | None = Field(default=None, ge=1, le=3_600_000)
     timeout_ms: int | None = Field(default=None, ge=1, le=3_600_000)
 

@@ -14,6 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
+from ray import serve
+from rich.console import Console
+
+from router.app import bind_app
 from router.config import AppConfig, ConfigError, load_config
 from router.embedded_redis import EmbeddedRedis
 
@@ -42,11 +47,6 @@ class LocalService:
 
     def start(self) -> LocalService:
         """Start every part; returns self once the app is serving."""
-        import ray
-        from ray import serve
-
-        from router.app import bind_app
-
         if not self.config.redis.url:
             self.redis = EmbeddedRedis(port=self.config.redis.embedded_port).start()
             self.config.redis.url = self.redis.url
@@ -67,9 +67,6 @@ class LocalService:
 
     def stop(self) -> None:
         """Shut down Serve, Ray and the embedded Redis (if this object started it)."""
-        import ray
-        from ray import serve
-
         try:
             serve.shutdown()
         finally:
@@ -84,8 +81,6 @@ def serve_forever(
     config_path: Path | None, *, host: str | None = None, port: int | None = None
 ) -> int:
     """Start the service, print how to reach it, block until Ctrl-C; returns an exit code."""
-    from rich.console import Console
-
     console = Console(stderr=True)
     try:
         config = load_config(config_path)

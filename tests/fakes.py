@@ -19,6 +19,7 @@ of its work; a call cancelled while it sleeps counts nothing (its result is neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
 from backends.base import (
@@ -29,8 +30,17 @@ from backends.base import (
     GenerationRequest,
     GenerationResult,
 )
+from backends.verifiers.base import Verifier
+from difficulty.profiles import Task
+from policies.base import Problem
 
 Script = Callable[[str, int, GenerationRequest], str]
+
+
+def with_verifier(problem: Problem, verifier: Verifier | None, kind: str = "game24") -> Problem:
+    """``problem`` carrying ``verifier`` as its task's (a ``kind`` task), as the service's
+    task detection would hand it to the strategies."""
+    return dataclasses.replace(problem, task=Task(kind, verifier))
 
 
 class FakeBackend(Backend):

@@ -113,10 +113,12 @@ def test_training_runs_end_to_end_on_a_tiny_config(tmp_path: Path, game24_csv: P
     assert all(m["steps"] == 4 for m in metrics["experts"].values())
     reloaded = TransformersBackend.from_pretrained(tmp_path / "m", device="cpu")
     assert reloaded.describe()["experts"] == len(EXPERTS)
-    out = reloaded.generate_batch_sync([
-        GenerationRequest(prompt="<24> 1 2 3 4\n", max_tokens=5),
-        GenerationRequest(prompt="<calc> 1+2\n", max_tokens=5),
-    ])
+    out = reloaded.generate_batch_sync(
+        [
+            GenerationRequest(prompt="<24> 1 2 3 4\n", max_tokens=5),
+            GenerationRequest(prompt="<calc> 1+2\n", max_tokens=5),
+        ]
+    )
     assert all(o.completions[0].tokens >= 1 for o in out)
     assert (tmp_path / "m" / "MODEL_CARD.md").read_text().startswith("# acr-bundled")
 
@@ -131,8 +133,12 @@ def test_the_shipped_experts_have_the_shape_and_activation_of_the_current_recipe
     for name, (_, recipe) in EXPERTS.items():
         cfg = json.loads((bundled_model_path() / name / "config.json").read_text())
         shape = (cfg["n_layer"], cfg["n_embd"], cfg["n_head"], cfg["activation_function"])
-        assert shape == (recipe.n_layer, recipe.n_embd, recipe.n_head,
-                         recipe.activation_function), name
+        assert shape == (
+            recipe.n_layer,
+            recipe.n_embd,
+            recipe.n_head,
+            recipe.activation_function,
+        ), name
         # Data settings (fold order, product paths) leave no trace in config.json.
         trained = json.loads((bundled_model_path() / name / "training.json").read_text())
         assert trained["recipe"] == dataclasses.asdict(recipe), name
@@ -160,8 +166,15 @@ def test_training_takes_every_core_from_the_fixed_step_and_a_seed_reproduces_the
     from lab.bundled.train import TINY, train_model
 
     runs = [
-        train_model(tmp_path / name, game24_csv, seed=3, recipe=TINY, threads=1,
-                    all_cores_from_step=2, progress=False)
+        train_model(
+            tmp_path / name,
+            game24_csv,
+            seed=3,
+            recipe=TINY,
+            threads=1,
+            all_cores_from_step=2,
+            progress=False,
+        )
         for name in ("a", "b")
     ]
     cores = os.cpu_count() or 1

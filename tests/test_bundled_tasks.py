@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lab.bundled.data import Mixture, game24_splits
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt, parse_task
 from backends.bundled.tokenizer import build_tokenizer
+from lab.bundled.data import Mixture, game24_splits
 
 
 def test_every_solution_of_a_known_puzzle_checks_out_step_by_step() -> None:
@@ -110,7 +110,11 @@ def test_arithmetic_scratchpad_of_the_worked_example_is_exactly_as_documented() 
     q = arithmetic.parse_expression("52+69-70*3")
     assert q is not None
     assert q.scratchpad().splitlines() == [
-        "0700*3=0120", "2500+9600=1210", "1210-0120=1199", "0000-1199=9800", "Answer: -89",
+        "0700*3=0120",
+        "2500+9600=1210",
+        "1210-0120=1199",
+        "0000-1199=9800",
+        "Answer: -89",
     ]
 
 

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from lab.load_test import run_load
 from router.config import AutoscalingConfig, load_config
 from router.embedded_redis import EmbeddedRedis, free_port
-from lab.load_test import run_load
 from router.serve_local import APP_NAME, LocalService
 
 pytestmark = pytest.mark.integration

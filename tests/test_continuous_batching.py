@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-import backends.transformers_backend as tb_module
+import backends.continuous_batching as tb_module
 from backends.base import GenerationRequest
 from backends.transformers_backend import TransformersBackend
 from tests.tiny_model import build_tiny_checkpoint
@@ -167,7 +167,9 @@ async def test_rows_that_would_pad_too_much_start_a_cohort_of_their_own(
     alone = [[c.text for c in backend.generate_batch_sync([r])[0].completions] for r in reqs]
     seen: list[int] = []
     for pad_budget in (0, 10_000):
-        backend._continuous = ContinuousBatcher(backend, max_pad_row_tokens=pad_budget)
+        backend._continuous = ContinuousBatcher(
+            backend.decoder, backend.name, max_pad_row_tokens=pad_budget
+        )
         batcher = backend._continuous
 
         async def watch(b: ContinuousBatcher = batcher) -> None:
@@ -188,7 +190,7 @@ def test_a_result_for_a_request_cancelled_meanwhile_is_dropped_quietly(
 
     from backends.continuous_batching import ContinuousBatcher, _fail, _Job
 
-    batcher = ContinuousBatcher(backend)
+    batcher = ContinuousBatcher(backend.decoder, backend.name)
     fut: Future[Any] = Future()
     job = _Job([1, 2], GenerationRequest(prompt="12", max_tokens=2), backend.model, fut, 0.0)
     fut.cancel()  # the caller's deadline fired between the worker's check and its answer

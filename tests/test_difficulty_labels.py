@@ -6,6 +6,8 @@ import random
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
+from difficulty.model import ArmSpec
+from difficulty.train import rows_from_item
 from lab.labels import (
     LabelItem,
     Sample,
@@ -15,8 +17,6 @@ from lab.labels import (
     pool_arms,
     simulate_self_consistency,
 )
-from difficulty.model import ArmSpec
-from difficulty.train import rows_from_item
 
 
 def sc(n: int, b: int) -> ArmSpec:

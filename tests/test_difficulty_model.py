@@ -10,11 +10,20 @@ import pytest
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
-from difficulty.features import FEATURE_NAMES, detect_kind, feature_vector, prompt_features
+from difficulty.features import FEATURE_NAMES, feature_vector, prompt_features
 from difficulty.model import RouterModel, RouterModelError, bundled_router_path
 from difficulty.probe import ProbeSummary, run_probe
-from lab.synthetic import synthetic_items
+from difficulty.profiles import TaskProfiles
 from difficulty.train import fit_router_model, load_rows, train_router
+from lab.synthetic import synthetic_items
+from policies.registry import default_arms
+
+PROFILES = TaskProfiles()
+
+
+def detect_kind(text: str) -> str:
+    """The task kind serving would detect (the built-in profiles)."""
+    return PROFILES.match(text).kind
 
 
 class ScriptedBackend(Backend):
@@ -58,7 +67,7 @@ def labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def trained(labels: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("model") / "router.skops"
-    metrics = train_router([labels], out, version="test-1", probe_tokens=64)
+    metrics = train_router([labels], out, arms=default_arms(), version="test-1", probe_tokens=64)
     return out, metrics
 
 
@@ -74,15 +83,15 @@ def test_task_kinds_are_detected_from_the_prompt_shape() -> None:
     ["", "Why is the sky blue?", "ünïcödé ✓ 🚀 " * 50, "1 2", "x" * 100_000, "\n\n\n", "-3.5e9"],
 )
 def test_features_have_the_schema_length_and_are_finite_for_any_text(text: str) -> None:
-    row = feature_vector(text, None)
+    row = feature_vector(text, None, detect_kind(text))
     assert row.shape == (len(FEATURE_NAMES),)
     assert np.isfinite(row).all()
 
 
 def test_arithmetic_with_more_operands_has_more_operator_features() -> None:
     names = list(FEATURE_NAMES)
-    short = prompt_features("What is 2+3?")
-    long = prompt_features("What is 52+69-70*3+8*7-1?")
+    short = prompt_features("What is 2+3?", detect_kind("What is 2+3?"))
+    long = prompt_features("What is 52+69-70*3+8*7-1?", detect_kind("What is 52+69-70*3+8*7-1?"))
     i = names.index("n_operators")
     assert long[i] > short[i]
     assert long[names.index("n_mul_div")] == 2
@@ -140,7 +149,7 @@ def test_a_saved_model_loads_with_its_schema_and_predicts_the_same(
     assert model.card.feature_names == list(FEATURE_NAMES)
     assert model.card.probe_tokens == 64
     probe = ProbeSummary(tokens=50, mean_entropy=0.1, verifier_score=0.0, has_answer=True)
-    row = feature_vector("4 9 10 13", probe)
+    row = feature_vector("4 9 10 13", probe, detect_kind("4 9 10 13"))
     again = RouterModel.load(path)
     assert np.allclose(model.predict(row), again.predict(row))
     # The folded linear weights reproduce scikit-learn's own predict_proba.
@@ -154,8 +163,16 @@ def test_harder_prompts_land_in_higher_difficulty_bins(trained: tuple[Path, dict
     model = RouterModel.load(trained[0])
     easy = ProbeSummary(tokens=50, mean_entropy=0.05, verifier_score=1.0, has_answer=True)
     hard = ProbeSummary(tokens=50, mean_entropy=1.5, verifier_score=0.0, has_answer=True)
-    d_easy = model.difficulty(model.predict(feature_vector("What is 2+3?", easy)))
-    d_hard = model.difficulty(model.predict(feature_vector("What is 2+3*4-5+6*7-8+9?", hard)))
+    d_easy = model.difficulty(
+        model.predict(feature_vector("What is 2+3?", easy, detect_kind("What is 2+3?")))
+    )
+    d_hard = model.difficulty(
+        model.predict(
+            feature_vector(
+                "What is 2+3*4-5+6*7-8+9?", hard, detect_kind("What is 2+3*4-5+6*7-8+9?")
+            )
+        )
+    )
     assert model.bin_of(d_easy) < model.bin_of(d_hard)
 
 
@@ -180,7 +197,13 @@ def test_outcome_log_records_and_bench_results_are_training_sources(tmp_path: Pa
     bench = tmp_path / "bench.json"
     with log.open("w") as fh:
         for it in items:
-            feats = dict(zip(FEATURE_NAMES, feature_vector(it["text"], None), strict=True))
+            feats = dict(
+                zip(
+                    FEATURE_NAMES,
+                    feature_vector(it["text"], None, detect_kind(it["text"])),
+                    strict=True,
+                )
+            )
             ok = it["arms"]["self_consistency@8"]["correct"]
             fh.write(
                 json.dumps(
@@ -217,7 +240,7 @@ def test_outcome_log_records_and_bench_results_are_training_sources(tmp_path: Pa
     rows = load_rows([log, bench])
     # One row per logged outcome, one per distinct bench prompt (bench rows group by text).
     assert len(rows) == len(items) + len({it["text"] for it in items})
-    model = fit_router_model(rows, version="mixed", probe_tokens=0)
+    model = fit_router_model(rows, version="mixed", probe_tokens=0, arms=default_arms())
     assert set(model.arm_names) == {"single_pass", "self_consistency@8"}
 
 
@@ -231,7 +254,9 @@ def test_the_bundled_router_model_loads_when_shipped() -> None:
 
 
 def test_client_feedback_in_the_log_relabels_the_served_request(tmp_path: Path) -> None:
-    feats = dict(zip(FEATURE_NAMES, feature_vector("4 9 10 13", None), strict=True))
+    feats = dict(
+        zip(FEATURE_NAMES, feature_vector("4 9 10 13", None, detect_kind("4 9 10 13")), strict=True)
+    )
     served = {
         "id": "r1",
         "status": "ok",
@@ -257,7 +282,7 @@ def test_the_json_export_loads_without_scikit_learn_and_predicts_the_same(
     model = RouterModel.load(trained[0])
     model.save_json(tmp_path / "router.json")
     again = RouterModel.load(tmp_path / "router.json")
-    row = feature_vector("What is 2+3*4?", None)
+    row = feature_vector("What is 2+3*4?", None, detect_kind("What is 2+3*4?"))
     assert np.allclose(model.predict(row), again.predict(row))
     assert again.card.bin_stats == model.card.bin_stats
     assert again.card.kind_bin_stats == model.card.kind_bin_stats

@@ -8,12 +8,12 @@ import re
 import pytest
 
 from backends.base import Completion, GenerationRequest, GenerationResult
+from backends.bundled.tasks import arithmetic
 from lab.bundled.benchmark import (
     arithmetic_greedy_check,
     confidence_report,
     wilson_interval,
 )
-from backends.bundled.tasks import arithmetic
 
 
 class SumsOnlyBackend:

@@ -14,13 +14,24 @@ from redis.asyncio import Redis
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
+from difficulty.estimate import DifficultyEstimate
 from difficulty.model import RouterModel
-from lab.synthetic import synthetic_items
+from difficulty.probe import ProbeSummary
+from difficulty.profiles import OPEN_TASK, Task
 from difficulty.train import fit_router_model, rows_from_item
-from policies.adaptive import AdaptivePolicy, AdaptiveSettings, LoadTracker
+from lab.synthetic import synthetic_items
+from policies.adaptive import AdaptivePolicy
 from policies.base import Problem, StrategyResult
-from policies.online import InMemoryPolicyStore, RedisPolicyStore, stats_scope
-from policies.selector import Load
+from policies.decision import Decision, DecisionRequest
+from policies.latency import Load
+from policies.load import LoadTracker
+from policies.registry import default_arms
+from policies.settings import PolicySettings, StrategiesSettings
+from policies.store import InMemoryPolicyStore, RedisPolicyStore, stats_scope
+from router.config import AppConfig
+from router.execution import probe_as_result
+from router.served import ServedResult
+from router.service import RouterService
 
 
 class GreedyBackend(Backend):
@@ -54,20 +65,57 @@ class Is24(Verifier):
         return 1.0 if candidate.strip().endswith("= 24") else 0.0
 
 
-def lookup(text: str) -> tuple[str, Verifier | None]:
-    return ("game24", Is24()) if text[:1].isdigit() else ("open", None)
+def task_of(text: str) -> Task:
+    """Puzzles (digits first) are checked exactly; anything else is open."""
+    return Task("game24", Is24()) if text[:1].isdigit() else OPEN_TASK
+
+
+def P(text: str, **kw: object) -> Problem:  # noqa: N802 - reads like a constructor
+    """The problem as the service hands it on: its task detected."""
+    return Problem(text=text, task=task_of(text), **kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def model() -> RouterModel:
     rows = [r for it in synthetic_items(150, seed=11) for r in rows_from_item(it)]
-    return fit_router_model(rows, version="m1", probe_tokens=16, holdout=0.0)
+    return fit_router_model(rows, version="m1", probe_tokens=16, holdout=0.0, arms=default_arms())
 
 
-def settings(**kw: object) -> AdaptiveSettings:
-    base: dict[str, object] = {"policy_version": "v9", "exploration_rate": 0.0, "probe_tokens": 16}
+def settings(**kw: object) -> PolicySettings:
+    base: dict[str, object] = {"version": "v9", "exploration_rate": 0.0, "probe_tokens": 16}
     base.update(kw)
-    return AdaptiveSettings(**base)  # type: ignore[arg-type]
+    return PolicySettings(**base)  # type: ignore[arg-type]
+
+
+def policy(
+    model: RouterModel, backend: Backend | None, s: PolicySettings | None = None, **kw: object
+) -> AdaptivePolicy:
+    return AdaptivePolicy(
+        s or settings(),
+        StrategiesSettings(),
+        backend=backend,
+        model=model,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def estimate(pol: AdaptivePolicy, text: str, probe: ProbeSummary) -> DifficultyEstimate:
+    task = task_of(text)
+    return pol.estimator.estimate(
+        text, probe, kind=task.kind, exact_verifier=task.exact, probe_tokens=probe.tokens
+    )
+
+
+async def solve(pol: AdaptivePolicy, problem: Problem) -> tuple[Decision, StrategyResult, int]:
+    """Decide, run and learn through the service: (decision, result, generated tokens with
+    the probe's)."""
+    assert pol.backend is not None
+    service = RouterService(AppConfig(), pol.backend, pol)
+    served: ServedResult = await service.serve(
+        problem, n=1, effort=None, options=None, max_tokens=None, temperature=None
+    )
+    verifier = sum(r.verifier_tokens for r in served.results)
+    return served.decision, served.results[0], served.completion_tokens + verifier
 
 
 def result(score: float | None, tokens: int = 400, wall_ms: float = 300.0) -> StrategyResult:
@@ -98,9 +146,7 @@ def replica(url: str, model: RouterModel, **kw: object) -> AdaptivePolicy:
         refresh_s=0.0,
         socket_timeout_s=5.0,
     )
-    return AdaptivePolicy(
-        s, backend=GreedyBackend(), store=store, model=model, verifier_lookup=lookup
-    )
+    return policy(model, GreedyBackend(), s, store=store)
 
 
 # -- in memory -------------------------------------------------------------------------------
@@ -119,13 +165,14 @@ async def test_cache_entries_expire_by_the_injected_clock() -> None:
 
 async def test_a_verified_probe_is_served_as_the_single_pass_answer(model: RouterModel) -> None:
     backend = GreedyBackend("4*6 = 24")
-    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
-    d, probe = await pol.decide_with_probe(Problem(text="4 6 1 1"))
+    pol = policy(model, backend, settings())
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
+    probe = d.probe
     assert probe is not None and probe.verifier_score == 1.0
     assert d.strategy == "single_pass" and d.reuse_probe
     assert d.probe_tokens == 12 and d.predicted_cost_tokens == 12
-    served = pol.probe_answer(d)
-    assert served is not None
+    assert d.probe is not None
+    served = probe_as_result(d.probe, d.strategy)
     assert served.text == "4*6 = 24" and served.completion_tokens == 12
     assert backend.calls == 1  # the answer was never generated twice
 
@@ -135,13 +182,13 @@ def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_prob
 ) -> None:
     from difficulty.probe import ProbeSummary
 
-    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    pol = policy(model, GreedyBackend(), settings())
     assert "bounded_reasoning" in {a.strategy for a in pol.arms}
 
     def offered(text: str, finish_reason: str) -> set[str]:
         probe = ProbeSummary(tokens=12, finish_reason=finish_reason, mean_entropy=0.4)
-        est = pol.estimate(text, probe, probe_tokens=12)
-        return {a.strategy for a in pol.arm_stats(est, {})}
+        est = estimate(pol, text, probe)
+        return {a.strategy for a in pol.pricer.arm_stats(est, {})}
 
     # No exact checker and a finished greedy probe: bounded reasoning is that same trace.
     assert "bounded_reasoning" not in offered("What is 12+7*3?", "stop")
@@ -158,8 +205,8 @@ async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_t
     # decode cycle under load; one call's latency model underpriced it and missed the SLO.
     from difficulty.probe import ProbeSummary
 
-    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
-    d = await pol.decide(Problem(text="4 6 1 1"), strategy_override="bounded_reasoning")
+    pol = policy(model, GreedyBackend(), settings())
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest(strategy="bounded_reasoning"))
     bounded = dataclasses.replace(
         result(score=1.0, wall_ms=800.0), strategy="bounded_reasoning", samples=4
     )
@@ -168,13 +215,15 @@ async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_t
 
     def calls(text: str) -> float:
         probe = ProbeSummary(tokens=12, finish_reason="length", mean_entropy=0.4)
-        est = pol.estimate(text, probe, probe_tokens=12)
-        return next(a.calls for a in pol.arm_stats(est, {}) if a.strategy == "bounded_reasoning")
+        est = estimate(pol, text, probe)
+        return next(
+            a.calls for a in pol.pricer.arm_stats(est, {}) if a.strategy == "bounded_reasoning"
+        )
 
     assert calls("4 6 1 2") == pytest.approx(4.0)
     assert calls("What is 12+7*3?") == 1.0  # another task kind has its own count
     # The tracker's one-call latency sees 800 ms over 4 calls, not one 800 ms call.
-    one = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    one = policy(model, GreedyBackend(), settings())
     for _ in range(5):
         await one.record(d, dataclasses.replace(bounded, samples=1), None)
     assert pol.tracker.call_ms < 0.5 * one.tracker.call_ms
@@ -215,12 +264,10 @@ async def test_single_pass_after_a_cut_probe_continues_it_and_counts_each_token_
 ) -> None:
     backend = LongAnswerBackend()
     # A huge lambda makes the cheapest arm, single pass, the choice.
-    pol = AdaptivePolicy(
-        settings(lambda_per_1k_tokens=50.0), backend=backend, model=model, verifier_lookup=lookup
-    )
+    pol = policy(model, backend, settings(lambda_per_1k_tokens=50.0))
     text = "What is 12+7*3?"
-    problem = Problem(text=text, messages=[ChatMessage(role="user", content=text)])
-    d, res, total = await pol.solve(problem, None, time.monotonic() + 30)
+    problem = P(text, messages=[ChatMessage(role="user", content=text)])
+    d, res, total = await solve(pol, problem)
     assert d.strategy == "single_pass" and d.continue_probe and not d.reuse_probe
     probe_req, rest_req = backend.requests
     assert probe_req.max_tokens == 16
@@ -230,23 +277,18 @@ async def test_single_pass_after_a_cut_probe_continues_it_and_counts_each_token_
 
 
 async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterModel) -> None:
-    pol = AdaptivePolicy(
-        settings(lambda_per_1k_tokens=0.01),
-        backend=GreedyBackend("4+6 = 10", entropy=1.4),
-        model=model,
-        verifier_lookup=lookup,
-    )
-    d = await pol.decide(Problem(text="4 6 1 1"))
+    pol = policy(model, GreedyBackend("4+6 = 10", entropy=1.4), settings(lambda_per_1k_tokens=0.01))
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
     assert d.strategy in ("self_consistency", "best_of_n", "beam_search")
     assert not d.reuse_probe
     assert d.probe_tokens == 12
 
 
 async def test_reasoning_effort_and_a_named_strategy_force_the_choice(model: RouterModel) -> None:
-    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
-    high = await pol.decide(Problem(text="4 6 1 1"), effort="high")
+    pol = policy(model, GreedyBackend(), settings())
+    high = await pol.decide(P("4 6 1 1"), DecisionRequest(effort="high"))
     assert (high.strategy, high.source) == ("best_of_n", "effort")
-    named = await pol.decide(Problem(text="4 6 1 1"), strategy_override="beam_search")
+    named = await pol.decide(P("4 6 1 1"), DecisionRequest(strategy="beam_search"))
     assert (named.strategy, named.source) == ("beam_search", "explicit")
     assert pol.backend is not None and pol.backend.calls == 0  # type: ignore[attr-defined]
 
@@ -265,10 +307,8 @@ async def test_reasoning_effort_and_a_named_strategy_force_the_choice(model: Rou
 async def test_out_of_distribution_prompts_are_routed_without_error(
     model: RouterModel, text: str
 ) -> None:
-    pol = AdaptivePolicy(
-        settings(), backend=GreedyBackend("I think so."), model=model, verifier_lookup=lookup
-    )
-    d = await pol.decide(Problem(text=text))
+    pol = policy(model, GreedyBackend("I think so."), settings())
+    d = await pol.decide(P(text), DecisionRequest())
     assert d.strategy in {a.strategy for a in model.card.arms}
     assert d.reason
     if not text[:1].isdigit() and "+" not in text:
@@ -277,15 +317,17 @@ async def test_out_of_distribution_prompts_are_routed_without_error(
 
 
 async def test_a_deep_queue_makes_the_policy_downgrade(model: RouterModel) -> None:
-    pol = AdaptivePolicy(
+    pol = policy(
+        model,
+        None,
         settings(latency_slo_ms=1500, lambda_per_1k_tokens=0.0, capacity_tokens_per_s=2000),
-        backend=None,
-        model=model,
     )
-    calm = await pol.decide(Problem(text="11 12 13 13"), load=Load(capacity_tokens_per_s=2000))
+    calm = await pol.decide(
+        P("11 12 13 13"), DecisionRequest(load=Load(capacity_tokens_per_s=2000))
+    )
     busy = await pol.decide(
-        Problem(text="11 12 13 13"),
-        load=Load(inflight=40, queued_tokens=20_000, capacity_tokens_per_s=2000),
+        P("11 12 13 13"),
+        DecisionRequest(load=Load(inflight=40, queued_tokens=20_000, capacity_tokens_per_s=2000)),
     )
     assert (calm.predicted_cost_tokens or 0) > (busy.predicted_cost_tokens or 0)
     assert busy.downgraded
@@ -318,13 +360,13 @@ def test_the_load_tracker_remeasures_capacity_only_when_saturated() -> None:
 async def test_decision_latency_without_the_probe_is_about_a_millisecond(
     model: RouterModel,
 ) -> None:
-    pol = AdaptivePolicy(settings(), backend=None, model=model)
+    pol = policy(model, None)
     rng = random.Random(0)
     prompts = [" ".join(str(rng.randint(1, 13)) for _ in range(4)) for _ in range(300)]
     times = []
     for p in prompts:
         t0 = time.perf_counter()
-        await pol.decide(Problem(text=p), serving=False)
+        await pol.decide(P(p), DecisionRequest(serving=False))
         times.append(time.perf_counter() - t0)
     # The target is p99 <= 1 ms (measured by `lab.router_eval evaluate`); on a shared,
     # oversubscribed CI box only the median is stable enough to assert.
@@ -340,11 +382,11 @@ async def test_outcomes_recorded_by_one_replica_steer_the_other(
     a, b = replica(redis_url, model), replica(redis_url, model)
     try:
         text = "11 12 13 13"
-        d = await a.decide(Problem(text=text), probe=False)
+        d = await a.decide(P(text), DecisionRequest(probe=False))
         before = next(c for c in d.candidates if c.arm == d.arm).p_success
         for _ in range(60):
             await a.record(d, result(score=0.0), None)
-        d_b = await b.decide(Problem(text=text + " "), probe=False)  # different cache key
+        d_b = await b.decide(P(text + " "), DecisionRequest(probe=False))  # different cache key
         after = next(c for c in d_b.candidates if c.arm == d.arm).p_success
         assert d_b.difficulty_bin == d.difficulty_bin
         assert after < before - 0.3
@@ -359,7 +401,7 @@ async def test_every_key_carries_the_prefix_and_the_policy_version(
 ) -> None:
     a = replica(redis_url, model)
     try:
-        d = await a.decide(Problem(text="4 6 1 1"))
+        d = await a.decide(P("4 6 1 1"), DecisionRequest())
         await a.record(d, result(score=1.0), None)
         client = Redis.from_url(redis_url)
         keys = [k.decode() for k in await client.keys("*")]
@@ -376,9 +418,11 @@ async def test_the_decision_cache_is_shared_between_replicas_and_has_a_ttl(
 ) -> None:
     a, b = replica(redis_url, model, decision_cache_ttl_s=60), replica(redis_url, model)
     try:
-        first, probe = await a.decide_with_probe(Problem(text="4 6 1 1"))
+        first = await a.decide(P("4 6 1 1"), DecisionRequest())
+        probe = first.probe
         assert probe is not None and first.source == "auto"
-        second, probe2 = await b.decide_with_probe(Problem(text="  4 6 1 1 "))
+        second = await b.decide(P("  4 6 1 1 "), DecisionRequest())
+        probe2 = second.probe
         assert probe2 is None and second.source == "cache"
         assert second.probe_tokens == 0
         assert b.backend is not None and b.backend.calls == 0  # type: ignore[attr-defined]
@@ -397,14 +441,14 @@ async def test_concurrent_updates_from_two_replicas_are_all_counted(
 ) -> None:
     a, b = replica(redis_url, model), replica(redis_url, model)
     try:
-        d = await a.decide(Problem(text="3 3 8 8"), probe=False)
+        d = await a.decide(P("3 3 8 8"), DecisionRequest(probe=False))
         await asyncio.gather(
             *[a.record(d, result(score=1.0), None) for _ in range(50)],
             *[b.record(d, result(score=0.0), None) for _ in range(50)],
             *[b.record(d, None, 0.5) for _ in range(20)],
         )
         assert d.difficulty_bin is not None
-        scope = stats_scope(d.extra["kind"], d.difficulty_bin)
+        scope = stats_scope(d.task, d.difficulty_bin)
         stats = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert stats.succ == pytest.approx(60) and stats.fail == pytest.approx(60)
         assert stats.n == 100 and stats.tokens == pytest.approx(100 * 400)
@@ -418,13 +462,13 @@ async def test_outcomes_of_one_task_kind_leave_another_kinds_stats_in_the_same_b
 ) -> None:
     # Outcomes arrive only for chosen arms; pooled per-bin stats let an arm's successes on
     # one task (beam search on Game of 24) raise its estimate for another task's prompts.
-    pol = AdaptivePolicy(settings(), backend=GreedyBackend(), model=model, verifier_lookup=lookup)
+    pol = policy(model, GreedyBackend(), settings())
     store = pol.store
-    d = await pol.decide(Problem(text="3 3 8 8"), probe=False)
-    assert d.difficulty_bin is not None and d.extra["kind"] != "arithmetic"
+    d = await pol.decide(P("3 3 8 8"), DecisionRequest(probe=False))
+    assert d.difficulty_bin is not None and d.task != "arithmetic"
     for _ in range(20):
         await pol.record(d, result(score=1.0), None)
-    own = await store.arm_stats(stats_scope(d.extra["kind"], d.difficulty_bin), [d.arm])
+    own = await store.arm_stats(stats_scope(d.task, d.difficulty_bin), [d.arm])
     other = await store.arm_stats(stats_scope("arithmetic", d.difficulty_bin), [d.arm])
     assert own[d.arm].succ == pytest.approx(20)
     assert other[d.arm].succ == 0 and other[d.arm].n == 0
@@ -435,10 +479,10 @@ async def test_feedback_moves_only_the_success_posterior(
 ) -> None:
     a = replica(redis_url, model)
     try:
-        d = await a.decide(Problem(text="Why is the sky blue?"), probe=False)
+        d = await a.decide(P("Why is the sky blue?"), DecisionRequest(probe=False))
         await a.record(d, None, 0.25)
         assert d.difficulty_bin is not None
-        scope = stats_scope(d.extra["kind"], d.difficulty_bin)
+        scope = stats_scope(d.task, d.difficulty_bin)
         s = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert (s.succ, s.fail, s.n) == (pytest.approx(0.25), pytest.approx(0.75), 0)
     finally:
@@ -454,12 +498,10 @@ async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: Router
         key_prefix="acrtest",
         version=AdaptivePolicy.version_for(s, model),
     )
-    pol = AdaptivePolicy(
-        s, backend=GreedyBackend(), store=store, model=model, verifier_lookup=lookup
-    )
-    d = await pol.decide(Problem(text="4 6 1 1"))
+    pol = policy(model, GreedyBackend(), s, store=store)
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
     await pol.record(d, result(score=1.0), None)
-    d2 = await pol.decide(Problem(text="4 6 1 2"))
+    d2 = await pol.decide(P("4 6 1 2"), DecisionRequest())
     assert d.reason and d2.reason
     assert store.fallback.stats  # outcomes kept locally meanwhile
     await pol.close()
@@ -468,17 +510,23 @@ async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: Router
 async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
     redis_url: str, model: RouterModel
 ) -> None:
-    from router.config import AppConfig
-
     config = AppConfig()
     client = Redis.from_url(redis_url)
-    pol = AdaptivePolicy.from_config(config, None, redis_client=client, model=model)
+    pol = AdaptivePolicy.build(
+        config.policy,
+        config.strategies,
+        None,
+        redis_client=client,
+        key_prefix=config.redis.key_prefix,
+        model=model,
+    )
     assert pol.settings.lambda_per_1k_tokens == config.policy.lambda_per_1k_tokens
     assert (
-        pol.settings.budgets["best_of_n"].samples == config.strategies.budgets["best_of_n"].samples
+        pol.strategies.budgets["best_of_n"].samples
+        == config.strategies.budgets["best_of_n"].samples
     )
     assert pol.version == f"{config.policy.version}.m1"
-    d = await pol.decide(Problem(text="4 6 1 1"), effort="medium")
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest(effort="medium"))
     assert d.strategy == config.strategies.effort["medium"]
     await pol.record(d, result(score=1.0), None)
     assert await client.keys(f"{config.redis.key_prefix}:{pol.version}:*")
@@ -487,8 +535,8 @@ async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
 
 async def test_solve_reuses_a_verified_probe_and_counts_the_probe_once(model: RouterModel) -> None:
     backend = GreedyBackend("4*6 = 24")
-    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
-    d, res, total = await pol.solve(Problem(text="4 6 1 1"), Is24(), time.monotonic() + 10)
+    pol = policy(model, backend, settings())
+    d, res, total = await solve(pol, P("4 6 1 1"))
     assert d.reuse_probe and res.text == "4*6 = 24"
     assert total == 12 and backend.calls == 1
     assert pol.tracker.snapshot().inflight == 0
@@ -496,10 +544,8 @@ async def test_solve_reuses_a_verified_probe_and_counts_the_probe_once(model: Ro
 
 async def test_solve_runs_the_chosen_search_after_a_refuted_probe(model: RouterModel) -> None:
     backend = GreedyBackend("4+6 = 10", entropy=1.4)
-    pol = AdaptivePolicy(
-        settings(lambda_per_1k_tokens=0.0), backend=backend, model=model, verifier_lookup=lookup
-    )
-    d, res, total = await pol.solve(Problem(text="4 6 1 1"), Is24(), time.monotonic() + 10)
+    pol = policy(model, backend, settings(lambda_per_1k_tokens=0.0))
+    d, res, total = await solve(pol, P("4 6 1 1"))
     assert not d.reuse_probe and d.strategy != "single_pass"
     assert total == res.completion_tokens + 12
     assert backend.calls >= 2
@@ -553,7 +599,7 @@ async def test_a_deadline_too_short_to_deliberate_takes_single_pass_at_once(
     model: RouterModel,
 ) -> None:
     backend = GreedyBackend()
-    pol = AdaptivePolicy(settings(), backend=backend, model=model, verifier_lookup=lookup)
-    d = await pol.decide(Problem(text="4 6 1 1"), deadline_ms=1)
+    pol = policy(model, backend, settings())
+    d = await pol.decide(P("4 6 1 1"), DecisionRequest(deadline_ms=1))
     assert d.strategy == "single_pass" and "no time" in d.reason
     assert backend.calls == 0

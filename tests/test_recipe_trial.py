@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.bundled.data import Mixture
 from backends.bundled.tasks import arithmetic
+from lab.bundled.data import Mixture
 from lab.bundled.trial import run_trial
 
 
@@ -89,10 +89,14 @@ def test_random_fold_orders_change_the_scratchpads_but_not_the_questions() -> No
     ("flags", "expected"),
     [
         ([], {}),
-        (["--split-products", "0", "--split-lines"],
-         {"arithmetic_split_products": 0.0, "arithmetic_inline_split": False}),
-        (["--split-products", "0.5", "--inline-split"],
-         {"arithmetic_split_products": 0.5, "arithmetic_inline_split": True}),
+        (
+            ["--split-products", "0", "--split-lines"],
+            {"arithmetic_split_products": 0.0, "arithmetic_inline_split": False},
+        ),
+        (
+            ["--split-products", "0.5", "--inline-split"],
+            {"arithmetic_split_products": 0.5, "arithmetic_inline_split": True},
+        ),
     ],
 )
 def test_the_trial_command_can_turn_the_shipped_product_split_off_or_change_it(
@@ -100,17 +104,18 @@ def test_the_trial_command_can_turn_the_shipped_product_split_off_or_change_it(
 ) -> None:
     from typer.testing import CliRunner
 
-    from lab.bundled import trial
+    from lab import cli
     from lab.cli import app
 
     seen: dict[str, object] = {}
 
-    def fake_run_trial(expert: str, out_dir: Path, data_csv: Path, overrides: dict[str, object],
-                       **_: object) -> dict[str, object]:
+    def fake_run_trial(
+        expert: str, out_dir: Path, data_csv: Path, overrides: dict[str, object], **_: object
+    ) -> dict[str, object]:
         seen.update(overrides)
         return {"overrides": overrides}
 
-    monkeypatch.setattr(trial, "run_trial", fake_run_trial)
+    monkeypatch.setattr(cli, "run_trial", fake_run_trial)
     args = ["trial-recipe", "--expert", "arithmetic", "--out-dir", str(tmp_path), *flags]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

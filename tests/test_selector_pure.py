@@ -6,17 +6,13 @@ import random
 
 import pytest
 
-from policies.base import Budget
-from policies.selector import (
-    SLO,
-    ArmStats,
-    DifficultyEstimate,
-    Load,
-    predict_latency_ms,
-    select,
-    shrink_budget,
-    thompson_draws,
-)
+from difficulty.estimate import DifficultyEstimate
+from policies.budget import Budget
+from policies.decision import Decision
+from policies.latency import SLO, Load, predict_latency_ms
+from policies.registry import strategy_class
+from policies.selector import ArmStats, shrink_budget, thompson_draws
+from policies.selector import select as select_priced
 
 
 def arm(
@@ -32,10 +28,13 @@ def arm(
     fail: float = 0.0,
 ) -> ArmStats:
     prior = p if prior is None else prior
+    strategy = strategy or name.split("@")[0]
+    # Greedy single pass, as configured: only then is the greedy probe its answer.
+    temperature = 0.0 if strategy == "single_pass" else 0.8
     return ArmStats(
         name=name,
-        strategy=strategy or name.split("@")[0],
-        budget=Budget(samples=samples, batch_size=min(samples, 4)),
+        strategy=strategy,
+        budget=Budget(samples=samples, batch_size=min(samples, 4), temperature=temperature),
         p_model=p,
         prior_mean=prior,
         alpha=prior * 20 + succ,
@@ -51,6 +50,23 @@ def ladder(p_single: float, p4: float, p16: float) -> list[ArmStats]:
         arm("self_consistency@4", p4, 200, 150, samples=4),
         arm("self_consistency@16", p16, 800, 600, samples=16),
     ]
+
+
+def select(
+    est: DifficultyEstimate, arms: list[ArmStats], slo: SLO, load: Load, **kw: object
+) -> Decision:
+    """``select`` over arms priced as the policy prices them: each strategy says whether it
+    reuses or continues the probe for this estimate."""
+    priced = [
+        a.model_copy(
+            update={
+                "reuses_probe": strategy_class(a.strategy).reuses_probe(a.budget, est),
+                "continues_probe": strategy_class(a.strategy).continues_probe(a.budget, est),
+            }
+        )
+        for a in arms
+    ]
+    return select_priced(est, priced, slo, load, **kw)  # type: ignore[arg-type]
 
 
 SLO_LOOSE = SLO(latency_budget_ms=10_000, cost_cap_tokens=4096, lambda_per_1k_tokens=0.05)
@@ -184,7 +200,7 @@ def test_a_forced_budget_is_halved_until_it_fits_the_slo() -> None:
     slo = SLO_LOOSE.model_copy(update={"latency_budget_ms": 600, "headroom": 1.0})
     load = Load(inflight=2, queued_tokens=800, capacity_tokens_per_s=2000, overhead_ms=0)
     b, cost, lat, shrunk = shrink_budget(
-        "best_of_n", Budget(samples=16, batch_size=16), 800, 300, slo, load
+        strategy_class("best_of_n"), Budget(samples=16, batch_size=16), 800, 300, slo, load
     )
     # 16 samples: (800 + 800) / 2000 s = 800 ms; 8 samples: (800 + 400) / 2000 s = 600 ms.
     assert shrunk
@@ -226,7 +242,7 @@ def test_ties_go_to_the_cheaper_arm() -> None:
 
 
 def test_an_early_stopping_sampler_draws_one_batch_when_success_is_certain() -> None:
-    from policies.selector import expected_samples
+    from policies.self_consistency import expected_samples
 
     assert expected_samples(1.0, 16, 4) == pytest.approx(4, abs=0.05)
     assert expected_samples(0.0, 16, 4) == pytest.approx(16)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from lab.synthetic import synthetic_items
 from difficulty.train import fit_router_model, rows_from_item
-from policies.adaptive import AdaptivePolicy, AdaptiveSettings
 from lab.slo_sim import ReplayBackend, simulate, width_of
+from lab.synthetic import synthetic_items
+from policies.adaptive import AdaptivePolicy
+from policies.registry import default_arms
+from policies.settings import PolicySettings, StrategiesSettings
 
 
 async def test_at_twice_the_load_always_search_sustains_auto_meets_the_slo() -> None:
     train = [r for it in synthetic_items(150, seed=2) for r in rows_from_item(it)]
-    model = fit_router_model(train, version="sim", probe_tokens=50, holdout=0.0)
+    model = fit_router_model(
+        train, version="sim", probe_tokens=50, arms=default_arms(), holdout=0.0
+    )
     items = synthetic_items(120, seed=9)
     capacity, single = 5000.0, 470.0
     search_tokens = sum(it["arms"]["best_of_n@16"]["tokens"] for it in items) / len(items)
@@ -24,7 +28,8 @@ async def test_at_twice_the_load_always_search_sustains_auto_meets_the_slo() -> 
     }
     always = await simulate(items, mode="best_of_n@16", policy=None, **kw)  # type: ignore[arg-type]
     policy = AdaptivePolicy(
-        AdaptiveSettings(exploration_rate=0.0, capacity_tokens_per_s=capacity),
+        PolicySettings(exploration_rate=0.0, capacity_tokens_per_s=capacity),
+        StrategiesSettings(),
         backend=ReplayBackend(),
         model=model,
     )

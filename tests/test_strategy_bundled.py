@@ -21,7 +21,7 @@ from backends.transformers_backend import TransformersBackend
 from backends.verifiers.game24 import Game24Verifier
 from policies.base import Budget, Problem, StrategyResult
 from policies.registry import STRATEGIES, get_strategy
-from tests.fakes import CountingBackend
+from tests.fakes import CountingBackend, with_verifier
 
 EASY = [(1, 1, 4, 6), (2, 3, 4, 4), (1, 2, 3, 4), (4, 4, 6, 6)]
 #: game24.csv rows 900-907 (ToT's test slice): hard for people, not always for the model
@@ -70,7 +70,10 @@ def run(
         start = time.monotonic()
         strategy = get_strategy(name)
         results = await asyncio.gather(
-            *(strategy.run(p, be, Game24Verifier(), budget, start + timeout) for p in problems)
+            *(
+                strategy.run(with_verifier(p, Game24Verifier()), be, budget, start + timeout)
+                for p in problems
+            )
         )
         elapsed = time.monotonic() - start
         await be.close()

@@ -8,11 +8,12 @@ import pytest
 
 from backends.base import ChatMessage, GenerationRequest
 from backends.verifiers.game24 import Game24Verifier
-from policies.base import Budget, Problem, StrategyError
+from policies.base import Problem, StrategyError
 from policies.beam_search import MAX_EXPANSIONS_PER_STATE
+from policies.budget import Budget
 from policies.common import prob_leader_ahead
 from policies.registry import STRATEGIES, get_strategy
-from tests.fakes import FakeBackend
+from tests.fakes import FakeBackend, with_verifier
 
 SOLUTION = (
     "13-9=4 (left: 4 4 10)\n10-4=6 (left: 4 6)\n4*6=24 (left: 24)\nAnswer: (13-9)*(10-4) = 24"
@@ -46,7 +47,7 @@ FAR = 1e12
 async def test_accounting_sums_match_what_the_backend_generated(name: str) -> None:
     be = FakeBackend(stepwise if name == "beam_search" else whole(3))
     budget = Budget(samples=8, batch_size=4, beam_width=2, expansions=4, max_tokens=200)
-    res = await get_strategy(name).run(PUZZLE, be, Game24Verifier(), budget, FAR)
+    res = await get_strategy(name).run(with_verifier(PUZZLE, Game24Verifier()), be, budget, FAR)
     assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
     # One token per character: the shown text is the visible tokens, except the "Answer: "
     # that budget forcing writes into the prompt itself (not generated).
@@ -59,7 +60,7 @@ async def test_accounting_sums_match_what_the_backend_generated(name: str) -> No
 
 async def test_single_pass_is_greedy_and_one_sample() -> None:
     be = FakeBackend(whole(1))
-    res = await get_strategy("single_pass").run(PUZZLE, be, None, Budget(temperature=0.0), FAR)
+    res = await get_strategy("single_pass").run(PUZZLE, be, Budget(temperature=0.0), FAR)
     assert [r.n for r in be.calls] == [1]
     assert be.calls[0].temperature == 0.0
     assert res.answer == "(13-9)*(10-4) = 24"
@@ -77,7 +78,9 @@ async def test_single_pass_continues_a_greedy_prefix_instead_of_generating_it_ag
     be = FakeBackend(script)
     problem = dataclasses.replace(PUZZLE, prefix=prefix, prefix_tokens=len(prefix))
     budget = Budget(max_tokens=200, temperature=0.0)
-    res = await get_strategy("single_pass").run(problem, be, Game24Verifier(), budget, FAR)
+    res = await get_strategy("single_pass").run(
+        with_verifier(problem, Game24Verifier()), be, budget, FAR
+    )
     assert res.text == SOLUTION and res.score == 1.0
     assert res.answer == "(13-9)*(10-4) = 24"
     call = be.calls[0]
@@ -89,7 +92,7 @@ async def test_single_pass_continues_a_greedy_prefix_instead_of_generating_it_ag
 
 async def test_bounded_reasoning_cuts_after_the_answer_and_counts_the_rest_hidden() -> None:
     be = FakeBackend(lambda p, i, r: SOLUTION + "\nmore chatter after the answer")
-    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, None, Budget(max_tokens=500), FAR)
+    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, Budget(max_tokens=500), FAR)
     assert res.text == SOLUTION
     assert res.hidden_tokens > 0
     assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
@@ -102,7 +105,7 @@ async def test_bounded_reasoning_forces_an_answer_when_the_budget_runs_out() -> 
         )
 
     be = FakeBackend(script)
-    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, None, Budget(max_tokens=30), FAR)
+    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, Budget(max_tokens=30), FAR)
     assert res.stop_reason == "budget"
     assert res.answer == "(13-9)*(10-4) = 24"
     assert len(be.calls) == 2
@@ -111,7 +114,9 @@ async def test_bounded_reasoning_forces_an_answer_when_the_budget_runs_out() -> 
 
 async def test_best_of_n_draws_all_samples_in_one_call_and_keeps_the_verified_one() -> None:
     be = FakeBackend(whole(5))
-    res = await get_strategy("best_of_n").run(PUZZLE, be, Game24Verifier(), Budget(samples=8), FAR)
+    res = await get_strategy("best_of_n").run(
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(samples=8), FAR
+    )
     assert [r.n for r in be.calls] == [8]
     assert res.score == 1.0 and res.text == SOLUTION
     assert res.stop_reason == "verified"
@@ -120,7 +125,7 @@ async def test_best_of_n_draws_all_samples_in_one_call_and_keeps_the_verified_on
 async def test_best_of_n_without_a_verifier_takes_the_majority_answer() -> None:
     answers = ["Answer: 5", "Answer: 7", "Answer: 5", "Answer: 9"]
     be = FakeBackend(lambda p, i, r: answers[i % 4])
-    res = await get_strategy("best_of_n").run(PUZZLE, be, None, Budget(samples=4), FAR)
+    res = await get_strategy("best_of_n").run(PUZZLE, be, Budget(samples=4), FAR)
     assert res.answer == "5"
 
 
@@ -129,7 +134,6 @@ async def test_self_consistency_stops_once_the_leader_is_settled() -> None:
     res = await get_strategy("self_consistency").run(
         Problem(text="What is 40+2?", prompt="What is 40+2?"),
         be,
-        None,
         Budget(samples=16, batch_size=4),
         FAR,
     )
@@ -142,7 +146,7 @@ async def test_self_consistency_keeps_sampling_while_answers_disagree() -> None:
     answers = ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 1"]
     be = FakeBackend(lambda p, i, r: answers[i % 4])
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"), be, None, Budget(samples=12, batch_size=4), FAR
+        Problem(text="q", prompt="q"), be, Budget(samples=12, batch_size=4), FAR
     )
     assert res.samples == 12
     assert res.stop_reason == "budget"
@@ -159,7 +163,6 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
     res = await get_strategy("self_consistency").run(
         Problem(text="q", prompt="q"),
         FakeBackend(distinct),
-        None,
         Budget(samples=16, batch_size=4),
         FAR,
     )
@@ -169,7 +172,6 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
     off = await STRATEGIES["self_consistency"](dispersed_share=0.0).run(
         Problem(text="q", prompt="q"),
         FakeBackend(distinct),
-        None,
         Budget(samples=16, batch_size=4),
         FAR,
     )
@@ -179,7 +181,7 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
 async def test_self_consistency_stops_at_the_first_exactly_verified_answer() -> None:
     be = FakeBackend(lambda p, i, r: SOLUTION if i == 2 else WRONG)
     res = await get_strategy("self_consistency").run(
-        PUZZLE, be, Game24Verifier(), Budget(samples=16, batch_size=4), FAR
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(samples=16, batch_size=4), FAR
     )
     assert res.stop_reason == "verified"
     assert res.samples == 4
@@ -195,7 +197,10 @@ def test_the_beta_criterion_needs_more_agreement_when_votes_are_split() -> None:
 async def test_beam_search_prunes_invalid_steps_and_finds_the_solution() -> None:
     be = FakeBackend(stepwise)
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=4, max_steps=6), FAR
+        with_verifier(PUZZLE, Game24Verifier()),
+        be,
+        Budget(beam_width=2, expansions=4, max_steps=6),
+        FAR,
     )
     assert res.stop_reason == "verified"
     assert res.text == SOLUTION
@@ -209,9 +214,8 @@ async def test_every_strategy_returns_best_so_far_at_the_deadline() -> None:
         be = FakeBackend(whole(1), latency_s=0.2)
         start = time.monotonic()
         res = await get_strategy(name).run(
-            PUZZLE,
+            with_verifier(PUZZLE, Game24Verifier()),
             be,
-            Game24Verifier(),
             Budget(samples=8, batch_size=2),
             start + 0.05,
             clock=time.monotonic,
@@ -230,7 +234,7 @@ async def test_self_consistency_at_the_deadline_returns_the_vote_of_the_batches_
     be = FakeBackend.canned(["x" * 11 + "Answer: 7"], token_latency_s=0.01)
     start = time.monotonic()
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"), be, None, Budget(samples=16, batch_size=2), start + 0.3
+        Problem(text="q", prompt="q"), be, Budget(samples=16, batch_size=2), start + 0.3
     )
     assert res.stop_reason == "deadline"
     assert res.answer == "7" and res.samples == 2
@@ -242,7 +246,7 @@ async def test_beam_search_at_the_deadline_returns_its_best_partial_trace() -> N
     be = FakeBackend(stepwise, token_latency_s=0.005)  # a step of ~22 tokens takes ~0.11 s
     start = time.monotonic()
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=4), start + 0.3
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(beam_width=2, expansions=4), start + 0.3
     )
     assert res.stop_reason == "deadline"
     assert res.text.startswith("13-9=4 (left: 4 4 10)") and res.answer is None
@@ -252,7 +256,7 @@ async def test_beam_search_at_the_deadline_returns_its_best_partial_trace() -> N
 async def test_beam_search_shares_each_state_prefix_and_dedupes_identical_proposals() -> None:
     be = FakeBackend(stepwise)
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=3, expansions=4), FAR
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(beam_width=3, expansions=4), FAR
     )
     # Two distinct proposals per state (one valid, one invalid): after pruning and dedupe a
     # single state survives each depth, so there is exactly one call per depth.
@@ -275,7 +279,7 @@ async def test_beam_search_resamples_a_dead_frontier_instead_of_giving_up() -> N
     be = FakeBackend(script)
     seeded = Problem(text=PUZZLE.text, messages=PUZZLE.messages, seed=11)
     res = await get_strategy("beam_search").run(
-        seeded, be, Game24Verifier(), Budget(beam_width=2, expansions=3), FAR
+        with_verifier(seeded, Game24Verifier()), be, Budget(beam_width=2, expansions=3), FAR
     )
     assert res.stop_reason == "verified" and res.text == SOLUTION
     assert be.calls[0].prompt == be.calls[1].prompt  # the same state again...
@@ -297,7 +301,7 @@ async def test_beam_search_backtracks_to_a_set_aside_state_when_its_beam_dies() 
     # Without the value check the dead end looks valid, which is what this test needs.
     blind = Game24Verifier(value_check=False)
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, blind, Budget(beam_width=1, expansions=4, max_tokens=400), FAR
+        with_verifier(PUZZLE, blind), be, Budget(beam_width=1, expansions=4, max_tokens=400), FAR
     )
     assert res.stop_reason == "verified" and res.text == SOLUTION
     # The root, the dead end (proposed most often, so expanded first), then, since a failed
@@ -317,7 +321,10 @@ async def test_beam_search_with_the_value_check_never_expands_a_dead_end() -> No
 
     be = FakeBackend(script)
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=1, expansions=4, max_tokens=400), FAR
+        with_verifier(PUZZLE, Game24Verifier()),
+        be,
+        Budget(beam_width=1, expansions=4, max_tokens=400),
+        FAR,
     )
     assert res.stop_reason == "verified" and res.text == SOLUTION
     assert not any((c.prompt or "").endswith(dead_end + "\n") for c in be.calls)
@@ -326,7 +333,10 @@ async def test_beam_search_with_the_value_check_never_expands_a_dead_end() -> No
 async def test_beam_search_gives_up_when_the_frontier_stays_dead() -> None:
     be = FakeBackend.canned(["4+4=9 (left: 9 10 13)\n"])
     res = await get_strategy("beam_search").run(
-        PUZZLE, be, Game24Verifier(), Budget(beam_width=2, expansions=3, max_tokens=1000), FAR
+        with_verifier(PUZZLE, Game24Verifier()),
+        be,
+        Budget(beam_width=2, expansions=3, max_tokens=1000),
+        FAR,
     )
     assert res.stop_reason == "exhausted" and res.text == ""
     assert len(be.calls) == MAX_EXPANSIONS_PER_STATE  # the root, then its re-samples
@@ -341,7 +351,7 @@ async def test_beam_search_without_a_verifier_votes_over_finished_answers() -> N
 
     be = FakeBackend(script)
     res = await get_strategy("beam_search").run(
-        Problem(text="q", prompt="q\n"), be, None, Budget(beam_width=3, expansions=2), FAR
+        Problem(text="q", prompt="q\n"), be, Budget(beam_width=3, expansions=2), FAR
     )
     assert res.answer == "5" and res.stop_reason == "answered"
 
@@ -349,7 +359,7 @@ async def test_beam_search_without_a_verifier_votes_over_finished_answers() -> N
 async def test_beam_search_stops_when_its_token_budget_is_spent() -> None:
     be = FakeBackend.canned(["13-9=4 (left: 4 4 10)\n"])  # valid but never finishing
     budget = Budget(beam_width=1, expansions=2, max_tokens=40, max_steps=20)
-    res = await get_strategy("beam_search").run(PUZZLE, be, None, budget, FAR)
+    res = await get_strategy("beam_search").run(PUZZLE, be, budget, FAR)
     assert res.stop_reason == "budget"
     assert be.generated_tokens <= 40 * 2 + 2 * 21  # at most one round past the budget
 
@@ -367,18 +377,18 @@ def test_fake_backend_canned_texts_follow_sample_index_and_prompt() -> None:
 
 
 def test_budgets_come_from_config_with_request_overrides_and_fail_with_the_valid_fields() -> None:
-    from policies.registry import budget_from_config
-    from router.config import StrategyBudgetConfig
+    from policies.registry import budget_for
 
-    cfg = StrategyBudgetConfig(samples=16, batch_size=4, max_tokens=96)
-    b = budget_from_config("self_consistency", cfg, {"samples": 8})
+    cfg = Budget(samples=16, batch_size=4, max_tokens=96)
+    defaults = {"self_consistency": cfg, "best_of_n": cfg}
+    b = budget_for("self_consistency", defaults, {"samples": 8})
     assert (b.samples, b.batch_size, b.max_tokens) == (8, 4, 96)
     with pytest.raises(StrategyError, match="valid: max_tokens"):
-        budget_from_config("best_of_n", cfg, {"beams": 2})
+        budget_for("best_of_n", defaults, {"beams": 2})
     with pytest.raises(StrategyError, match="samples"):
-        budget_from_config("best_of_n", cfg, {"samples": 0})
+        budget_for("best_of_n", defaults, {"samples": 0})
     with pytest.raises(StrategyError, match="valid: single_pass"):
-        budget_from_config("mcts", cfg, {})
+        budget_for("mcts", defaults, {})
 
 
 def fixing(prompt: str, i: int, req: GenerationRequest) -> str:
@@ -394,7 +404,7 @@ def fixing(prompt: str, i: int, req: GenerationRequest) -> str:
 async def test_bounded_reasoning_backs_up_to_its_last_valid_line_with_an_exact_checker() -> None:
     be = FakeBackend(fixing)
     res = await get_strategy("bounded_reasoning").run(
-        PUZZLE, be, Game24Verifier(), Budget(max_tokens=200, temperature=0.0), FAR
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(max_tokens=200, temperature=0.0), FAR
     )
     assert res.text == SOLUTION and res.stop_reason == "verified"
     assert [c.temperature for c in be.calls] == [0.0, 0.8]
@@ -407,7 +417,7 @@ async def test_bounded_reasoning_backs_up_to_its_last_valid_line_with_an_exact_c
 async def test_bounded_reasoning_without_a_checker_is_one_greedy_chain() -> None:
     be = FakeBackend(fixing)
     res = await get_strategy("bounded_reasoning").run(
-        PUZZLE, be, None, Budget(max_tokens=200, temperature=0.0), FAR
+        PUZZLE, be, Budget(max_tokens=200, temperature=0.0), FAR
     )
     assert len(be.calls) == 1 and res.answer == "4*7 = 24" and res.stop_reason == "answered"
 
@@ -415,7 +425,7 @@ async def test_bounded_reasoning_without_a_checker_is_one_greedy_chain() -> None
 async def test_bounded_reasoning_corrections_stay_within_the_thinking_budget() -> None:
     be = FakeBackend.canned([WRONG])  # every continuation is wrong from its first line
     res = await get_strategy("bounded_reasoning").run(
-        PUZZLE, be, Game24Verifier(), Budget(max_tokens=150, temperature=0.0), FAR
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(max_tokens=150, temperature=0.0), FAR
     )
     assert res.stop_reason == "budget" and res.score == 0.0
     forced = be.calls[-1].max_tokens if (be.calls[-1].prompt or "").endswith("Answer: ") else 0
@@ -426,10 +436,10 @@ async def test_bounded_reasoning_corrections_stay_within_the_thinking_budget() -
 async def test_self_consistency_does_not_settle_on_answers_an_exact_verifier_rejected() -> None:
     be = FakeBackend(lambda p, i, r: WRONG)  # the same wrong answer every time
     res = await get_strategy("self_consistency").run(
-        PUZZLE, be, Game24Verifier(), Budget(samples=12, batch_size=4), FAR
+        with_verifier(PUZZLE, Game24Verifier()), be, Budget(samples=12, batch_size=4), FAR
     )
     assert res.stop_reason == "budget" and res.samples == 12
     unchecked = await get_strategy("self_consistency").run(
-        PUZZLE, FakeBackend(lambda p, i, r: WRONG), None, Budget(samples=12, batch_size=4), FAR
+        PUZZLE, FakeBackend(lambda p, i, r: WRONG), Budget(samples=12, batch_size=4), FAR
     )
     assert unchecked.stop_reason == "settled" and unchecked.samples == 4

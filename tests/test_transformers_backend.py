@@ -190,7 +190,7 @@ async def test_continuing_a_cut_greedy_prefix_gives_the_full_greedy_answer(
         prefix_tokens=probe.completions[0].tokens,
     )
     res = await SinglePass().run(
-        problem, backend, None, Budget(max_tokens=40, temperature=0.0), deadline=1e12
+        problem, backend, Budget(max_tokens=40, temperature=0.0), deadline=1e12
     )
     assert res.text == full.completions[0].text
     assert res.completion_tokens == full.completions[0].tokens - 15

@@ -11,7 +11,7 @@ def bundled_model_path() -> Path:
     """Directory of the shipped bundle (``bundle.json`` and one checkpoint per expert)."""
     if not (MODEL_DIR / "bundle.json").is_file():
         raise FileNotFoundError(
-            f"the bundled model is missing at {MODEL_DIR}; run `python -m lab train-model --output-dir "
-            f"{MODEL_DIR}` to build it"
+            f"the bundled model is missing at {MODEL_DIR}; run `python -m lab train-model "
+            f"--output-dir {MODEL_DIR}` to build it"
         )
     return MODEL_DIR

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from backends.bundled.tasks.detect import parse_task
 from backends.verifiers.base import Verifier
 
 _ANSWER = re.compile(r"Answer:\s*(.+)")
@@ -71,8 +72,6 @@ def answers_match(candidate: str | None, reference: str | None) -> bool:
 
 def arithmetic_reference(problem: str) -> str | None:
     """The exact answer of a bundled arithmetic question, or None for other text."""
-    from backends.bundled.tasks.detect import parse_task
-
     task = parse_task(problem)
     if task.kind == "arithmetic" and task.question is not None:
         return str(task.question.answer())

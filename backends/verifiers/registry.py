@@ -1,4 +1,4 @@
-"""Verifiers by name, and the verifier serving uses for each task kind."""
+"""Verifiers by name: what a task profile names as its checker."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from backends.verifiers.numeric import NumericAnswerVerifier
 
 
 def _reward_model(path: str = "") -> Verifier:
+    # torch and transformers load only when a reward model is configured.
     from backends.verifiers.reward_model import RewardModelVerifier
 
     return RewardModelVerifier.from_pretrained(path)
@@ -21,8 +22,6 @@ VERIFIERS: dict[str, Callable[..., Verifier]] = {
     "reward_model": _reward_model,
 }
 
-_GAME24 = Game24Verifier()
-
 
 def get_verifier(name: str, **kwargs: object) -> Verifier:
     """Build the verifier ``name``; unknown names fail with the valid list."""
@@ -33,8 +32,3 @@ def get_verifier(name: str, **kwargs: object) -> Verifier:
             f"unknown verifier {name!r}; valid: {', '.join(sorted(VERIFIERS))}"
         ) from None
     return factory(**kwargs)
-
-
-def verifier_for_task(kind: str) -> Verifier | None:
-    """Exact checker for serving: Game of 24 has one; arithmetic and open text do not."""
-    return _GAME24 if kind == "game24" else None

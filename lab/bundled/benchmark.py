@@ -19,11 +19,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from rich.console import Console
+
 from backends.base import GenerationRequest
-from lab.bundled.data import game24_splits
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt
 from backends.verifiers.numeric import extract_answer, normalize_answer
+from lab.bundled.data import game24_splits
 
 TEMPERATURE = 0.8
 
@@ -52,8 +55,6 @@ def auroc_interval(
     With 100 items and 20 failures either way an AUROC moves by several points between
     training runs; the interval says how far a single figure can be trusted.
     """
-    import numpy as np
-
     y, x = np.asarray(labels), np.asarray(scores)
     rng = np.random.default_rng(seed)
     values = []
@@ -76,9 +77,7 @@ def confidence_report(greedy: list[Any], fails: list[int]) -> dict[str, Any]:
     tokens, the other signal a router could use).
     """
     ents = [g.mean_entropy() or 0.0 for g in greedy]
-    nll = [
-        -statistics.fmean(g.token_logprobs) if g.token_logprobs else 0.0 for g in greedy
-    ]
+    nll = [-statistics.fmean(g.token_logprobs) if g.token_logprobs else 0.0 for g in greedy]
     return {
         "entropy_auroc": auroc(ents, fails),
         "entropy_auroc_95": auroc_interval(ents, fails),
@@ -293,8 +292,7 @@ def run_model_benchmark(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every measurement, write JSON (+ PNG beside it) and return the report."""
-    from rich.console import Console
-
+    # torch and transformers are heavy: imported only when the model runs.
     from backends.transformers_backend import TransformersBackend
 
     console = Console(stderr=True, quiet=not progress)

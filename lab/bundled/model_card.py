@@ -36,7 +36,8 @@ def _rounded(value: Any) -> Any:
 
 
 def card_measurements(report: dict[str, Any], command: str) -> dict[str, Any]:
-    """The card's "Measured" block from an ``python -m lab bench-model`` report (floats to 3 places).
+    """The card's "Measured" block from a ``python -m lab bench-model`` report (floats to 3
+    places).
 
     Per-item pass rates are left out (they are plotted beside the report's JSON).
     """
@@ -63,7 +64,7 @@ def write_model_card(
     lines = [
         "# acr-bundled: a tiny reasoning model trained by this project",
         "",
-        "Two GPT-2 causal LMs trained from scratch by `python -m lab train-model` on tasks with exactly",
+        "Two GPT-2 causal LMs trained from scratch by `python -m lab train-model` on tasks with exactly",  # noqa: E501 - the card's own line
         "checkable answers, one per task, sharing one tokenizer and chat template. It exists so",
         "that the router can be built, tested and benchmarked offline: its accuracy falls with",
         "difficulty, more samples and search raise it, and its confidence predicts its failures.",

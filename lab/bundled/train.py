@@ -17,13 +17,18 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from backends.bundled.tokenizer import build_tokenizer
 from lab.bundled.data import Mixture, game24_splits
+from lab.bundled.model_card import write_model_card
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,8 @@ TINY = Recipe(n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=4, warmup_step
 # steps of 64 (0.67 at 600); the arithmetic format only "clicks" after ~2,000 small steps.
 # Arithmetic folds its terms in a random order per example: left-to-right only, samples
 # repeated the same carry slip and majority voting gained nothing; with random orders and
-# 3,500 steps (`python -m lab trial-recipe`), greedy rose at 3-6 operands and voting gained ~9 points.
+# 3,500 steps (`python -m lab trial-recipe`), greedy rose at 3-6 operands and voting gained
+# ~9 points.
 # Every two-digit product is written as units and tens parts and their sum on its line: as
 # one line (`3700*7=1150`) greedy got 0.76 of two-operand products right and every sample
 # repeated the slip; split, greedy gets 0.98 of them, at 6% more tokens per scratchpad.
@@ -95,9 +101,10 @@ DEFAULT_EXPERT = "game24"
 # Side by side on 2 cores Game of 24 ends first; the expert named here then takes every core
 # from this step on. The step is fixed, not "when the other ends", because the thread count
 # changes how floats are summed: a fixed step keeps the weights a function of the seed.
-# Measured with `python -m lab train-model` on 2 cores (GELU activation): with one-line products Game
-# of 24 ended after 324 s, near arithmetic step 1,800; with split products (slower steps) it
-# ends after 302-323 s, near step 1,500, so one core idles for about 40 s before the handoff.
+# Measured with `python -m lab train-model` on 2 cores (GELU activation): with one-line
+# products Game of 24 ended after 324 s, near arithmetic step 1,800; with split products
+# (slower steps) it ends after 302-323 s, near step 1,500, so one core idles for about 40 s
+# before the handoff.
 # Moving the step changes the weights, so it is changed only with a retraining.
 ALL_CORES_FROM_STEP: dict[str, int] = {"arithmetic": 1700}
 
@@ -149,10 +156,7 @@ def train_model(
     all cores at that step (when another job sharing the machine will have ended).
     """
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
     from transformers import GPT2Config, GPT2LMHeadModel
-
-    from backends.bundled.tokenizer import build_tokenizer
 
     r = recipe or (TINY if tiny else Recipe())
     if steps is not None:
@@ -320,7 +324,7 @@ def train_bundle(
         "routes": {token: name for name, (token, _) in EXPERTS.items()},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    from backends.transformers_backend import BUNDLE_FILE
+    from backends.transformers_backend import BUNDLE_FILE  # torch: imported only here
 
     (output_dir / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2))
     metrics = {
@@ -331,15 +335,11 @@ def train_bundle(
         "experts": dict(zip(EXPERTS, results, strict=True)),
     }
     (output_dir / "training.json").write_text(json.dumps(metrics, indent=2))
-    from lab.bundled.model_card import write_model_card
-
     write_model_card(output_dir, metrics, None)
     return metrics
 
 
 if __name__ == "__main__":  # pragma: no cover - manual entry point
-    import sys
-
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/bundled-model")
     csv = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("../shared/data/game24.csv")
     print(train_bundle(out, csv))

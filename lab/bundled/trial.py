@@ -1,8 +1,9 @@
-"""Recipe trials: train one expert with changed settings and measure it (``python -m lab trial-recipe``).
+"""Recipe trials: train one expert with changed settings and measure it
+(``python -m lab trial-recipe``).
 
 The shipped recipe in ``train.EXPERTS`` was chosen from trials like these. A trial trains a
-single expert on one thread, exactly as ``python -m lab train-model`` trains each expert side by side
-on a 2-core machine, so its ``train_seconds`` is the figure the 15-minute budget is about.
+single expert on one thread, exactly as ``python -m lab train-model`` trains each expert side
+by side on a 2-core machine, so its ``train_seconds`` is the figure the 15-minute budget is about.
 It then scores the expert on its own task: arithmetic by operand count (greedy, majority of
 16, one sample) or Game of 24 rows 900-999 (greedy, per sample, best-of-N).
 """
@@ -15,6 +16,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from backends.bundled.tasks import game24
+from lab.bundled import benchmark
 from lab.bundled.train import EXPERTS, TINY, train_model
 
 #: Fields of ``train.Recipe`` a trial may change.
@@ -67,7 +70,7 @@ def run_trial(
         label=f"trial {expert}",
         progress=progress,
     )
-    from lab.bundled import benchmark
+    # torch and transformers are heavy: imported only when a trial runs.
     from backends.transformers_backend import TransformersBackend
 
     t0 = time.time()
@@ -76,8 +79,6 @@ def run_trial(
     if expert == "arithmetic":
         scores = benchmark.arithmetic_report(backend, per_count, 16, temperature)
     else:
-        from backends.bundled.tasks import game24
-
         rows = game24.read_csv_puzzles(data_csv)[900:1000]
         scores = benchmark.game24_report(backend, rows, samples, temperature)
     scores.pop("pass_rates", None)

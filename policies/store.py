@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
+
 log = logging.getLogger("acr.policy")
 
 _FIELDS = ("succ", "fail", "n", "tokens", "latency_ms")
@@ -210,8 +212,6 @@ class RedisPolicyStore(PolicyStore):
         **kw: Any,
     ) -> RedisPolicyStore:
         """A store on a new ``redis.asyncio`` client for ``url``."""
-        from redis.asyncio import Redis
-
         return cls(
             Redis.from_url(
                 url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
