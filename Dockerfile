@@ -40,7 +40,7 @@ RUN pip install . \
  && cd / && python -c "from backends.bundled.paths import bundled_model_path as p; \
 assert (p() / 'game24' / 'model.safetensors').is_file() and '/site-packages/' in str(p()), p(); print(p())"
 
-RUN useradd --create-home --uid 1000 ray
-USER 1000
-EXPOSE 8000 8265 6379 10001
+RUN useradd --create-home --uid 10001 ray
+USER 10001
+EXPOSE 8000
 CMD ["acr", "serve", "--host", "0.0.0.0", "--config", "/app/config.example.yaml"]

@@ -36,6 +36,34 @@ RESOURCES = {
     "additionalProperties": False,
     "properties": {"requests": MAP, "limits": MAP},
 }
+# An image digest, or empty (pull by tag).
+DIGEST = {"type": "string", "pattern": "^(sha256:[a-f0-9]{64})?$"}
+# A pinned version tag: never `latest` or a floating major (`7`, `7-alpine`) or minor (`7.4`).
+PINNED_TAG = {"type": "string", "pattern": "^v?[0-9]+\\.[0-9]+\\.[0-9]+([-.+_][A-Za-z0-9._-]+)?$"}
+PULL_POLICY = {"enum": ["Always", "IfNotPresent", "Never"]}
+# securityContexts stay open maps (Kubernetes validates them), but the hardening fields the
+# chart promises cannot be switched off through values.
+POD_SECURITY = {
+    "type": "object",
+    "properties": {
+        "runAsNonRoot": {"const": True},
+        "runAsUser": INT1,
+        "seccompProfile": MAP,
+    },
+    "required": ["runAsNonRoot", "runAsUser", "seccompProfile"],
+}
+CONTAINER_SECURITY = {
+    "type": "object",
+    "properties": {
+        "runAsNonRoot": {"const": True},
+        "runAsUser": INT1,
+        "allowPrivilegeEscalation": {"const": False},
+        "privileged": {"const": False},
+        "readOnlyRootFilesystem": BOOL,
+        "capabilities": MAP,
+    },
+    "required": ["runAsNonRoot", "allowPrivilegeEscalation", "capabilities"],
+}
 
 
 def _router_schema() -> dict[str, Any]:
@@ -46,10 +74,30 @@ def _router_schema() -> dict[str, Any]:
     return schema
 
 
-def values_schema() -> dict[str, Any]:
-    """The JSON schema of the chart's values."""
-    router = _router_schema()
-    defs = router.pop("$defs", {})
+def _serve_schema() -> dict[str, Any]:
+    """``serve``: the Serve application's deployments."""
+    return _obj(
+        {
+            "appName": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
+            "ingress": _obj({"replicas": INT1, "numCpus": NUM0}),
+            "model": _obj(
+                {
+                    "minReplicas": INT1,
+                    "maxReplicas": INT1,
+                    "targetOngoingRequests": NUM0,
+                    "maxOngoingRequests": INT1,
+                    "numCpus": NUM0,
+                    "numGpus": NUM0,
+                    "resources": MAP,
+                }
+            ),
+            "verifier": _obj({"enabled": BOOL, "replicas": INT1, "numCpus": NUM0, "numGpus": NUM0}),
+        }
+    )
+
+
+def _workers_schema() -> dict[str, Any]:
+    """``workers``: the CPU and GPU worker groups."""
     worker = _obj(
         {
             "enabled": BOOL,
@@ -63,71 +111,87 @@ def values_schema() -> dict[str, Any]:
     )
     gpu = json.loads(json.dumps(worker))
     gpu["properties"]["gpusPerWorker"] = INT1
+    return _obj({"cpu": worker, "gpu": gpu})
+
+
+def _redis_schema() -> dict[str, Any]:
+    """``redis``: the bundled StatefulSet (pinned image, password, maxmemory) or an
+    external Redis."""
+    return _obj(
+        {
+            "external": _obj(
+                {
+                    "enabled": BOOL,
+                    "host": STR,
+                    "port": INT1,
+                    "db": INT0,
+                    "existingSecret": STR,
+                    "passwordKey": STR,
+                }
+            ),
+            "auth": _obj({"existingSecret": STR, "passwordKey": STR}),
+            "image": _obj(
+                {"repository": STR, "tag": PINNED_TAG, "digest": DIGEST, "pullPolicy": PULL_POLICY},
+                ["repository", "tag"],
+            ),
+            "maxmemory": {"type": "string", "pattern": "^([0-9]+([kKmMgG][bB]?)?)?$"},
+            "maxmemoryPercent": {"type": "integer", "minimum": 10, "maximum": 95},
+            "podSecurityContext": POD_SECURITY,
+            "securityContext": CONTAINER_SECURITY,
+            "persistence": _obj({"enabled": BOOL, "size": STR, "storageClass": STR}),
+            "resources": RESOURCES,
+        }
+    )
+
+
+def _exposure_schemas() -> dict[str, Any]:
+    """How the API is exposed and guarded: keys, Service, Ingress, monitoring, policies."""
+    return {
+        "apiKeys": _obj(
+            {"keys": {"type": "array", "items": STR}, "existingSecret": STR, "keysKey": STR}
+        ),
+        "service": _obj(
+            {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": INT1}
+        ),
+        "ingress": _obj(
+            {"enabled": BOOL, "className": STR, "annotations": MAP, "hosts": LIST, "tls": LIST}
+        ),
+        "serviceMonitor": _obj({"enabled": BOOL, "interval": STR, "labels": MAP}),
+        "networkPolicy": _obj(
+            {
+                "enabled": BOOL,
+                "apiFrom": {"type": "array", "items": MAP},
+                "dashboardFrom": {"type": "array", "items": MAP},
+                "extraIngress": {"type": "array", "items": MAP},
+            }
+        ),
+        "podDisruptionBudget": _obj({"enabled": BOOL, "minAvailable": INT0}),
+    }
+
+
+def values_schema() -> dict[str, Any]:
+    """The JSON schema of the chart's values."""
+    router = _router_schema()
+    defs = router.pop("$defs", {})
     schema = _obj(
         {
             "nameOverride": STR,
             "fullnameOverride": STR,
             "image": _obj(
-                {
-                    "repository": STR,
-                    "tag": STR,
-                    "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
-                },
+                {"repository": STR, "tag": STR, "digest": DIGEST, "pullPolicy": PULL_POLICY},
                 ["repository"],
             ),
             "imagePullSecrets": LIST,
+            "podSecurityContext": POD_SECURITY,
+            "securityContext": CONTAINER_SECURITY,
             "router": router,
             "rayVersion": STR,
-            "serve": _obj(
-                {
-                    "appName": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
-                    "ingress": _obj({"replicas": INT1, "numCpus": NUM0}),
-                    "model": _obj(
-                        {
-                            "minReplicas": INT1,
-                            "maxReplicas": INT1,
-                            "targetOngoingRequests": NUM0,
-                            "maxOngoingRequests": INT1,
-                            "numCpus": NUM0,
-                            "numGpus": NUM0,
-                            "resources": MAP,
-                        }
-                    ),
-                    "verifier": _obj(
-                        {"enabled": BOOL, "replicas": INT1, "numCpus": NUM0, "numGpus": NUM0}
-                    ),
-                }
-            ),
+            "ray": _obj({"auth": _obj({"enabled": BOOL, "secretName": STR})}),
+            "serve": _serve_schema(),
             "head": _obj({"resources": RESOURCES, "nodeSelector": MAP, "tolerations": LIST}),
-            "workers": _obj({"cpu": worker, "gpu": gpu}),
-            "redis": _obj(
-                {
-                    "external": _obj(
-                        {
-                            "enabled": BOOL,
-                            "host": STR,
-                            "port": INT1,
-                            "db": INT0,
-                            "existingSecret": STR,
-                            "passwordKey": STR,
-                        }
-                    ),
-                    "image": STR,
-                    "persistence": _obj({"enabled": BOOL, "size": STR, "storageClass": STR}),
-                    "resources": RESOURCES,
-                }
-            ),
-            "apiKeys": _obj(
-                {"keys": {"type": "array", "items": STR}, "existingSecret": STR, "keysKey": STR}
-            ),
-            "service": _obj(
-                {"type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]}, "port": INT1}
-            ),
-            "ingress": _obj(
-                {"enabled": BOOL, "className": STR, "annotations": MAP, "hosts": LIST, "tls": LIST}
-            ),
-            "serviceMonitor": _obj({"enabled": BOOL, "interval": STR, "labels": MAP}),
-            "podDisruptionBudget": _obj({"enabled": BOOL, "minAvailable": INT0}),
+            "workers": _workers_schema(),
+            "redis": _redis_schema(),
+            **_exposure_schemas(),
             "global": MAP,
         }
     )

@@ -230,11 +230,16 @@ def test_external_redis_drops_the_statefulset_and_reads_the_password_from_a_secr
         }
     )
     assert "StatefulSet" not in objs
-    assert "url" not in (config_of(objs).get("redis") or {})
+    assert "Secret" not in objs  # the chart makes a password only for its own Redis
+    # The URL carries no credentials; the password arrives as ACR_REDIS_PASSWORD, whole.
+    assert config_of(objs)["redis"]["url"] == "redis://redis.prod:6380/0"
     head = objs["RayService"][0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
     env = {e["name"]: e for e in head["spec"]["containers"][0]["env"]}
-    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "redis-auth"
-    assert env["ACR_REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@redis.prod:6380/0"
+    assert env["ACR_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "redis-auth",
+        "key": "redis-password",
+    }
+    assert "ACR_REDIS_URL" not in env and "REDIS_PASSWORD" not in env
 
 
 def test_the_in_cluster_redis_url_ignores_external_settings_while_external_is_off() -> None:
@@ -242,7 +247,11 @@ def test_the_in_cluster_redis_url_ignores_external_settings_while_external_is_of
     assert config_of(objs)["redis"]["url"] == "redis://acr-adaptive-compute-router-redis:6379/0"
     assert "StatefulSet" in objs
     head = objs["RayService"][0]["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]
-    assert "ACR_REDIS_URL" not in {e["name"] for e in head["spec"]["containers"][0]["env"]}
+    env = {e["name"]: e for e in head["spec"]["containers"][0]["env"]}
+    assert "ACR_REDIS_URL" not in env
+    # The bundled Redis's own Secret, not the leftover external one.
+    ref = env["ACR_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "acr-adaptive-compute-router-redis"
 
 
 def test_every_ray_pod_mounts_the_config_and_keys_and_gets_the_redis_env() -> None:
@@ -259,16 +268,15 @@ def test_every_ray_pod_mounts_the_config_and_keys_and_gets_the_redis_env() -> No
         container = template["spec"]["containers"][0]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert {"/etc/acr/config.yaml", "/etc/acr/keys"} <= mounts
-        names = [e["name"] for e in container["env"]]
-        # $(REDIS_PASSWORD) expands only when defined earlier in the list.
-        assert names.index("REDIS_PASSWORD") < names.index("ACR_REDIS_URL")
+        env = {e["name"]: e for e in container["env"]}
+        assert env["ACR_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "pw"
         secrets = {v["secret"]["secretName"] for v in template["spec"]["volumes"] if "secret" in v}
         assert secrets == {"keys"}
 
 
 def test_api_keys_come_from_a_secret_mounted_as_the_key_file() -> None:
     objs = render({"apiKeys": {"keys": ["k1", "k2"]}})
-    secret = objs["Secret"][0]
+    secret = next(s for s in objs["Secret"] if s["metadata"]["name"].endswith("-api-keys"))
     assert secret["stringData"]["api-keys"].split() == ["k1", "k2"]
     assert config_of(objs)["auth"]["api_keys_file"] == "/etc/acr/keys/api-keys"
 
@@ -331,11 +339,12 @@ def test_the_schema_accepts_the_projects_example_config_under_router() -> None:
 def test_core_objects_validate_against_kubernetes_schemas(k8s_version: str) -> None:
     objs = render({**GPU_VALUES, "ingress": {"enabled": True}, "apiKeys": {"keys": ["k"]}})
     checked = 0
-    for kind in ("ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "Ingress", "Secret"):
+    kinds = ("ConfigMap", "Service", "StatefulSet", "PodDisruptionBudget", "Ingress", "Secret")
+    for kind in kinds + ("NetworkPolicy",):
         for obj in objs[kind]:
             kubernetes_validate.validate(obj, k8s_version, strict=True)
             checked += 1
-    assert checked >= 7
+    assert checked >= 10
     rs = objs["RayService"][0]
     assert rs["apiVersion"] == "ray.io/v1"
     cluster = rs["spec"]["rayClusterConfig"]
@@ -382,6 +391,8 @@ def test_the_rayservice_has_the_structure_kuberay_requires() -> None:
         _check_pod_template(group["template"], group["groupName"])
     ports = {p["containerPort"] for p in head["template"]["spec"]["containers"][0]["ports"]}
     assert {8000, 8265, 6379} <= ports
+    # KubeRay publishes the head container's ports on the head Service: not the Ray client.
+    assert 10001 not in ports
 
 
 def test_the_service_servicemonitor_and_ingress_point_at_the_serve_port_of_the_head() -> None:
