@@ -8,6 +8,7 @@ OpenAI-compatible server are interchangeable.
 from __future__ import annotations
 
 import abc
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -19,12 +20,43 @@ FinishReason = Literal["stop", "length"]
 class BackendError(RuntimeError):
     """A backend could not serve a request (unreachable, crashed, overloaded).
 
-    ``retryable`` tells the caller whether the same request may succeed on another replica.
+    ``retryable`` tells the caller whether the same request may succeed on another replica;
+    ``retry_after_s`` when it is worth trying again (a circuit breaker's remaining cooldown).
     """
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.retry_after_s = retry_after_s
+
+
+class Capabilities(BaseModel):
+    """What a backend can do: found at startup (``Backend.start``) or declared in config.
+
+    Strategies and the policy read it: without ``native_n`` samples fan out as concurrent
+    requests (at most ``max_concurrency`` in flight); without ``continuations`` (a raw-prompt
+    endpoint and the model's real chat template) nothing that extends a partial answer
+    (step search, budget forcing, continuing the probe) can run on chat requests; without
+    ``logprobs`` the difficulty probe has no confidence signal.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    native_n: bool = Field(default=True, description="n samples of one prompt in one call.")
+    logprobs: bool = Field(default=True, description="Token logprobs and top alternatives.")
+    completions: bool = Field(default=True, description="Raw prompts (/v1/completions).")
+    chat_template: bool = Field(default=True, description="The model's real chat template.")
+    exact_token_counts: bool = Field(
+        default=True, description="Token counts from the real tokenizer or the server's usage."
+    )
+    max_concurrency: int = Field(default=16, ge=1, le=1024, description="Calls in flight.")
+
+    @property
+    def continuations(self) -> bool:
+        """Whether a partial answer to a chat request can be extended in the model's format."""
+        return self.completions and self.chat_template
 
 
 class ChatMessage(BaseModel):
@@ -64,6 +96,25 @@ class GenerationRequest(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class ThinkTags:
+    """How a reasoning model marks its thinking: ``open`` ... ``close`` before the answer,
+    and how many tokens the answer after a forced close may take."""
+
+    open: str = "<think>"
+    close: str = "</think>"
+    answer_max_tokens: int = 512
+
+    def split(self, text: str) -> tuple[str | None, str]:
+        """(thinking, answer) of a response; (None, text) when it holds no closed block."""
+        end = text.find(self.close)
+        if end == -1:
+            return None, text
+        start = text.find(self.open)
+        begin = start + len(self.open) if -1 < start < end else 0
+        return text[begin:end].strip(), text[end + len(self.close) :].lstrip()
+
+
 @dataclass
 class Completion:
     """One generated continuation.
@@ -78,12 +129,24 @@ class Completion:
     finish_reason: FinishReason
     token_logprobs: list[float] | None = None
     token_entropies: list[float] | None = None
+    #: per token: log-prob of the best alternative minus the runner-up's (nats), when known
+    token_margins: list[float] | None = None
 
     def mean_entropy(self) -> float | None:
         """Mean per-token entropy in nats, or None when entropies were not requested."""
         if not self.token_entropies:
             return None
         return sum(self.token_entropies) / len(self.token_entropies)
+
+
+@dataclass
+class StreamDelta:
+    """A piece of a streamed completion: new ``text``, and at the end the whole
+    ``completion`` (with its token count and finish reason) and the ``prompt_tokens``."""
+
+    text: str = ""
+    completion: Completion | None = None
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -111,6 +174,8 @@ class Backend(abc.ABC):
 
     #: model name reported by ``/v1/models`` and in responses
     name: str = "backend"
+    #: what it can do (a class default; ``start`` may discover the real values)
+    capabilities: Capabilities = Capabilities()
 
     @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> GenerationResult:
@@ -123,6 +188,25 @@ class Backend(abc.ABC):
         Step-level search extends this string with partial reasoning and calls ``generate``
         with ``prompt=``, so chat and raw prompts must agree.
         """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook, default does nothing
+        """Get ready: connect, discover ``capabilities``; called once before serving."""
+
+    async def ready(self) -> str | None:
+        """None when the backend can serve now, else why not (the readiness check)."""
+        return None
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` takes in this model's tokenizer, or None when unknown."""
+        return None
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """One completion (``request.n`` must be 1) as it is produced: text deltas, then a
+        last delta holding the whole ``Completion``. The default generates it whole."""
+        result = await self.generate(request)
+        comp = result.completions[0]
+        yield StreamDelta(text=comp.text)
+        yield StreamDelta(completion=comp, prompt_tokens=result.prompt_tokens)
 
     async def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release connections or memory; the default does nothing."""

@@ -8,6 +8,8 @@ KV caches to the running batch's length and appends them as new rows; a row that
 (EOS, a stop string, ``max_tokens``) leaves at once, and a request whose rows have all
 ended gets its result then, not when the batch drains. A request whose caller gave up (its
 future was cancelled, e.g. by a deadline) leaves too, so abandoned work stops costing steps.
+A request submitted with ``on_token`` (one row, ``n`` = 1) has every sampled token handed to
+that callback right after its step, which is how ``TransformersBackend.stream`` streams.
 
 The experts of a bundle take turns one step at a time, so a Game-of-24 prompt is never
 queued behind a whole arithmetic decode. Sampling, stop handling and accounting are the
@@ -21,6 +23,7 @@ import contextlib
 import copy
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,9 @@ import torch
 
 from backends.base import Completion, GenerationRequest, GenerationResult
 from backends.decoding import Decoder, DecodeRow, forward, output_cache
+
+#: called from the worker thread with each token sampled for a streamed request's one row
+TokenCallback = Callable[[int], None]
 
 
 # eq=False: jobs and batches are found and removed by identity; field equality would
@@ -43,6 +49,7 @@ class _Job:
     future: Future[GenerationResult]
     submitted: float
     generator: torch.Generator | None = None
+    on_token: TokenCallback | None = None
     rows: list[DecodeRow] = field(default_factory=list)
     open_rows: int = 0
     admitted: float = 0.0
@@ -107,12 +114,24 @@ class ContinuousBatcher:
         self.steps = 0  # decode steps taken, all models together (for tests and metrics)
 
     def submit(
-        self, prompt: list[int], request: GenerationRequest, model: torch.nn.Module
+        self,
+        prompt: list[int],
+        request: GenerationRequest,
+        model: torch.nn.Module,
+        on_token: TokenCallback | None = None,
     ) -> Future[GenerationResult]:
         """Queue one request (prompt ids already checked and ``max_tokens`` already capped);
-        returns a future that the worker completes. Cancelling it drops the request's rows."""
+        returns a future that the worker completes. Cancelling it drops the request's rows.
+
+        ``on_token`` (only for ``request.n == 1``) is called from the worker thread with each
+        token of the row as soon as it is sampled, before the future completes; it must be
+        quick and must not block (hand the token to another thread). If it raises, the
+        request is cancelled.
+        """
+        if on_token is not None and request.n != 1:
+            raise ValueError("a token callback needs a request with n == 1")
         fut: Future[GenerationResult] = Future()
-        job = _Job(prompt, request, model, fut, time.perf_counter())
+        job = _Job(prompt, request, model, fut, time.perf_counter(), on_token=on_token)
         with self._cv:
             if self._stopped:
                 raise RuntimeError("the continuous batcher is closed")
@@ -221,7 +240,7 @@ class ContinuousBatcher:
         for job in jobs:
             job.generator = dec.generator(job.request)
             for _ in range(job.request.n):
-                row = DecodeRow(request=0, tokens=[], logprobs=[], entropies=[])
+                row = DecodeRow(request=0)
                 job.rows.append(row)
                 rows.append(row)
                 owners.append(job)
@@ -263,14 +282,14 @@ class ContinuousBatcher:
         dec = self.decoder
         owner_ids = [id(j) for j in run.owners]
         gens = {id(j): j.generator for j in run.owners if j.generator is not None}
-        next_ids, logp, ent = dec.sample(run.logits, run.temps, run.top_ps, owner_ids, gens)
+        next_ids, logp, ent, margin = dec.sample(run.logits, run.temps, run.top_ps, owner_ids, gens)
         keep: list[int] = []
         for b, (job, row) in enumerate(zip(run.owners, run.rows, strict=True)):
             if job.future.done():  # cancelled by its caller, or failed
                 continue
-            row.tokens.append(int(next_ids[b]))
-            row.logprobs.append(float(logp[b]))
-            row.entropies.append(float(ent[b]))
+            row.append(int(next_ids[b]), float(logp[b]), float(ent[b]), float(margin[b]))
+            if job.on_token is not None and not _notify(job, row.tokens[-1]):
+                continue  # its consumer is gone: the row leaves like a cancelled one
             if dec.finished(row, job.request):
                 row.done = True
                 job.open_rows -= 1
@@ -314,6 +333,17 @@ class ContinuousBatcher:
         # The caller may cancel between any check and this call (another thread): ignore.
         with contextlib.suppress(InvalidStateError):
             job.future.set_result(result)
+
+
+def _notify(job: _Job, token: int) -> bool:
+    """Hand ``token`` to ``job``'s callback; False (and the job cancelled) if it raised."""
+    assert job.on_token is not None
+    try:
+        job.on_token(token)
+    except Exception:  # noqa: BLE001 - e.g. the consumer's event loop closed
+        job.future.cancel()
+        return False
+    return True
 
 
 def _fail(job: _Job, exc: BaseException) -> None:

@@ -10,9 +10,10 @@ batches with it.
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,18 +21,34 @@ from transformers import PreTrainedTokenizerBase
 
 from backends.base import Completion, GenerationRequest
 
+log = logging.getLogger("acr.decoding")
+
 
 @dataclass
 class DecodeRow:
-    """Decode state of one sampled continuation."""
+    """Decode state of one sampled continuation: its tokens and, per token, the log-prob,
+    entropy and top-1/top-2 margin of the model's own distribution (``append`` adds one)."""
 
     request: int
-    tokens: list[int]
-    logprobs: list[float]
-    entropies: list[float]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
     done: bool = False
     finish_reason: str = "length"
     text: str | None = None
+
+    def append(self, token: int, logprob: float, entropy: float, margin: float) -> None:
+        """Record one sampled token and its confidence signals."""
+        self.tokens.append(token)
+        self.logprobs.append(logprob)
+        self.entropies.append(entropy)
+        self.margins.append(margin)
+
+
+#: what ``Decoder.sample`` returns: per live row the chosen token ids, their log-probs, the
+#: entropies and the top-1 minus top-2 log-prob margins (all of the temperature-1 model)
+Sampled = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 class Decoder:
@@ -83,17 +100,20 @@ class Decoder:
         top_ps: torch.Tensor,
         owners: list[int],
         gens: Sequence[torch.Generator] | Mapping[int, torch.Generator],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pick one token per live row; returns ids, their log-probs and the entropies.
+    ) -> Sampled:
+        """Pick one token per live row; returns ids, their log-probs, the entropies and the
+        margins (log-prob of the best token minus the runner-up's, >= 0).
 
         ``owners[b]`` names the request of batch row ``b``, whose generator is
         ``gens[owners[b]]``.
 
-        Log-probs and entropies are of the model's own distribution (temperature 1), which
-        is what confidence signals are calibrated on, whatever temperature sampled the token.
+        Log-probs, entropies and margins are of the model's own distribution (temperature
+        1), which is what confidence signals are calibrated on, whatever temperature sampled
+        the token.
         """
         logp_all = torch.log_softmax(logits, dim=-1)
         entropy = -(logp_all.exp() * logp_all).sum(-1)
+        margin = _top2_margin(logp_all)
         greedy = logits.argmax(-1)
         chosen = greedy.clone()
         sampled_rows = (temps > 0).nonzero().flatten()
@@ -111,7 +131,7 @@ class Decoder:
                 draws = torch.multinomial(probs[sel], 1, generator=gens[req_i]).flatten()
                 chosen[sampled_rows[sel]] = draws
         logp = logp_all.gather(-1, chosen.view(-1, 1)).flatten()
-        return chosen, logp, entropy
+        return chosen, logp, entropy, margin
 
     def finished(self, row: DecodeRow, req: GenerationRequest) -> bool:
         """Whether ``row`` ended (EOS, a stop string, ``max_tokens``); sets its reason."""
@@ -142,7 +162,16 @@ class Decoder:
             finish_reason="stop" if row.finish_reason == "stop" else "length",
             token_logprobs=row.logprobs if req.logprobs else None,
             token_entropies=row.entropies if req.logprobs else None,
+            token_margins=row.margins if req.logprobs else None,
         )
+
+
+def _top2_margin(logp_all: torch.Tensor) -> torch.Tensor:
+    """Per row, the best log-prob minus the second best (0 for a one-token vocabulary)."""
+    if logp_all.shape[-1] < 2:
+        return torch.zeros(logp_all.shape[0], device=logp_all.device)
+    top2 = logp_all.topk(2, dim=-1).values
+    return top2[:, 0] - top2[:, 1]
 
 
 def forward(
@@ -200,3 +229,68 @@ def cut_at_stop(text: str, stops: list[str]) -> str:
         if i != -1:
             cut = min(cut, i)
     return text[:cut]
+
+
+class TextStream:
+    """Turns one row's growing token list into text deltas whose concatenation is exactly
+    the ``Completion.text`` that ``Decoder.completion`` gives at the end.
+
+    ``push`` takes newly sampled tokens and returns the text that became stable (possibly
+    ""): it decodes every token so far, as the final text is decoded, and holds back what a
+    later token may still change or cut: a trailing U+FFFD (a partial UTF-8 sequence), a
+    suffix that may be the start of a stop string, and, for tokenizers that clean up
+    spaces before punctuation, the last few characters. Nothing past a stop string is ever
+    emitted. ``finish`` returns the rest of the final text.
+    """
+
+    #: longest pattern minus one of transformers' ``clean_up_tokenization`` (" n't")
+    _CLEANUP_HOLD = 4
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: list[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = [s for s in stops if s]
+        self.tokens: list[int] = []
+        self.emitted = ""
+        cleanup = bool(getattr(tokenizer, "clean_up_tokenization_spaces", False))
+        self._hold = self._CLEANUP_HOLD if cleanup else 0
+
+    def push(self, tokens: Sequence[int]) -> str:
+        """Add ``tokens``; returns the newly stable text (not yet returned before)."""
+        self.tokens.extend(tokens)
+        text = str(self.tokenizer.decode(self.tokens, skip_special_tokens=True))
+        stable = self._stable(text)
+        # Decoding is prefix-stable once the held-back tail is excluded; if a tokenizer
+        # ever rewrites text already sent, wait rather than send something inconsistent.
+        if len(stable) <= len(self.emitted) or not stable.startswith(self.emitted):
+            return ""
+        delta = stable[len(self.emitted) :]
+        self.emitted = stable
+        return delta
+
+    def finish(self, final_text: str) -> str:
+        """The part of ``final_text`` (the completion's text) not yet returned."""
+        if not final_text.startswith(self.emitted):
+            # Cannot happen with the hold-backs above; sent text cannot be taken back.
+            log.warning("streamed text diverged from the final completion text")
+            return ""
+        rest = final_text[len(self.emitted) :]
+        self.emitted = final_text
+        return rest
+
+    def _stable(self, text: str) -> str:
+        """The prefix of ``text`` no later token can change: cut at a stop string, minus
+        the held-back tail."""
+        cut = cut_at_stop(text, self.stops)
+        hold = self._hold
+        if len(cut) == len(text):  # no stop string yet: one may be starting at the end
+            hold = max([hold, *(_stop_prefix_len(text, s) for s in self.stops)])
+        stable = cut[: len(cut) - hold] if hold else cut
+        return stable.rstrip("\ufffd")
+
+
+def _stop_prefix_len(text: str, stop: str) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of ``stop``."""
+    for n in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0

@@ -15,8 +15,11 @@ prompt goes to the expert its first token names. The bundled model is such a bun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +34,10 @@ from backends.base import (
     Completion,
     GenerationRequest,
     GenerationResult,
+    StreamDelta,
 )
 from backends.continuous_batching import ContinuousBatcher
-from backends.decoding import Decoder, DecodeRow, forward, output_cache
+from backends.decoding import Decoder, DecodeRow, TextStream, forward, output_cache
 
 BUNDLE_FILE = "bundle.json"
 BATCHING_MODES = ("continuous", "static")
@@ -59,7 +63,8 @@ class TransformersBackend(Backend):
     """Runs any ``AutoModelForCausalLM`` checkpoint; the bundled model is the default.
 
     Use ``from_pretrained(path)``; ``generate`` is async (it runs the decode loop in a worker
-    thread so the event loop stays free) and ``generate_batch_sync`` serves a whole batch of
+    thread so the event loop stays free), ``stream`` yields one completion's text token by
+    token (with continuous batching), and ``generate_batch_sync`` serves a whole batch of
     requests, which is what the Ray Serve replica's ``@serve.batch`` method calls.
     """
 
@@ -97,7 +102,9 @@ class TransformersBackend(Backend):
     ) -> TransformersBackend:
         """Load a local checkpoint (no hub access) and return a ready backend.
 
-        ``batching`` is how concurrent ``generate`` calls share forward passes:
+        ``path`` is a checkpoint directory, a bundle of experts (``bundle.json``), or a
+        ``.gguf`` file (dequantized by transformers' GGUF loader; needs the ``gguf``
+        package). ``batching`` is how concurrent ``generate`` calls share forward passes:
         ``continuous`` (rows join and leave between decode steps) or ``static`` (each call
         decodes on its own; callers batch with ``generate_batch_sync``).
         """
@@ -106,9 +113,14 @@ class TransformersBackend(Backend):
         hf_logging.disable_progress_bar()
         dev = resolve_device(device)
         p = Path(path)
-        if not p.is_dir():
-            raise BackendError(f"model path {str(p)!r} is not a directory", retryable=False)
-        if (p / BUNDLE_FILE).is_file():
+        if p.is_file() and p.suffix == ".gguf":
+            backend = cls._from_gguf(p, dev, dtype, name or p.stem)
+        elif not p.is_dir():
+            raise BackendError(
+                f"model path {str(p)!r} is neither a checkpoint directory nor a .gguf file",
+                retryable=False,
+            )
+        elif (p / BUNDLE_FILE).is_file():
             backend = cls._from_bundle(p, dev, dtype, name or p.name)
         else:
             tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
@@ -126,6 +138,21 @@ class TransformersBackend(Backend):
         ):
             batching = "static"
         self.batching = batching
+
+    @classmethod
+    def _from_gguf(cls, p: Path, dev: torch.device, dtype: str, name: str) -> TransformersBackend:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                p.parent, gguf_file=p.name, dtype=resolve_dtype(dtype, dev)
+            )
+        except (ImportError, OSError, ValueError) as exc:
+            raise BackendError(
+                f"cannot load the GGUF checkpoint {p.name!r}: {exc} (it needs the 'gguf' "
+                "package: pip install 'adaptive-compute-router[gguf]')",
+                retryable=False,
+            ) from exc
+        return cls(model.to(dev), tokenizer, name=name)  # type: ignore[arg-type]
 
     def _models(self) -> list[torch.nn.Module]:
         return [self.model, *self.experts.values()]
@@ -167,11 +194,48 @@ class TransformersBackend(Backend):
             results = await asyncio.to_thread(self.generate_batch_sync, [request])
             return results[0]
         prompt = self._prompt_ids(request)
+        capped = self._capped(request, prompt)
+        fut = self._batcher().submit(prompt, capped, self._model_for(prompt))
+        return await asyncio.wrap_future(fut)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Serve one completion (``request.n`` must be 1) as it is decoded: text deltas as
+        tokens become stable text, then a last delta with the same ``Completion`` (and
+        ``prompt_tokens``) that ``generate`` gives; the deltas' texts concatenate to its
+        ``text``. Closing the generator early cancels the request, so its row leaves the
+        running batch at the next step. With static batching the completion is generated
+        whole and sent as one delta (the base class behaviour)."""
+        if request.n != 1:
+            raise BackendError("streaming serves exactly one completion (n=1)", retryable=False)
+        if self.batching == "static":
+            async for delta in super().stream(request):
+                yield delta
+            return
+        prompt = self._prompt_ids(request)
+        capped = self._capped(request, prompt)
+        loop = asyncio.get_running_loop()
+        # The worker thread hands tokens over (None: the future completed); the callback is
+        # called before the future completes, so every token precedes the end marker.
+        queue: asyncio.Queue[int | None] = asyncio.Queue()
+
+        def hand_over(item: int | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        fut = self._batcher().submit(prompt, capped, self._model_for(prompt), on_token=hand_over)
+        fut.add_done_callback(lambda _f: _quietly(hand_over, None))
+        deltas = _deltas(queue, fut, TextStream(self.tokenizer, capped.stop))
+        try:
+            async for delta in deltas:
+                yield delta
+        finally:
+            fut.cancel()  # a no-op once it completed; else its row stops costing steps
+            await deltas.aclose()
+
+    def _batcher(self) -> ContinuousBatcher:
+        """The continuous batcher, started on first use."""
         if self._continuous is None:
             self._continuous = ContinuousBatcher(self.decoder, self.name, max_rows=self.max_rows)
-        capped = self._capped(request, prompt)
-        fut = self._continuous.submit(prompt, capped, self._model_for(prompt))
-        return await asyncio.wrap_future(fut)
+        return self._continuous
 
     async def close(self) -> None:
         """Stop the continuous batching worker, if one was started."""
@@ -296,7 +360,7 @@ class TransformersBackend(Backend):
         for ri, (req, p) in enumerate(zip(requests, prompts, strict=True)):
             for _ in range(req.n):
                 row_src.append(unique[tuple(p)])
-                rows.append(DecodeRow(request=ri, tokens=[], logprobs=[], entropies=[]))
+                rows.append(DecodeRow(request=ri))
         src = torch.tensor(row_src, device=device)
         cache = output_cache(pre)
         cache.reorder_cache(src)
@@ -312,14 +376,11 @@ class TransformersBackend(Backend):
 
         for _step in range(max_new):
             owners = [rows[i].request for i in active]
-            next_ids, logp, ent = dec.sample(logits, temps, top_ps, owners, gens)
+            next_ids, logp, ent, margin = dec.sample(logits, temps, top_ps, owners, gens)
             keep: list[int] = []
             for b, row_i in enumerate(active):
                 row = rows[row_i]
-                tok = int(next_ids[b])
-                row.tokens.append(tok)
-                row.logprobs.append(float(logp[b]))
-                row.entropies.append(float(ent[b]))
+                row.append(int(next_ids[b]), float(logp[b]), float(ent[b]), float(margin[b]))
                 if dec.finished(row, requests[row.request]):
                     row.done = True
                 else:
@@ -375,6 +436,42 @@ class TransformersBackend(Backend):
             "experts": len(models),
             "batching": self.batching,
         }
+
+
+async def _deltas(
+    queue: asyncio.Queue[int | None], fut: Future[GenerationResult], text: TextStream
+) -> AsyncGenerator[StreamDelta, None]:
+    """Text deltas from the tokens arriving on ``queue`` until its end marker, then the rest
+    of the final text and the completion itself; raises what the request failed with."""
+    while True:
+        item = await queue.get()
+        tokens: list[int] = []
+        ended = item is None
+        if item is not None:
+            tokens.append(item)
+        # Several tokens may be waiting (a slow consumer): decode them in one go.
+        while not ended and not queue.empty():
+            nxt = queue.get_nowait()
+            ended = nxt is None
+            if nxt is not None:
+                tokens.append(nxt)
+        piece = text.push(tokens) if tokens else ""
+        if piece:
+            yield StreamDelta(text=piece)
+        if ended:
+            break
+    result = fut.result()  # raises the request's error, or CancelledError if cancelled
+    comp = result.completions[0]
+    rest = text.finish(comp.text)
+    if rest:
+        yield StreamDelta(text=rest)
+    yield StreamDelta(completion=comp, prompt_tokens=result.prompt_tokens)
+
+
+def _quietly(hand_over: Callable[[int | None], None], item: int | None) -> None:
+    """Hand ``item`` over unless the consumer's event loop has closed meanwhile."""
+    with contextlib.suppress(RuntimeError):
+        hand_over(item)
 
 
 def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:

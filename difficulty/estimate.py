@@ -7,11 +7,14 @@ P(success), a difficulty score and its bin.
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from backends.verifiers.base import ProcessVerifier
 from difficulty.features import as_dict, feature_vector
 from difficulty.model import RouterModel
 from difficulty.probe import ProbeSummary
+from difficulty.profiles import Task
 
 
 class DifficultyEstimate(BaseModel):
@@ -31,6 +34,21 @@ class DifficultyEstimate(BaseModel):
     )
     exact_verifier: bool = Field(
         default=False, description="An exact checker judges this task (samplers stop early)."
+    )
+    step_checker: bool = Field(
+        default=False, description="An exact checker also judges each reasoning step."
+    )
+    selectable: bool = Field(
+        default=True, description="Answers to vote on or a verifier: candidates can be told apart."
+    )
+    continuations: bool = Field(
+        default=True, description="The backend can extend a partial answer in the model's format."
+    )
+    reasoning: bool = Field(
+        default=False, description="The model thinks between tags (a real thinking budget)."
+    )
+    native_n: bool = Field(
+        default=True, description="The backend decodes a call's samples side by side."
     )
     probe_verdict: float | None = Field(
         default=None, description="Exact verifier's score of the probe answer, if any."
@@ -54,8 +72,7 @@ class Estimator:
         text: str,
         probe: ProbeSummary | None,
         *,
-        kind: str,
-        exact_verifier: bool,
+        task: Task,
         probe_tokens: int = 0,
         answer_tokens: int | None = None,
     ) -> DifficultyEstimate:
@@ -64,11 +81,16 @@ class Estimator:
         ``answer_tokens`` is single pass's token budget (to judge whether a cut probe is
         already its answer); ``probe_tokens`` what the probe spent.
         """
-        row = feature_vector(text, probe, kind)
+        kind = task.kind
+        row = feature_vector(text, probe, task)
         ood = self.model.is_ood(kind)
-        # A prompt type the model never saw gets the arms' base rates and its own bin, which
-        # only online outcomes and feedback will shape (no extrapolated confidence).
-        probs = self.model.base_rates() if ood else self.model.predict(row)
+        # A prompt type the model never saw gets its own bin and no assumed gain from any arm:
+        # every arm at the cheapest one's base rate, so the cheapest is chosen until online
+        # outcomes and feedback say otherwise (no extrapolated confidence).
+        if ood:
+            probs = np.full(len(self.model.arm_names), self.model.base_rates()[0])
+        else:
+            probs = self.model.predict(row)
         diff = self.model.difficulty(probs)
         return DifficultyEstimate(
             kind=kind,
@@ -80,7 +102,9 @@ class Estimator:
             probe_reusable=probe is not None and self._reusable(probe, answer_tokens),
             probe_finished=probe is not None and probe.finish_reason == "stop",
             probe_verdict=probe.verifier_score if probe is not None else None,
-            exact_verifier=exact_verifier,
+            exact_verifier=task.exact,
+            step_checker=task.exact and isinstance(task.verifier, ProcessVerifier),
+            selectable=task.selectable,
             features=as_dict(row),
         )
 

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from difficulty.features import FEATURE_NAMES
 
 N_BINS = 5
+#: P(success) of every arm in a model that knows nothing
+UNINFORMED_P = 0.5
 # Fewer training outcomes of a kind in a bin than this: its prior is pooled over kinds.
 MIN_KIND_TRIALS = 8
 MODEL_FORMAT = 1
@@ -85,6 +87,12 @@ class RouterModelCard(BaseModel):
     training: dict[str, Any] = Field(default_factory=dict)
     kinds: list[str] = Field(
         default_factory=list, description="Task kinds seen in training; others are OOD."
+    )
+    backend_model: str = Field(
+        default="", description="The backend model it was fit for (empty: any)."
+    )
+    lambda_per_1k_tokens: float | None = Field(
+        default=None, ge=0, description="Cost weight chosen on the fit data (acr calibrate)."
     )
     feature_lo: list[float] = Field(default_factory=list, description="Training minima.")
     feature_hi: list[float] = Field(default_factory=list, description="Training maxima.")
@@ -279,14 +287,12 @@ class RouterModel:
     def uninformed(
         cls,
         arms: list[ArmSpec],
-        priors: dict[str, float] | None = None,
         version: str = "prior",
         probe_tokens: int = 0,
     ) -> RouterModel:
-        """A model that knows nothing: every arm at its prior P(success) (``priors`` by arm
-        name, 0.6 where absent), one bin (tests, fail-safe)."""
-        priors = priors or {}
-        bias = np.asarray([_logit(priors.get(a.name, 0.6)) for a in arms], dtype=np.float64)
+        """A model that knows nothing: every arm equally likely to succeed (so the cheapest
+        wins until evidence says otherwise), one bin. For backends no model was fit for."""
+        bias = np.full(len(arms), _logit(UNINFORMED_P), dtype=np.float64)
         card = RouterModelCard(
             version=version,
             feature_names=list(FEATURE_NAMES),

@@ -4,7 +4,7 @@ The probe is the only part of difficulty estimation that spends model tokens, so
 are counted as compute. It is a *greedy* decode of the same prompt the single-pass strategy
 would send, so when the selector picks single pass the probe's completion is the answer and
 nothing is generated twice (``policies.adaptive`` turns it into a ``StrategyResult``). When an
-exact verifier exists (Game of 24, arithmetic) the probe's answer is checked too: a verified
+exact verifier exists (Game of 24) the probe's answer is checked too: a verified
 probe is a solved request; a refuted one is strong evidence of difficulty.
 """
 
@@ -17,9 +17,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest
-from backends.verifiers.base import Verifier
-
-_ANSWER_MARKERS = ("answer:", "= 24", "=24")
+from difficulty.profiles import Task
 
 #: probe length of a router model that was not trained with one (and of the uninformed model)
 DEFAULT_PROBE_TOKENS = 64
@@ -35,6 +33,15 @@ class ProbeSummary(BaseModel):
     mean_entropy: float | None = Field(default=None, description="Mean token entropy, nats.")
     max_entropy: float | None = None
     mean_nll: float | None = Field(default=None, description="Mean negative log-prob, nats.")
+    worst_window_nll: float | None = Field(
+        default=None, description="Worst mean negative log-prob over a window of tokens."
+    )
+    mean_margin: float | None = Field(
+        default=None, description="Mean top-1 minus top-2 log-prob, nats."
+    )
+    low_margin_share: float | None = Field(
+        default=None, description="Share of tokens that were near ties."
+    )
     has_answer: bool = False
     verifier_score: float | None = Field(
         default=None, description="Exact verifier's score of the probe answer; None if none."
@@ -59,26 +66,56 @@ class ProbeResult(ProbeSummary):
         return ProbeSummary(**self.model_dump(include=set(ProbeSummary.model_fields)))
 
 
-def summarise(
-    completion: Completion, verifier_score: float | None = None
-) -> tuple[float | None, float | None, float | None]:
-    """(mean entropy, max entropy, mean negative log-prob) of a completion's tokens.
+#: tokens of the window whose mean negative log-prob is the probe's worst stretch
+WINDOW_TOKENS = 8
+#: a margin (top-1 minus top-2 log-prob) under this is a near tie between two tokens
+LOW_MARGIN_NATS = 0.5
+
+
+class Confidence(BaseModel):
+    """The confidence signals of a completion's tokens (None where logprobs were missing)."""
+
+    mean_entropy: float | None = None
+    max_entropy: float | None = None
+    mean_nll: float | None = None
+    worst_window_nll: float | None = None
+    mean_margin: float | None = None
+    low_margin_share: float | None = None
+
+
+def summarise(completion: Completion) -> Confidence:
+    """Entropy, negative log-prob (mean and over its worst ``WINDOW_TOKENS`` stretch) and
+    top-2 margins of a completion's tokens.
 
     Missing logprobs (a backend that cannot return them) give Nones; the model then relies on
     the prompt features and the verifier.
     """
     ents = [e for e in (completion.token_entropies or []) if math.isfinite(e)]
-    lps = [lp for lp in (completion.token_logprobs or []) if math.isfinite(lp)]
-    mean_ent = sum(ents) / len(ents) if ents else None
-    max_ent = max(ents) if ents else None
-    nll = -sum(lps) / len(lps) if lps else None
-    return mean_ent, max_ent, nll
+    nlls = [-lp for lp in (completion.token_logprobs or []) if math.isfinite(lp)]
+    margins = [m for m in (completion.token_margins or []) if math.isfinite(m)]
+    return Confidence(
+        mean_entropy=sum(ents) / len(ents) if ents else None,
+        max_entropy=max(ents) if ents else None,
+        mean_nll=sum(nlls) / len(nlls) if nlls else None,
+        worst_window_nll=_worst_window(nlls),
+        mean_margin=sum(margins) / len(margins) if margins else None,
+        low_margin_share=(
+            sum(m < LOW_MARGIN_NATS for m in margins) / len(margins) if margins else None
+        ),
+    )
 
 
-def has_answer(text: str) -> bool:
-    """Whether the text states a final answer (the bundled model's ``Answer:`` line or ``=24``)."""
-    low = text.lower()
-    return any(m in low for m in _ANSWER_MARKERS)
+def _worst_window(nlls: list[float]) -> float | None:
+    """The highest mean over any ``WINDOW_TOKENS`` consecutive values (all, when fewer)."""
+    if not nlls:
+        return None
+    w = min(WINDOW_TOKENS, len(nlls))
+    window = sum(nlls[:w])
+    worst = window
+    for i in range(w, len(nlls)):
+        window += nlls[i] - nlls[i - w]
+        worst = max(worst, window)
+    return worst / w
 
 
 async def run_probe(
@@ -88,16 +125,16 @@ async def run_probe(
     prompt: str | None,
     messages: list[ChatMessage] | None,
     max_tokens: int,
+    task: Task,
     stop: list[str] | None = None,
-    verifier: Verifier | None = None,
     reference: str | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ProbeResult:
     """Greedy-decode up to ``max_tokens`` with logprobs and summarise the confidence.
 
     Returns a ``ProbeResult``; raises what ``backend.generate`` raises (``BackendError``), which
-    the caller treats as "no probe". Only exact verifiers are consulted: a learned reward
-    model's score is not a verdict.
+    the caller treats as "no probe". ``task`` reads the probe's answer; only an exact
+    verifier is consulted: a learned reward model's score is not a verdict.
     """
     if messages is None and prompt is None:
         prompt = problem_text
@@ -114,21 +151,18 @@ async def run_probe(
     result = await backend.generate(request)
     wall_ms = (clock() - t0) * 1000
     completion = result.completions[0]
-    mean_ent, max_ent, nll = summarise(completion)
     score: float | None = None
-    if verifier is not None and verifier.exact:
+    if task.exact and task.verifier is not None:
         try:
-            score = float(verifier.score(problem_text, completion.text, reference))
+            score = float(task.verifier.score(problem_text, completion.text, reference))
         except Exception:  # noqa: BLE001 - a verifier that cannot judge gives no verdict
             score = None
     return ProbeResult(
         text=completion.text,
         tokens=completion.tokens,
         finish_reason=completion.finish_reason,
-        mean_entropy=mean_ent,
-        max_entropy=max_ent,
-        mean_nll=nll,
-        has_answer=has_answer(completion.text),
+        **summarise(completion).model_dump(),
+        has_answer=task.answer_of(completion.text) is not None,
         verifier_score=score,
         prompt_tokens=result.prompt_tokens,
         wall_ms=wall_ms,

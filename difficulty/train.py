@@ -41,7 +41,7 @@ from difficulty.model import (
     arm_label,
 )
 from difficulty.probe import ProbeSummary
-from difficulty.profiles import TaskProfiles
+from difficulty.profiles import Task, TaskProfiles
 
 # Item labels written before kinds were recorded are matched to the built-in profiles.
 _PROFILES = TaskProfiles()
@@ -75,8 +75,11 @@ def _float(v: Any, default: float = 0.0) -> float:
     return f if math.isfinite(f) else default
 
 
-def rows_from_item(obj: dict[str, Any]) -> list[Row]:
-    """Rows of one item-label line: with its probe and, when it has one, probe-masked."""
+def rows_from_item(obj: dict[str, Any], task: Task | None = None) -> list[Row]:
+    """Rows of one item-label line: with its probe and, when it has one, probe-masked.
+
+    ``task`` is the profile the prompt is served under (default: the built-in profile its
+    ``kind`` names, else the one its text matches)."""
     text = str(obj.get("text") or obj.get("problem") or obj.get("prompt") or "")
     arms = obj.get("arms") or {}
     outcomes = {
@@ -91,13 +94,16 @@ def rows_from_item(obj: dict[str, Any]) -> list[Row]:
     if not text or not outcomes:
         return []
     g = _group(text)
-    kind = str(obj.get("kind") or _PROFILES.match(text).kind)
+    if task is None:
+        kind_name = obj.get("kind")
+        task = _PROFILES.task_named(str(kind_name)) if kind_name else _PROFILES.match(text)
+    kind = task.kind
     rows = []
     probe = obj.get("probe")
     if isinstance(probe, dict):
         summary = ProbeSummary.model_validate(probe)
-        rows.append(Row(feature_vector(text, summary, kind), g, outcomes, True, text, kind))
-    rows.append(Row(feature_vector(text, None, kind), g, outcomes, False, text, kind))
+        rows.append(Row(feature_vector(text, summary, task), g, outcomes, True, text, kind))
+    rows.append(Row(feature_vector(text, None, task), g, outcomes, False, text, kind))
     return rows
 
 
@@ -328,8 +334,7 @@ def fit_router_model(
     xs = np.stack([r.x for r in rows])
     card.feature_lo = [float(v) for v in xs.min(axis=0)]
     card.feature_hi = [float(v) for v in xs.max(axis=0)]
-    kinds = {"game24": "kind_game24", "arithmetic": "kind_arithmetic", "open": "kind_open"}
-    card.kinds = [k for k, f in kinds.items() if xs[:, FEATURE_NAMES.index(f)].max() > 0]
+    card.kinds = sorted({r.kind for r in rows if r.kind})
     model = RouterModel(card, weights, bias, estimators)
     _fit_bins(model, rows)
     return model

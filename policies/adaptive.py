@@ -21,7 +21,8 @@ from backends.base import Backend, BackendError
 from difficulty.estimate import DifficultyEstimate, Estimator
 from difficulty.model import RouterModel, RouterModelError, bundled_router_path
 from difficulty.probe import DEFAULT_PROBE_TOKENS, ProbeResult, run_probe
-from policies.base import Problem, StrategyResult
+from difficulty.profiles import OPEN_TASK
+from policies.base import Problem, StrategyError, StrategyResult
 from policies.decision import Decision, DecisionRequest, Source
 from policies.decision_cache import DecisionCache, prompt_hash
 from policies.latency import SLO, Load, predict_latency_ms
@@ -29,13 +30,20 @@ from policies.learning import OnlineLearner
 from policies.load import LoadTracker
 from policies.policy import Policy
 from policies.pricing import ArmPricer
-from policies.registry import FALLBACK_STRATEGY, default_arms, strategy_class, uninformed_priors
+from policies.registry import (
+    FALLBACK_STRATEGY,
+    THINKING_STRATEGY,
+    default_arms,
+    strategy_class,
+)
 from policies.selector import select, shrink_budget, thompson_draws
 from policies.settings import EFFORTS, PolicySettings, StrategiesSettings
 from policies.store import InMemoryPolicyStore, PolicyStore, RedisPolicyStore, stats_scope
 
 log = logging.getLogger("acr.policy")
 
+#: cost weight of a router model that was not calibrated with one
+DEFAULT_LAMBDA_PER_1K_TOKENS = 0.1
 #: below this deadline deliberating (about a millisecond) would eat the request's own time
 FAST_PATH_MS = 10.0
 
@@ -56,13 +64,16 @@ class AdaptivePolicy(Policy):
         backend: Backend | None,
         store: PolicyStore | None = None,
         model: RouterModel | None = None,
+        reasoning: bool = False,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = policy
         self.strategies = strategies
         self.backend = backend
-        self.model = model or uninformed_model(policy.probe_tokens)
+        self.backend_model = backend.name if backend is not None else "any"
+        self.reasoning = reasoning
+        self.model = for_backend(model or uninformed_model(policy.probe_tokens), self.backend_model)
         self.version = self.version_for(policy, self.model)
         self.store = store or InMemoryPolicyStore(self.version, clock)
         if self.store.version != self.version:
@@ -72,18 +83,21 @@ class AdaptivePolicy(Policy):
             )
         self.rng = rng or random.Random()
         self.clock = clock
-        self.tracker = LoadTracker(policy.capacity_tokens_per_s, clock)
-        if policy.call_latency_ms:
-            self.tracker.observe_call(policy.call_latency_ms)
+        self.tracker = LoadTracker(
+            policy.capacity_tokens_per_s, clock, call_overhead_ms=policy.call_latency_ms
+        )
         self.arms = list(self.model.card.arms)
         self._arm_by_name = {a.name: a for a in self.arms}
         self.probe_tokens = probe_length(policy.probe_tokens, self.model)
+        self.lambda_per_1k_tokens = cost_weight(policy.lambda_per_1k_tokens, self.model)
         self.estimator = Estimator(self.model, self.probe_tokens)
         self.pricer = ArmPricer(self.model, self.arms, strategies, policy)
         self.cache = DecisionCache(self.store, policy.decision_cache_ttl_s)
-        self.learner = OnlineLearner(self.store, self.tracker, self.pricer, self.model)
+        self.learner = OnlineLearner(
+            self.store, self.tracker, self.pricer, self.model, self.backend_model
+        )
         # Warm the code paths now, not on the first request's clock.
-        self.estimator.estimate("1 2 3 4", None, kind="open", exact_verifier=False)
+        self.estimator.estimate("1 2 3 4", None, task=OPEN_TASK)
 
     @classmethod
     def build(
@@ -95,12 +109,16 @@ class AdaptivePolicy(Policy):
         redis_client: Any = None,
         key_prefix: str = "acr",
         model: RouterModel | None = None,
+        reasoning: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> AdaptivePolicy:
         """The policy the service runs: the model at ``policy.classifier_path`` (else the
         bundled one), a ``RedisPolicyStore`` on ``redis_client`` (a ``redis.asyncio.Redis``;
         None keeps state in memory) under ``key_prefix``."""
-        model = model or load_model(policy.classifier_path)
+        model = for_backend(
+            model or load_model(policy.classifier_path),
+            backend.name if backend is not None else "any",
+        )
         version = cls.version_for(policy, model)
         store: PolicyStore
         if redis_client is not None:
@@ -109,7 +127,15 @@ class AdaptivePolicy(Policy):
             )
         else:
             store = InMemoryPolicyStore(version, clock)
-        return cls(policy, strategies, backend=backend, store=store, model=model, clock=clock)
+        return cls(
+            policy,
+            strategies,
+            backend=backend,
+            store=store,
+            model=model,
+            reasoning=reasoning,
+            clock=clock,
+        )
 
     @staticmethod
     def version_for(policy: PolicySettings, model: RouterModel) -> str:
@@ -126,17 +152,28 @@ class AdaptivePolicy(Policy):
         return SLO(
             latency_budget_ms=lat,
             cost_cap_tokens=self.settings.cost_cap_tokens,
-            lambda_per_1k_tokens=self.settings.lambda_per_1k_tokens,
+            lambda_per_1k_tokens=self.lambda_per_1k_tokens,
         )
 
     def forced_strategy(self, request: DecisionRequest) -> tuple[str | None, Source]:
-        """(strategy, source) a request forces: a named strategy, else its effort; else
-        (None, auto)."""
+        """(strategy, source) a request forces: a named strategy, else its effort (on a
+        reasoning model: a thinking budget); else (None, auto)."""
         if request.strategy and request.strategy != "auto":
             return request.strategy, "explicit"
         if request.effort in EFFORTS:
+            if self.reasoning:
+                return THINKING_STRATEGY, "effort"
             return self.strategies.effort[request.effort], "effort"  # type: ignore[index]
         return None, "auto"
+
+    def _forced_override(self, request: DecisionRequest, source: Source) -> dict[str, Any] | None:
+        """The budget fields a forced request runs with: its own, and on a reasoning model
+        the thinking budget its effort buys (unless it set max_tokens itself)."""
+        override = dict(request.budget or {})
+        if source == "effort" and self.reasoning and "max_tokens" not in override:
+            effort = request.effort or "medium"
+            override["max_tokens"] = self.strategies.thinking_budget_tokens[effort]  # type: ignore[index]
+        return override or None
 
     async def decide(self, problem: Problem, request: DecisionRequest) -> Decision:
         """The decision for ``problem`` (the probe, if one ran, is ``decision.probe``).
@@ -156,6 +193,8 @@ class AdaptivePolicy(Policy):
                 decision = await self._forced(problem, forced, source, request, slo, t0)
             else:
                 decision = await self._auto(problem, request, slo, t0)
+        except StrategyError:
+            raise  # the request named something that cannot run here: the client's 400
         except (ValueError, TypeError, ArithmeticError, KeyError) as exc:
             log.exception("adaptive policy failed; falling back to single pass")
             decision = Decision(
@@ -191,14 +230,28 @@ class AdaptivePolicy(Policy):
             policy_version=self.version,
         )
 
-    def _estimate(self, problem: Problem, probe: ProbeResult | None = None) -> DifficultyEstimate:
-        return self.estimator.estimate(
+    def estimate(self, problem: Problem, probe: ProbeResult | None = None) -> DifficultyEstimate:
+        """The difficulty estimate of ``problem`` (with its ``probe`` when one ran) on this
+        backend; what ``choose`` prices arms for."""
+        est = self.estimator.estimate(
             problem.text,
             probe.summary() if probe else None,
-            kind=problem.task.kind,
-            exact_verifier=problem.task.exact,
+            task=problem.task,
             probe_tokens=probe.tokens if probe else 0,
             answer_tokens=self.pricer.budget_of(FALLBACK_STRATEGY, None, None).max_tokens,
+        )
+        return self._on_this_backend(est)
+
+    def _on_this_backend(self, est: DifficultyEstimate) -> DifficultyEstimate:
+        """``est`` with what this backend and model can do (cached estimates carry a
+        previous replica's view)."""
+        caps = self.backend.capabilities if self.backend is not None else None
+        return est.model_copy(
+            update={
+                "continuations": caps.continuations if caps is not None else True,
+                "native_n": caps.native_n if caps is not None else True,
+                "reasoning": self.reasoning,
+            }
         )
 
     async def _forced(
@@ -211,16 +264,20 @@ class AdaptivePolicy(Policy):
         t0: float,
     ) -> Decision:
         cls = strategy_class(strategy)
-        est = self._estimate(problem)
-        budget = self.pricer.budget_of(strategy, None, request.budget)
+        est = self.estimate(problem)
+        why_not = cls.unavailable(est)
+        if why_not is not None:
+            raise StrategyError(why_not)
+        override = self._forced_override(request, source)
+        budget = self.pricer.budget_of(strategy, None, override)
         name = cls.arm_name(budget)
         stats = []
         if name in self._arm_by_name:
-            online = await self.store.arm_stats(stats_scope(est.kind, est.bin), [name])
-            stats = self.pricer.arm_stats(est, online, request.budget)
+            online = await self.store.arm_stats(self._scope(est), [name])
+            stats = self.pricer.arm_stats(est, online, override)
         st = next((s for s in stats if s.name == name), None)
         tokens = st.tokens_mean if st else float(budget.max_tokens * budget.samples)
-        lat_ms = st.latency_ms_mean if st else 1000.0 * tokens / self.settings.capacity_tokens_per_s
+        lat_ms = st.latency_ms_mean if st else 0.0
         load = request.load or self.tracker.snapshot(t0)
         # What the client chose is kept unless its own time limit cannot be met even on an
         # idle backend: the request's deadline (or the latency budget it set itself), never
@@ -229,11 +286,22 @@ class AdaptivePolicy(Policy):
         own_limits = [x for x in (request.deadline_ms, request.latency_budget_ms) if x]
         limit = min(own_limits) if own_limits else slo.latency_budget_ms
         own = slo.model_copy(update={"latency_budget_ms": limit, "headroom": 1.0})
-        idle = Load(capacity_tokens_per_s=load.capacity_tokens_per_s, call_ms=load.call_ms)
-        lat_full = predict_latency_ms(tokens, lat_ms, idle, cls.calls(budget), cls.name)
-        budget2, cost, _, shrunk = shrink_budget(cls, budget, tokens, lat_ms, own, idle)
+        idle = load.model_copy(update={"inflight": 0, "queued_tokens": 0.0, "elapsed_ms": 0.0})
+        parallel = cls.parallel_samples(budget) if est.native_n else 1
+        lat_full = predict_latency_ms(
+            tokens, lat_ms, idle, cls.calls(budget), cls.name, tokens / parallel
+        )
+        budget2, cost, _, shrunk = shrink_budget(
+            cls, budget, tokens, lat_ms, own, idle, est.native_n
+        )
+        parallel = cls.parallel_samples(budget2) if est.native_n else 1
         lat = predict_latency_ms(
-            cost, lat_ms * cost / tokens if tokens else lat_ms, load, cls.calls(budget2), cls.name
+            cost,
+            lat_ms * cost / tokens if tokens else lat_ms,
+            load,
+            cls.calls(budget2),
+            cls.name,
+            cost / parallel,
         )
         why = (
             "strategy named in request"
@@ -268,12 +336,14 @@ class AdaptivePolicy(Policy):
     ) -> Decision:
         key = prompt_hash(problem.text)
         est = await self.cache.get(key)
+        if est is not None:
+            est = self._on_this_backend(est)
         source: Source = "cache" if est is not None else "auto"
         probe: ProbeResult | None = None
         if est is None:
             if request.probe:
                 probe = await self._probe(problem, slo, request.load, t0)
-            est = self._estimate(problem, probe)
+            est = self.estimate(problem, probe)
         now = self.clock()
         elapsed_ms = max(0.0, (now - t0) * 1000)
         load = (
@@ -300,9 +370,7 @@ class AdaptivePolicy(Policy):
 
         The step after the probe; simulations call it directly with their own load.
         """
-        online = await self.store.arm_stats(
-            stats_scope(est.kind, est.bin), [a.name for a in self.arms]
-        )
+        online = await self.store.arm_stats(self._scope(est), [a.name for a in self.arms])
         stats = self.pricer.arm_stats(est, online, override)
         draws = thompson_draws(stats, self.rng, self.settings.exploration_rate)
         decision = select(est, stats, slo, load, draws=draws, policy_version=self.version)
@@ -310,6 +378,10 @@ class AdaptivePolicy(Policy):
         if source == "cache":
             decision.reason = "cached difficulty estimate; " + decision.reason
         return decision
+
+    def _scope(self, est: DifficultyEstimate) -> str:
+        """The online statistics ``est`` is priced with: this backend model, its task, bin."""
+        return stats_scope(self.backend_model, est.kind, est.bin)
 
     def should_probe(self, slo: SLO, load: Load) -> bool:
         """Whether a probe is worth running now: enabled, and cheap enough under this load."""
@@ -332,13 +404,13 @@ class AdaptivePolicy(Policy):
                 messages=problem.messages,
                 max_tokens=self.probe_tokens,
                 stop=problem.stop,
-                verifier=problem.verifier,
+                task=problem.task,
                 clock=self.clock,
             )
         except (BackendError, TimeoutError) as exc:
             log.warning("probe failed (%s); deciding on prompt features", exc)
             return None
-        self.tracker.observe_call(probe.wall_ms)
+        self.tracker.observe_call(probe.wall_ms, probe.tokens)
         return probe
 
     # -- learning -----------------------------------------------------------------------------
@@ -385,12 +457,42 @@ def probe_length(configured: int | None, model: RouterModel) -> int:
     return configured if configured is not None else DEFAULT_PROBE_TOKENS
 
 
+def cost_weight(configured: float | None, model: RouterModel) -> float:
+    """The cost weight in use: the configured one, else the router model's (chosen on its
+    calibration data), else ``DEFAULT_LAMBDA_PER_1K_TOKENS``."""
+    if configured is not None:
+        return configured
+    if model.card.lambda_per_1k_tokens is not None:
+        return model.card.lambda_per_1k_tokens
+    return DEFAULT_LAMBDA_PER_1K_TOKENS
+
+
 def uninformed_model(probe_tokens: int | None = None) -> RouterModel:
-    """A router model that knows nothing (priors only, one bin): tests and the fail-safe."""
+    """A router model that knows nothing (every arm equally likely to succeed, one bin): a
+    backend no router model was fit for starts at the cheapest arm and moves on evidence."""
     return RouterModel.uninformed(
         default_arms(),
-        uninformed_priors(),
         probe_tokens=probe_tokens if probe_tokens is not None else DEFAULT_PROBE_TOKENS,
+    )
+
+
+def for_backend(model: RouterModel, backend_model: str) -> RouterModel:
+    """``model`` when it was fit for ``backend_model`` (or for no model in particular), else
+    an uninformed model over the same arms: one model's success rates, token counts and
+    latencies never price another's."""
+    fitted = model.card.backend_model
+    if not fitted or fitted == backend_model:
+        return model
+    log.warning(
+        "router model %s was fit for %r, not %r: deciding from priors and online outcomes",
+        model.version,
+        fitted,
+        backend_model,
+    )
+    return RouterModel.uninformed(
+        list(model.card.arms),
+        version=f"{model.version}-unfit",
+        probe_tokens=model.card.probe_tokens,
     )
 
 

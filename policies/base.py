@@ -13,11 +13,11 @@ import abc
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from backends.base import Backend, ChatMessage
+from backends.base import Backend, ChatMessage, ThinkTags
 from backends.verifiers.base import Verifier
 from difficulty.profiles import OPEN_TASK, Task
 from policies.budget import Budget
@@ -53,7 +53,8 @@ class Problem:
     verifier. ``reference`` is a known answer (benchmarks only). ``prefix`` is the start of
     the answer already generated greedily (the router's probe, cut at its token limit) and
     ``prefix_tokens`` its length: single pass continues from it instead of generating it
-    again.
+    again. ``think`` marks a reasoning model's thinking (None: the model does not think
+    between tags).
     """
 
     text: str
@@ -65,6 +66,7 @@ class Problem:
     prefix: str = ""
     prefix_tokens: int = 0
     task: Task = OPEN_TASK
+    think: ThinkTags | None = None
 
     @property
     def verifier(self) -> Verifier | None:
@@ -112,6 +114,10 @@ class StrategyResult:
     stop_reason: StopReason
     score: float | None = None
     finish_reason: str = "stop"
+    #: a reasoning model's thinking behind ``text`` (hidden tokens; ``reasoning_content``)
+    reasoning: str | None = None
+    #: completions the strategy asked the backend for, and those it got
+    samples_planned: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -158,6 +164,22 @@ class Strategy(abc.ABC):
         runs = [self.run(problem.copy(i), backend, budget, deadline, clock) for i in range(n)]
         return list(await asyncio.gather(*runs))
 
+    async def stream(
+        self,
+        problem: Problem,
+        backend: Backend,
+        budget: Budget,
+        deadline: float,
+        clock: Clock = time.monotonic,
+    ) -> AsyncIterator[str | StrategyResult]:
+        """The answer as text pieces, then the ``StrategyResult``. The default runs the
+        whole strategy first (search must end before its answer is known); single pass
+        streams the backend's tokens."""
+        result = await self.run(problem, backend, budget, deadline, clock)
+        if result.text:
+            yield result.text
+        yield result
+
     # -- pricing: what the policy needs to know --------------------------------------------
 
     @classmethod
@@ -169,6 +191,11 @@ class Strategy(abc.ABC):
     def fixed_samples(cls, budget: Budget) -> int | None:
         """Samples every run draws, whatever the item; None when that varies."""
         return None
+
+    @classmethod
+    def parallel_samples(cls, budget: Budget) -> int:
+        """Samples one call decodes side by side (a batching backend's rows)."""
+        return 1
 
     @classmethod
     def calls(cls, budget: Budget) -> float:
@@ -203,9 +230,17 @@ class Strategy(abc.ABC):
         return False
 
     @classmethod
-    def repeats_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
-        """Whether running this arm could only repeat the finished probe (never offered)."""
-        return False
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Whether ``auto`` may choose this arm for ``est``: it can do something the others
+        cannot (an arm that could only repeat the probe, or choose among candidates nothing
+        can tell apart, is never offered)."""
+        return True
+
+    @classmethod
+    def unavailable(cls, est: DifficultyEstimate) -> str | None:
+        """Why this strategy cannot run at all here (the backend lacks what it needs), or
+        None; a request that names it then gets a 400 with this reason."""
+        return None
 
     @classmethod
     def expected_samples(

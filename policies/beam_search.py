@@ -22,15 +22,20 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from backends.base import Backend, GenerationResult
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
-from backends.verifiers.numeric import extract_answer, normalize_answer
+from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
 from policies.common import base_prompt, call_until, finish, mean_logprob, request_for
 
-#: longest single step (line) a proposal may take, in tokens
+if TYPE_CHECKING:
+    from difficulty.estimate import DifficultyEstimate
+
+#: longest single step a proposal may take, in tokens: a line, or a paragraph
 STEP_TOKENS = 48
+PARAGRAPH_STEP_TOKENS = 192
 #: how often one state may be expanded (the first time plus re-samples)
 MAX_EXPANSIONS_PER_STATE = 8
 #: rounds of expansion allowed per step of ``max_steps`` (re-samples and backtracking)
@@ -73,12 +78,13 @@ class BeamSearch(Strategy):
         pool: list[Beam] = []  # valid states set aside, for backtracking
         expanded: Counter[tuple[str, ...]] = Counter()
         finished: list[Candidate] = []
-        prompt_tokens = generated = spent = samples = rounds = 0
+        prompt_tokens = generated = spent = samples = rounds = asked = 0
         stop: StopReason = "budget"
         while rounds < ROUNDS_PER_STEP * budget.max_steps:
             expanded.update(tuple(b.lines) for b in beams)
             results = await _expand(problem, backend, budget, base, beams, rounds, deadline, clock)
             rounds += 1
+            asked += budget.expansions * sum(r is not None for r in results)
             if any(r is None for r in results):
                 stop = "deadline"
             proposals: list[tuple[Beam, str, int, float]] = []
@@ -88,8 +94,8 @@ class BeamSearch(Strategy):
                 prompt_tokens = prompt_tokens or res.prompt_tokens
                 generated += res.completion_tokens
                 samples += len(res.completions)
-                proposals += _dedupe(beam, res)
-            next_beams, done, s, verified = _grow(proposals, verifier, problem)
+                proposals += _dedupe(beam, res, problem.task.step_delimiter)
+            next_beams, done, s, verified = await _grow(proposals, verifier, problem)
             spent += s
             finished += done
             if verified:
@@ -118,7 +124,7 @@ class BeamSearch(Strategy):
                 stop = "exhausted"
                 break
             beams, pool = pool[-budget.beam_width :][::-1], pool[: -budget.beam_width]
-        chosen = _best(finished, beams, verifier is not None)
+        chosen = _best(finished, beams, problem.task)
         return finish(
             self.name,
             chosen=chosen,
@@ -130,7 +136,30 @@ class BeamSearch(Strategy):
             clock=clock,
             samples=samples,
             stop_reason=stop,
+            planned=asked,
         )
+
+    @classmethod
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Where steps can be told apart and extended: answers or a verifier, and
+        continuations."""
+        return est.selectable and est.continuations
+
+    @classmethod
+    def unavailable(cls, est: DifficultyEstimate) -> str | None:
+        """It extends partial answers: without continuations it cannot run."""
+        if est.continuations:
+            return None
+        return (
+            "beam_search extends partial answers, which needs the model's chat template and a "
+            "raw-prompt endpoint: set model.tokenizer_path (a tokenizer directory or the "
+            "model's .gguf) or use a server with a template endpoint"
+        )
+
+    @classmethod
+    def parallel_samples(cls, budget: Budget) -> int:
+        """Every state's proposals in one round of concurrent calls."""
+        return budget.beam_width * budget.expansions
 
     @classmethod
     def calls(cls, budget: Budget) -> float:
@@ -189,11 +218,11 @@ async def _expand(
                     request_for(
                         problem,
                         n=budget.expansions,
-                        max_tokens=min(STEP_TOKENS, budget.max_tokens),
+                        max_tokens=min(step_tokens(problem.task), budget.max_tokens),
                         temperature=budget.temperature,
-                        stop=["\n"],
+                        stop=[problem.task.step_delimiter],
                         logprobs=True,
-                        prompt=base + "".join(line + "\n" for line in b.lines),
+                        prompt=base + "".join(s + problem.task.step_delimiter for s in b.lines),
                         seed=_seed(problem, round_, i),
                     ),
                     deadline,
@@ -205,13 +234,20 @@ async def _expand(
     )
 
 
+def step_tokens(task: Task) -> int:
+    """Most tokens one step may take: a line for line-by-line tasks, else a paragraph."""
+    return STEP_TOKENS if task.step_delimiter == "\n" else PARAGRAPH_STEP_TOKENS
+
+
 def _seed(problem: Problem, call: int, state: int) -> int | None:
     """A fresh seed per call and state, so a re-sampled state gets new proposals."""
     return None if problem.seed is None else problem.seed + 104_729 * call + state
 
 
-def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, float]]:
-    """Distinct next lines of ``beam``: (beam, line, tokens of one copy, frequency score).
+def _dedupe(
+    beam: Beam, res: GenerationResult, delimiter: str
+) -> list[tuple[Beam, str, int, float]]:
+    """Distinct next steps of ``beam``: (beam, step, tokens of one copy, frequency score).
 
     The frequency score (share of the ``n`` proposals, plus a small log-prob tie-break) is
     what ranks children without a process verifier.
@@ -220,7 +256,7 @@ def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, flo
     tokens: dict[str, int] = {}
     lps: dict[str, float] = {}
     for c in res.completions:
-        line = c.text.split("\n")[0].rstrip()
+        line = c.text.split(delimiter)[0].rstrip()
         counts[line] += 1
         tokens[line] = tokens.get(line, 0) + c.tokens
         lps[line] = max(lps.get(line, -1e9), mean_logprob(c))
@@ -232,7 +268,7 @@ def _dedupe(beam: Beam, res: GenerationResult) -> list[tuple[Beam, str, int, flo
     ]
 
 
-def _grow(
+async def _grow(
     proposals: list[tuple[Beam, str, int, float]], verifier: Verifier | None, problem: Problem
 ) -> tuple[list[Beam], list[Candidate], int, bool]:
     """Children of the proposals: (live beams, finished answers, verifier tokens, verified?).
@@ -243,16 +279,17 @@ def _grow(
     beams: list[Beam] = []
     done: list[Candidate] = []
     spent, verified = 0, False
+    task = problem.task
     for beam, line, tokens, freq in proposals:
         child = Beam(beam.lines + [line], beam.tokens + tokens, freq)
-        if line.strip().startswith("Answer:"):
+        if task.answers.states_answer(line):
             cand = Candidate(
-                text="\n".join(child.lines),
+                text=task.step_delimiter.join(child.lines),
                 tokens=child.tokens,
-                answer=extract_answer(line),
+                answer=task.answer_of(line),
                 score=freq,
             )
-            s, exact_ok = _outcome(verifier, problem, cand)
+            s, exact_ok = await _outcome(verifier, problem, cand)
             spent += s
             done.append(cand)
             verified = verified or exact_ok
@@ -260,7 +297,7 @@ def _grow(
         if not line.strip():
             continue
         if isinstance(verifier, ProcessVerifier):
-            step = _step_score(verifier, problem, child.lines)
+            step = await _step_score(verifier, problem, child.lines)
             if step is not None:
                 if verifier.exact and step <= 0.0:
                     continue  # an invalid step cannot lead to a valid answer
@@ -269,47 +306,52 @@ def _grow(
     return beams, done, spent, verified
 
 
-def _step_score(verifier: ProcessVerifier, problem: Problem, lines: list[str]) -> float | None:
+async def _step_score(
+    verifier: ProcessVerifier, problem: Problem, lines: list[str]
+) -> float | None:
     """The latest step's process score, or None when the verifier cannot score this problem."""
     try:
-        scores = verifier.score_steps(problem.text, lines)
+        scores = await verifier.score_steps_async(problem.text, lines)
     except VerifierError:
         return None
     return scores[-1] if scores else None
 
 
-def _outcome(verifier: Verifier | None, problem: Problem, cand: Candidate) -> tuple[int, bool]:
+async def _outcome(
+    verifier: Verifier | None, problem: Problem, cand: Candidate
+) -> tuple[int, bool]:
     """Scores a finished trace in place; returns (verifier tokens, exactly verified?)."""
     if verifier is None:
         return 0, False
     try:
-        cand.score = verifier.score(problem.text, cand.text, problem.reference)
+        (cand.score,) = await verifier.score_many(problem.text, [cand.text], problem.reference)
     except VerifierError:
         return 0, False
     return verifier.verifier_tokens(problem.text, cand.text), verifier.exact and cand.score >= 1.0
 
 
-def _best(finished: list[Candidate], beams: list[Beam], scored: bool) -> Candidate | None:
+def _best(finished: list[Candidate], beams: list[Beam], task: Task) -> Candidate | None:
     """The response to return.
 
     With a verifier: the best-scored finished trace. Without one: a vote over the finished
     answers weighted by their proposal frequency (the answer most of the search agreed on),
     its most frequent trace. With nothing finished: the best live partial trace.
     """
-    if finished and scored:
+    if finished and task.verifier is not None:
         return max(finished, key=lambda c: c.score if c.score is not None else -1.0)
     if finished:
         weight: dict[str, float] = {}
         for c in finished:
-            key = normalize_answer(c.answer)
+            key = task.vote_key(c.answer)
             if key is not None:
                 weight[key] = weight.get(key, 0.0) + (c.score or 0.0)
         if weight:
             top = max(weight, key=lambda k: weight[k])
-            pool = [c for c in finished if normalize_answer(c.answer) == top]
+            pool = [c for c in finished if task.vote_key(c.answer) == top]
             return max(pool, key=lambda c: c.score or 0.0)
         return max(finished, key=lambda c: c.score or 0.0)
     if beams:
         b = max(beams, key=lambda b: b.score)
-        return Candidate(text="\n".join(b.lines), tokens=b.tokens, answer=None, score=b.score)
+        text = task.step_delimiter.join(b.lines)
+        return Candidate(text=text, tokens=b.tokens, answer=None, score=b.score)
     return None

@@ -7,9 +7,10 @@ it falls back to a majority vote over extracted answers, ties broken by mean log
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from backends.base import Backend
-from backends.verifiers.numeric import normalize_answer
+from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
 from policies.common import (
     call_until,
@@ -22,6 +23,9 @@ from policies.common import (
     score_all,
     vote,
 )
+
+if TYPE_CHECKING:
+    from difficulty.estimate import DifficultyEstimate
 
 
 class BestOfN(Strategy):
@@ -49,10 +53,10 @@ class BestOfN(Strategy):
         res = await call_until(backend, req, deadline, clock)
         if res is None:
             return out_of_time(self.name, started, clock)
-        cands = [candidate_of(c) for c in res.completions]
+        cands = [candidate_of(c, problem.task) for c in res.completions]
         lp = {id(c): mean_logprob(comp) for c, comp in zip(cands, res.completions, strict=True)}
-        spent, verified = score_all(problem, cands)
-        chosen = pick(cands, lp, use_scores=problem.verifier is not None)
+        spent, verified = await score_all(problem, cands)
+        chosen = pick(cands, lp, problem.task)
         return finish(
             self.name,
             chosen=chosen,
@@ -63,13 +67,24 @@ class BestOfN(Strategy):
             started=started,
             clock=clock,
             samples=len(cands),
+            planned=budget.samples,
             stop_reason="verified" if verified else "budget",
         )
+
+    @classmethod
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Only where candidates can be told apart (answers to vote on, or a verifier)."""
+        return est.selectable
 
     @classmethod
     def arm_name(cls, budget: Budget) -> str:
         """``best_of_n@N``: each N is its own arm."""
         return f"{cls.name}@{budget.samples}"
+
+    @classmethod
+    def parallel_samples(cls, budget: Budget) -> int:
+        """All N in one call."""
+        return budget.samples
 
     @classmethod
     def fixed_samples(cls, budget: Budget) -> int | None:
@@ -82,13 +97,13 @@ class BestOfN(Strategy):
         return halve_samples(budget)
 
 
-def pick(cands: list[Candidate], lp: dict[int, float], *, use_scores: bool) -> Candidate:
+def pick(cands: list[Candidate], lp: dict[int, float], task: Task) -> Candidate:
     """Highest verifier score (then log-prob), or the majority answer (then log-prob)."""
-    if use_scores and any(c.score is not None for c in cands):
+    if task.verifier is not None and any(c.score is not None for c in cands):
         return max(cands, key=lambda c: (c.score if c.score is not None else -1.0, lp[id(c)]))
-    ranking = vote([c.answer for c in cands])
+    ranking = vote([c.answer for c in cands], task)
     if ranking:
         top = ranking[0][0]
-        pool = [c for c in cands if normalize_answer(c.answer) == top]
+        pool = [c for c in cands if task.vote_key(c.answer) == top]
         return max(pool, key=lambda c: lp[id(c)])
     return max(cands, key=lambda c: lp[id(c)])

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING
 
 from backends.base import Backend, Completion
 from backends.verifiers.base import ProcessVerifier, VerifierError
-from backends.verifiers.numeric import extract_answer
 from policies.base import (
     Budget,
     Candidate,
@@ -33,6 +32,7 @@ from policies.base import (
     StrategyResult,
 )
 from policies.common import base_prompt, call_until, finish, request_for, score_all
+from policies.thinking import think_then_answer
 
 if TYPE_CHECKING:
     from difficulty.estimate import DifficultyEstimate
@@ -107,6 +107,10 @@ class BoundedReasoning(Strategy):
         or the last one was rejected) or deadline. ``samples`` counts the calls that extended
         the chain.
         """
+        if problem.think is not None:
+            return await think_then_answer(
+                self.name, problem, backend, budget, problem.think, deadline, clock
+            )
         started = clock()
         req = request_for(
             problem, n=1, max_tokens=budget.max_tokens, temperature=budget.temperature
@@ -140,7 +144,7 @@ class BoundedReasoning(Strategy):
         cand = Candidate(
             text=text,
             tokens=sum(s.tokens for s in segments),
-            answer=extract_answer(text),
+            answer=problem.task.answer_of(text),
             finish_reason=comp.finish_reason,
         )
         if cand.answer is None and stop != "deadline":
@@ -152,10 +156,10 @@ class BoundedReasoning(Strategy):
                 cand = Candidate(
                     text=text + extra_text,
                     tokens=cand.tokens + extra_tokens,
-                    answer=extract_answer(text + extra_text),
+                    answer=problem.task.answer_of(text + extra_text),
                     finish_reason="stop",
                 )
-        spent, verified = score_all(problem, [cand])
+        spent, verified = await score_all(problem, [cand])
         if verified:
             stop = "verified"
         return finish(
@@ -182,18 +186,17 @@ class BoundedReasoning(Strategy):
         return True
 
     @classmethod
-    def repeats_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
-        """Without an exact checker it backtracks on nothing: one greedy chain, token for
-        token the probe's when the probe ended by itself, so it can only cost what single
-        pass (served from the probe) gets for free. On the benchmark's arithmetic the two
-        agreed on all 112 such questions while the router, reading noise in its per-arm
-        models, sent 58 of them here (23 tokens a request on the mix)."""
-        return (
-            est.probe_finished
-            and not est.exact_verifier
-            and budget.temperature == 0
-            and budget.max_tokens >= est.probe_tokens
-        )
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Offered where it does more than a greedy answer: a model that thinks (a real
+        thinking budget), or an exact step checker to back up on (with continuations).
+
+        Otherwise it is one greedy chain, token for token the probe's (or single pass's), so
+        it could only cost what single pass gets for free: on the bundled arithmetic the two
+        agreed on all 112 questions whose probe finished, while the router, reading noise in
+        its per-arm models, sent 58 of them here."""
+        if est.reasoning:
+            return True
+        return est.step_checker and est.continuations
 
     async def _correct(
         self,

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from backends.base import Backend, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import VerifierError
-from backends.verifiers.numeric import extract_answer, normalize_answer
+from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, StrategyResult
 
 
@@ -61,10 +61,10 @@ async def call_until(
         return None
 
 
-def candidate_of(c: Completion) -> Candidate:
-    """A ``Candidate`` with its extracted final answer."""
+def candidate_of(c: Completion, task: Task) -> Candidate:
+    """A ``Candidate`` with its final answer as ``task``'s answer format extracts it."""
     return Candidate(
-        text=c.text, tokens=c.tokens, answer=extract_answer(c.text), finish_reason=c.finish_reason
+        text=c.text, tokens=c.tokens, answer=task.answer_of(c.text), finish_reason=c.finish_reason
     )
 
 
@@ -75,9 +75,10 @@ def mean_logprob(c: Completion) -> float:
     return sum(c.token_logprobs) / len(c.token_logprobs)
 
 
-def vote(answers: Sequence[str | None]) -> list[tuple[str, int]]:
-    """Normalised answers with their counts, most common first (None never wins)."""
-    counts = Counter(a for a in (normalize_answer(x) for x in answers) if a is not None)
+def vote(answers: Sequence[str | None], task: Task) -> list[tuple[str, int]]:
+    """``task``'s voting keys of the answers with their counts, most common first (an
+    answer without a key never wins)."""
+    counts = Counter(k for k in (task.vote_key(x) for x in answers) if k is not None)
     return counts.most_common()
 
 
@@ -104,8 +105,13 @@ def finish(
     clock: Clock,
     samples: int,
     stop_reason: StopReason,
+    planned: int | None = None,
 ) -> StrategyResult:
-    """A ``StrategyResult`` whose visible + hidden tokens equal ``generated_tokens``."""
+    """A ``StrategyResult`` whose visible + hidden tokens equal ``generated_tokens``.
+
+    ``samples`` is what the strategy got from the backend and ``planned`` what it asked
+    for (the same when not given): a backend that returns fewer shows as a shortfall.
+    """
     visible = chosen.tokens if chosen is not None else 0
     return StrategyResult(
         strategy=name,
@@ -121,6 +127,7 @@ def finish(
         stop_reason=stop_reason,
         score=chosen.score if chosen is not None else None,
         finish_reason=chosen.finish_reason if chosen is not None else "stop",
+        samples_planned=samples if planned is None else planned,
     )
 
 
@@ -140,21 +147,24 @@ def out_of_time(name: str, started: float, clock: Clock) -> StrategyResult:
     )
 
 
-def score_all(problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
-    """Score candidates in place with the problem's verifier; returns (verifier tokens
-    spent, any exactly verified). Without a verifier nothing is scored."""
+async def score_all(problem: Problem, candidates: list[Candidate]) -> tuple[int, bool]:
+    """Score candidates in place with the problem's verifier (one batch); returns (verifier
+    tokens spent, any exactly verified). Without a verifier, or when it cannot judge this
+    problem, nothing is scored."""
     verifier = problem.verifier
-    if verifier is None:
+    if verifier is None or not candidates:
+        return 0, False
+    try:
+        scores = await verifier.score_many(
+            problem.text, [c.text for c in candidates], problem.reference
+        )
+    except VerifierError:
         return 0, False
     spent, verified = 0, False
-    for c in candidates:
-        try:
-            c.score = verifier.score(problem.text, c.text, problem.reference)
-        except VerifierError:
-            c.score = None
-            continue
+    for c, score in zip(candidates, scores, strict=True):
+        c.score = score
         spent += verifier.verifier_tokens(problem.text, c.text)
-        verified = verified or (verifier.exact and c.score >= 1.0)
+        verified = verified or (verifier.exact and score >= 1.0)
     return spent, verified
 
 

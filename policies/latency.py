@@ -34,9 +34,6 @@ class Load(BaseModel):
     capacity_tokens_per_s: float = Field(default=2000.0, gt=0)
     elapsed_ms: float = Field(default=0.0, ge=0)
     overhead_ms: float = Field(default=2.0, ge=0, description="Fixed per-request overhead.")
-    utilization: float = Field(
-        default=0.0, ge=0, description="Offered tokens/s over capacity (recent window)."
-    )
     slowdown: float = Field(
         default=1.0, gt=0, description="Observed over predicted latency, learned live."
     )
@@ -45,8 +42,11 @@ class Load(BaseModel):
         description="The same ratio per strategy, where one has been observed (a strategy "
         "that makes several sequential calls can run slower than one call's model says).",
     )
-    call_ms: float = Field(
-        default=0.0, ge=0, description="Recent latency of one backend call (probe, pass)."
+    call_overhead_ms: float = Field(
+        default=0.0, ge=0, description="Latency of one backend call beyond its tokens."
+    )
+    ms_per_token: float = Field(
+        default=0.5, gt=0, description="Latency of one token generated after another."
     )
 
 
@@ -56,25 +56,23 @@ def predict_latency_ms(
     load: Load,
     calls: float = 1.0,
     strategy: str | None = None,
+    serial_tokens: float | None = None,
 ) -> float:
     """Latency of an arm that generates ``cost_tokens`` under ``load``, in ms.
 
-    Processor sharing: a new job of size c finishes after the backend has generated c tokens
-    for it plus up to c tokens for each job ahead, i.e. (min(queued, inflight * c) + c) / rate;
-    work that arrives meanwhile shares the backend too, which divides the rate by (1 - rho)
-    for utilisation rho (capped at 0.9). Never below the arm's measured unloaded latency. The
-    live ``slowdown`` (observed / predicted latency of recent requests) corrects what this
-    model misses, e.g. a batching backend's head-of-line waits; ``strategy``'s own ratio is
-    used once one was observed (``Load.slowdown_by_strategy``). And an arm that makes ``calls``
-    sequential backend calls takes at least ``calls`` times the latency one call has right
-    now (``call_ms``, measured on the probe and single calls): a busy batching server makes
-    every call wait for a decode cycle, however few tokens it needs.
+    Unloaded, it takes what it was seen to take (``unloaded_ms``, 0 when never seen), but at
+    least what the backend's learned call speed says: ``calls`` x the per-call overhead plus
+    ``serial_tokens`` (the tokens generated one after another; all of them unless batched)
+    x the time per token. The work already queued ahead (up to ``cost_tokens`` per request in
+    flight: processor sharing) adds its time at the backend's busy throughput. The learned
+    ratio of observed to predicted latency (``strategy``'s own once observed) corrects what
+    the model misses, e.g. a batching server's waits.
     """
     if cost_tokens <= 0:
         return 0.0
-    shared = min(load.queued_tokens, load.inflight * cost_tokens) + cost_tokens
-    free = 1.0 - min(load.utilization, 0.9)
-    loaded_ms = 1000.0 * shared / (load.capacity_tokens_per_s * free)
-    per_call = calls * load.call_ms
+    serial = cost_tokens if serial_tokens is None else serial_tokens
+    speed_ms = calls * load.call_overhead_ms + serial * load.ms_per_token
+    ahead = min(load.queued_tokens, load.inflight * cost_tokens)
+    queue_ms = 1000.0 * ahead / load.capacity_tokens_per_s
     slowdown = load.slowdown_by_strategy.get(strategy or "", load.slowdown)
-    return load.overhead_ms + max(max(unloaded_ms, loaded_ms) * slowdown, per_call)
+    return load.overhead_ms + (max(unloaded_ms, speed_ms) + queue_ms) * slowdown

@@ -16,9 +16,15 @@ class OnlineLearner:
     """Applies one outcome to ``store`` (shared), ``tracker`` and ``pricer`` (local)."""
 
     def __init__(
-        self, store: PolicyStore, tracker: LoadTracker, pricer: ArmPricer, model: RouterModel
+        self,
+        store: PolicyStore,
+        tracker: LoadTracker,
+        pricer: ArmPricer,
+        model: RouterModel,
+        backend_model: str,
     ) -> None:
         self.store = store
+        self.backend_model = backend_model
         self.tracker = tracker
         self.pricer = pricer
         self.arm_names = set(model.arm_names)
@@ -45,7 +51,7 @@ class OnlineLearner:
             self.tracker.end(decision.decision_id, tokens, now)
         if decision.difficulty_bin is None:
             return
-        scope = stats_scope(decision.task, decision.difficulty_bin)
+        scope = stats_scope(self.backend_model, decision.task, decision.difficulty_bin)
         arm = decision.arm if decision.arm in self.arm_names else None
         if arm is None:
             return
@@ -75,6 +81,9 @@ class OnlineLearner:
         calls = cls.calls_made(decision.budget, result)
         if calls is None:
             return
-        self.tracker.observe_call(result.wall_ms / calls)
+        serial = (result.completion_tokens + result.verifier_tokens) / max(
+            1, cls.parallel_samples(decision.budget)
+        )
+        self.tracker.observe_call(result.wall_ms, serial, calls)
         if cls.calls_vary() and result.samples > 0:
             self.pricer.observe_calls(cls.name, decision.task, calls)

@@ -1,16 +1,30 @@
-"""This replica's load: requests in flight, tokens they still owe, live throughput and how
-much slower than predicted requests run. The adaptive policy begins an entry when it decides
-and ends it when the outcome is recorded (or the request fails); ``snapshot`` is the
-``Load`` the selector prices arms under.
+"""This replica's load and the backend's learned speed: requests in flight, tokens they still
+owe, how fast the backend works, and how much slower than predicted requests run.
+
+The adaptive policy begins an entry when it decides and ends it when the outcome is recorded
+(or the request fails); ``snapshot`` is the ``Load`` the selector prices arms under. What it
+learns, from what the backend really does:
+
+- the speed of one call: latency ~ ``call_overhead_ms`` per call + ``ms_per_token`` per
+  token generated one after the other (recursive least squares with forgetting, from calls
+  that ran with nothing else in flight: the probe, single passes, whole requests);
+- throughput while busy (tokens finished per second of time with work in flight), which
+  prices the queue ahead of a new request;
+- the ratio of observed to predicted latency, overall and per strategy (what the model
+  misses: batching waits, backtracking).
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies.latency import Load
+
+#: forgetting factor of the call-speed fit: the last ~20 calls dominate
+_FORGET = 0.95
+#: busy seconds between throughput re-measurements
+_BUSY_WINDOW_S = 2.0
 
 
 @dataclass
@@ -20,53 +34,66 @@ class _Inflight:
     started_at: float
     concurrency: int
     predicted_ms: float = 0.0
+    slowdown: float = 1.0
     strategy: str = ""
 
 
+class CallSpeed:
+    """latency_ms ~ a * calls + b * serial_tokens, fitted online (2-parameter RLS)."""
+
+    def __init__(self, overhead_ms: float, ms_per_token: float) -> None:
+        self.theta = [overhead_ms, ms_per_token]
+        # Weak prior: a few observations overrule the guesses.
+        self._p = [[1e4, 0.0], [0.0, 1.0]]
+        self.observations = 0
+
+    def observe(self, calls: float, tokens: float, wall_ms: float) -> None:
+        """One observed run of ``calls`` sequential calls generating ``tokens`` serially."""
+        x = (max(calls, 0.0), max(tokens, 0.0))
+        p = self._p
+        px = (p[0][0] * x[0] + p[0][1] * x[1], p[1][0] * x[0] + p[1][1] * x[1])
+        denom = _FORGET + x[0] * px[0] + x[1] * px[1]
+        gain = (px[0] / denom, px[1] / denom)
+        err = wall_ms - (self.theta[0] * x[0] + self.theta[1] * x[1])
+        self.theta = [
+            max(0.0, self.theta[0] + gain[0] * err),
+            max(1e-3, self.theta[1] + gain[1] * err),
+        ]
+        self._p = [[(p[i][j] - gain[i] * px[j]) / _FORGET for j in range(2)] for i in range(2)]
+        self.observations += 1
+
+
 class LoadTracker:
-    """This replica's load: requests in flight, tokens they still owe, live throughput.
+    """This replica's load and the backend's speed, learned live (see the module docstring).
 
     ``begin`` at decision time, ``end`` when the outcome is recorded; entries whose deadline
     passed are dropped (a request that failed without an outcome must not count forever).
-    Capacity (aggregate tokens/s of a busy backend) starts from the measured value and is
-    re-measured only while the backend is saturated (``saturated_at`` requests in flight):
-    tokens finished per second of saturated time. A lone greedy decode is slow because it is
-    one row wide, not because the backend is busy, so unsaturated periods teach nothing.
-    Utilisation is the predicted tokens admitted over the last ``window_s`` per second over
-    that capacity.
     """
 
     def __init__(
         self,
         capacity_tokens_per_s: float,
         clock: Callable[[], float],
-        window_s: float = 10.0,
-        saturated_at: int = 8,
+        call_overhead_ms: float = 0.0,
     ) -> None:
         self.capacity = capacity_tokens_per_s
         self.clock = clock
         self.jobs: dict[str, _Inflight] = {}
-        self.window_s = window_s
-        self.saturated_at = saturated_at
-        # (time, predicted tokens) of recent admissions: the offered load.
-        self.recent: collections.deque[tuple[float, float]] = collections.deque()
+        self.speed = CallSpeed(call_overhead_ms, 1000.0 / max(1.0, capacity_tokens_per_s))
         self._last = clock()
-        self._sat_time = 0.0
-        self._sat_tokens = 0.0
+        self._busy_time = 0.0
+        self._busy_tokens = 0.0
         self.slowdown = 1.0
         # Per strategy: one that makes several sequential calls (bounded reasoning's
         # backtracking, beam steps) can run slower than predicted while others do not.
         self.slowdown_by: dict[str, float] = {}
-        self.call_ms = 0.0
-        self._call_mean = 0.0
-        self._call_dev = 0.0
 
     def _advance(self, now: float) -> None:
         for k in [k for k, j in self.jobs.items() if j.expires_at <= now]:
             del self.jobs[k]
         dt = now - self._last
-        if dt > 0 and len(self.jobs) >= self.saturated_at:
-            self._sat_time += dt
+        if dt > 0 and self.jobs:
+            self._busy_time += dt
         self._last = max(self._last, now)
 
     def begin(
@@ -83,19 +110,28 @@ class LoadTracker:
         t = self.clock() if now is None else now
         self._advance(t)
         self.jobs[key] = _Inflight(
-            tokens, t + deadline_s, t, len(self.jobs) + 1, predicted_ms, strategy
+            tokens,
+            t + deadline_s,
+            t,
+            len(self.jobs) + 1,
+            predicted_ms,
+            self.slowdown_by.get(strategy, self.slowdown),
+            strategy,
         )
-        self.recent.append((t, tokens))
 
-    def end(self, key: str, tokens: float | None, now: float | None = None) -> None:
-        """The request finished after generating ``tokens``; re-measure capacity if saturated."""
+    def end(self, key: str, tokens: float | None, now: float | None = None) -> float | None:
+        """The request finished after generating ``tokens``; learn from it. Returns its
+        observed latency in ms (None for an unknown or expired entry)."""
         t = self.clock() if now is None else now
         self._advance(t)
         job = self.jobs.pop(key, None)
         if job is None:
-            return
+            return None
+        observed_ms = (t - job.started_at) * 1000
         if job.predicted_ms >= 20.0:
-            ratio = min(20.0, max(0.5, (t - job.started_at) * 1000 / job.predicted_ms))
+            # The prediction included the factor in use then: learn the raw ratio.
+            raw = job.predicted_ms / job.slowdown
+            ratio = min(20.0, max(0.2, observed_ms / raw))
             self.slowdown = _ewma_ratio(self.slowdown, ratio)
             # A strategy priced out of use is never observed again: let its own factor drift
             # back to the common one as other requests finish, so it is not shut out for good.
@@ -104,54 +140,40 @@ class LoadTracker:
             if job.strategy:
                 mine = self.slowdown_by.get(job.strategy, self.slowdown)
                 self.slowdown_by[job.strategy] = _ewma_ratio(mine, ratio)
-        if not tokens or tokens <= 0:
-            return
-        if len(self.jobs) + 1 >= self.saturated_at:
-            self._sat_tokens += tokens
-        if self._sat_time >= 5.0:
-            observed = self._sat_tokens / self._sat_time
-            self.capacity = 0.8 * self.capacity + 0.2 * observed
-            self._sat_time = self._sat_tokens = 0.0
+        if tokens and tokens > 0:
+            self._busy_tokens += tokens
+            if self._busy_time >= _BUSY_WINDOW_S:
+                observed = self._busy_tokens / self._busy_time
+                self.capacity = 0.7 * self.capacity + 0.3 * observed
+                self._busy_time = self._busy_tokens = 0.0
+        return observed_ms
 
-    def observe_call(self, wall_ms: float) -> None:
-        """One backend call took ``wall_ms`` (the probe, a single pass, a sampling batch).
-
-        Keeps an EWMA of the mean and of the absolute deviation; ``call_ms`` is mean + 2
-        deviations, a high quantile: on a batching server a call may land just after a
-        decode cycle started and wait for all of it.
-        """
-        if wall_ms <= 0:
+    def observe_call(self, wall_ms: float, tokens: float, calls: float = 1.0) -> None:
+        """``calls`` sequential backend calls generated ``tokens`` one after the other in
+        ``wall_ms`` (the probe, a single pass, a whole request): learn the call speed from
+        it when it ran alone (with others in flight its time includes their work)."""
+        if wall_ms <= 0 or len(self.jobs) > 1:
             return
-        # Up fast (a queue is forming), down slower (do not trust a single quick call).
-        rate = 0.3 if wall_ms > self._call_mean else 0.1
-        self._call_dev = (1 - rate) * self._call_dev + rate * abs(wall_ms - self._call_mean)
-        self._call_mean = (1 - rate) * self._call_mean + rate * wall_ms
-        self.call_ms = self._call_mean + 2 * self._call_dev
+        self.speed.observe(calls, tokens, wall_ms)
 
     def snapshot(self, now: float | None = None, elapsed_ms: float = 0.0) -> Load:
         """The load a new request would meet now."""
         t = self.clock() if now is None else now
         self._advance(t)
-        while self.recent and self.recent[0][0] < t - self.window_s:
-            self.recent.popleft()
-        # Early in a run the window is short; never divide by less than one second.
-        span = max(1.0, min(self.window_s, t - self.recent[0][0])) if self.recent else 1.0
-        offered = sum(tok for _, tok in self.recent) / span
-        capacity = max(1.0, self.capacity)
         return Load(
             inflight=len(self.jobs),
             queued_tokens=sum(j.tokens for j in self.jobs.values()),
-            capacity_tokens_per_s=capacity,
+            capacity_tokens_per_s=max(1.0, self.capacity),
             elapsed_ms=elapsed_ms,
-            utilization=offered / capacity,
             slowdown=self.slowdown,
             slowdown_by_strategy=dict(self.slowdown_by),
-            call_ms=self.call_ms,
+            call_overhead_ms=self.speed.theta[0],
+            ms_per_token=self.speed.theta[1],
         )
 
 
 def _ewma_ratio(current: float, ratio: float) -> float:
     """Observed/predicted latency folded into a running factor: rise fast (SLOs are at
-    stake), decay slowly."""
-    rate = 0.2 if ratio > current else 0.05
-    return min(20.0, max(0.5, (1 - rate) * current + rate * ratio))
+    stake), decay more slowly."""
+    rate = 0.2 if ratio > current else 0.1
+    return min(20.0, max(0.2, (1 - rate) * current + rate * ratio))

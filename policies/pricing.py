@@ -18,6 +18,9 @@ from policies.selector import ArmStats, beta_prior
 from policies.settings import PolicySettings, StrategiesSettings
 from policies.store import OnlineStat
 
+#: pseudo-observations the no-gain prior of an unseen task is worth
+OOD_PRIOR_STRENGTH = 4.0
+
 
 class ArmPricer:
     """Prices ``arms`` with ``model``'s predictions and priors and the online stats.
@@ -81,27 +84,34 @@ class ArmPricer:
     ) -> list[ArmStats]:
         """Every arm worth offering for ``est``, priced (see the module docstring)."""
         k = self.policy.prior_strength
-        capacity = self.policy.capacity_tokens_per_s
         per_sample = self._sample_tokens(est)
         out = []
         for arm in self.arms:
             cls = strategy_class(arm.strategy)
             budget = self.budget_of(arm.strategy, arm, override)
-            if cls.repeats_probe(budget, est):
+            if not cls.offered(budget, est):
                 continue
             prior = self.model.bin_stat(arm.name, est.bin, est.kind)
             prior_p = prior.successes / prior.trials if prior.trials else est.probs[arm.name]
+            if est.ood:
+                # An unseen task: no arm is assumed better, and few outcomes move that.
+                prior_p, k = est.probs[arm.name], OOD_PRIOR_STRENGTH
             a0, b0 = beta_prior(prior_p, k)
             on = online.get(arm.name, OnlineStat())
             tok0 = prior.tokens_mean or budget.max_tokens * budget.samples
-            lat0 = prior.latency_ms_mean or 1000.0 * tok0 / capacity
             w0 = k if prior.trials else 1.0
-            # Online outcomes correct the training prior multiplicatively (drift in length
-            # or speed), applied to this item's own expected cost.
+            # Online outcomes correct the training prior multiplicatively (drift in length),
+            # applied to this item's own expected cost.
             tok_factor = (tok0 * w0 + on.tokens) / (w0 + on.n) / tok0 if tok0 else 1.0
-            lat_factor = (lat0 * w0 + on.latency_ms) / (w0 + on.n) / lat0 if lat0 else 1.0
+            # Latency: what this arm was seen to take here (the training prior, else nothing:
+            # the backend's learned call speed then prices it).
+            lat0 = prior.latency_ms_mean
+            lat_seen = (lat0 * w0 + on.latency_ms) / (w0 + on.n) if (lat0 or on.n) else 0.0
+            if not lat0 and on.n:
+                lat_seen = on.latency_ms / on.n
             tok_item = tok0
             calls = cls.calls(budget)
+            parallel = cls.parallel_samples(budget) if est.native_n else 1
             if cls.calls_vary():
                 calls = self.observed_calls.get((cls.name, est.kind), calls)
             drawn = cls.expected_samples(budget, est.probs[arm.name], est.exact_verifier)
@@ -119,8 +129,9 @@ class ArmPricer:
                     alpha=a0 + on.succ,
                     beta=b0 + on.fail,
                     tokens_mean=tok_item * tok_factor,
-                    latency_ms_mean=lat0 * (tok_item / tok0 if tok0 else 1.0) * lat_factor,
+                    latency_ms_mean=lat_seen * (tok_item / tok0 if tok0 else 1.0),
                     calls=calls,
+                    serial_tokens=tok_item * tok_factor / parallel,
                     reuses_probe=cls.reuses_probe(budget, est),
                     continues_probe=cls.continues_probe(budget, est),
                 )

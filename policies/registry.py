@@ -26,6 +26,8 @@ STRATEGY_NAMES: tuple[str, ...] = tuple(STRATEGIES)
 
 #: what a request gets when its strategy's backend calls keep failing
 FALLBACK_STRATEGY = SinglePass.name
+#: what ``reasoning_effort`` runs on a model that thinks between tags (a thinking budget)
+THINKING_STRATEGY = BoundedReasoning.name
 
 
 def strategy_class(name: str) -> type[Strategy]:
@@ -77,12 +79,6 @@ def default_arms() -> list[ArmSpec]:
         sampled(BestOfN, 16, 16),
         ArmSpec(name=BeamSearch.name, strategy=BeamSearch.name),
     ]
-
-
-def uninformed_priors() -> dict[str, float]:
-    """P(success) per arm of a router that knows nothing (``RouterModel.uninformed``):
-    searching arms above one greedy answer, so that evidence can pull them down."""
-    return {SinglePass.name: 0.3, BoundedReasoning.name: 0.35, BeamSearch.name: 0.6}
 
 
 #: the arms ``acr bench`` runs when none are named (``strategy[:field=value,...]``)

@@ -45,6 +45,9 @@ class ArmStats(BaseModel):
     tokens_mean: float = Field(ge=0, description="Expected generated tokens of this arm.")
     latency_ms_mean: float = Field(ge=0, description="Expected latency when unloaded, ms.")
     calls: float = Field(default=1.0, ge=0, description="Expected sequential backend calls.")
+    serial_tokens: float | None = Field(
+        default=None, ge=0, description="Tokens generated one after another (not batched)."
+    )
     reuses_probe: bool = Field(
         default=False, description="The probe's completion already is this arm's answer."
     )
@@ -105,7 +108,16 @@ def score_arms(
         latency = (
             0.0
             if arm.reuses_probe
-            else predict_latency_ms(cost, arm.latency_ms_mean, load, arm.calls, arm.strategy)
+            else predict_latency_ms(
+                cost,
+                arm.latency_ms_mean,
+                load,
+                arm.calls,
+                arm.strategy,
+                None
+                if arm.serial_tokens is None
+                else arm.serial_tokens * cost / max(1.0, arm.tokens_mean),
+            )
         )
         feasible = latency <= remaining_ms and cost + est.probe_tokens <= slo.cost_cap_tokens
         utility = p - slo.lambda_per_1k_tokens * cost / 1000.0
@@ -228,6 +240,7 @@ def shrink_budget(
     unloaded_ms: float,
     slo: SLO,
     load: Load,
+    native_n: bool = True,
 ) -> tuple[Budget, float, float, bool]:
     """A forced strategy's budget shrunk (``strategy.shrink``) until it fits the SLO.
 
@@ -237,8 +250,13 @@ def shrink_budget(
     with the samples x beam x expansions it keeps.
     """
     remaining = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
+
+    def predict(b: Budget, cost: float, unloaded: float) -> float:
+        serial = cost / (strategy.parallel_samples(b) if native_n else 1)
+        return predict_latency_ms(cost, unloaded, load, strategy.calls(b), strategy.name, serial)
+
     cost = tokens_mean
-    lat = predict_latency_ms(cost, unloaded_ms, load, strategy.calls(budget), strategy.name)
+    lat = predict(budget, cost, unloaded_ms)
     shrunk = False
     b = budget
     while lat > remaining:
@@ -249,7 +267,7 @@ def shrink_budget(
         b = smaller
         cost *= factor
         unloaded_ms *= factor
-        lat = predict_latency_ms(cost, unloaded_ms, load, strategy.calls(b), strategy.name)
+        lat = predict(b, cost, unloaded_ms)
         shrunk = True
     return b, cost, lat, shrunk
 

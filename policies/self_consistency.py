@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 from backends.base import Backend
-from backends.verifiers.numeric import normalize_answer
+from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
 from policies.common import (
     call_until,
@@ -38,6 +39,10 @@ from policies.common import (
 
 STOP_THRESHOLD = 0.95
 DISPERSED_SHARE = 0.25
+
+
+if TYPE_CHECKING:
+    from difficulty.estimate import DifficultyEstimate
 
 
 class SelfConsistency(Strategy):
@@ -86,13 +91,15 @@ class SelfConsistency(Strategy):
             if res is None:
                 stop = "deadline"
                 break
+            if not res.completions:
+                break  # a backend that returns nothing: what was drawn is reported as such
             prompt_tokens = res.prompt_tokens
             generated += res.completion_tokens
-            new = [candidate_of(c) for c in res.completions]
+            new = [candidate_of(c, problem.task) for c in res.completions]
             lp.update(
                 {id(c): mean_logprob(comp) for c, comp in zip(new, res.completions, strict=True)}
             )
-            s, verified = score_all(problem, new)
+            s, verified = await score_all(problem, new)
             spent += s
             cands += new
             if verified:
@@ -100,14 +107,14 @@ class SelfConsistency(Strategy):
                 break
             checked = problem.task.exact and any(c.score is not None for c in new)
             if self.adaptive and not checked:
-                ranking = vote([c.answer for c in cands])
+                ranking = vote([c.answer for c in cands], problem.task)
                 if self._settled(ranking):
                     stop = "settled"
                     break
                 if self._dispersed(ranking, len(cands)):
                     stop = "dispersed"
                     break
-        chosen = self._choose(cands, lp, stop)
+        chosen = self._choose(cands, lp, stop, problem.task)
         return finish(
             self.name,
             chosen=chosen,
@@ -119,12 +126,24 @@ class SelfConsistency(Strategy):
             clock=clock,
             samples=len(cands),
             stop_reason=stop,
+            # What it meant to draw: all of them, unless its own rule stopped it first.
+            planned=len(cands) if stop in ("settled", "dispersed", "verified") else budget.samples,
         )
+
+    @classmethod
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Only where candidates can be told apart (answers to vote on, or a verifier)."""
+        return est.selectable
 
     @classmethod
     def arm_name(cls, budget: Budget) -> str:
         """``self_consistency@N``: each sample cap is its own arm."""
         return f"{cls.name}@{budget.samples}"
+
+    @classmethod
+    def parallel_samples(cls, budget: Budget) -> int:
+        """One batch per call."""
+        return min(budget.batch_size, budget.samples)
 
     @classmethod
     def calls(cls, budget: Budget) -> float:
@@ -163,16 +182,16 @@ class SelfConsistency(Strategy):
         return leader <= self.dispersed_share * drawn
 
     def _choose(
-        self, cands: list[Candidate], lp: dict[int, float], stop: StopReason
+        self, cands: list[Candidate], lp: dict[int, float], stop: StopReason, task: Task
     ) -> Candidate | None:
         if not cands:
             return None
         if stop == "verified":
             return max(cands, key=lambda c: (c.score or 0.0, lp[id(c)]))
-        ranking = vote([c.answer for c in cands])
+        ranking = vote([c.answer for c in cands], task)
         if not ranking:
             return max(cands, key=lambda c: lp[id(c)])
-        pool = [c for c in cands if normalize_answer(c.answer) == ranking[0][0]]
+        pool = [c for c in cands if task.vote_key(c.answer) == ranking[0][0]]
         return max(pool, key=lambda c: lp[id(c)])
 
 

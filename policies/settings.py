@@ -32,6 +32,10 @@ class StrategiesSettings(_Section):
         description="The strategy each reasoning_effort forces.",
     )
 
+    thinking_budget_tokens: dict[Effort, int] = Field(
+        default_factory=lambda: {"low": 256, "medium": 1024, "high": 4096},  # type: ignore[arg-type]
+        description="On a reasoning model, the thinking budget each reasoning_effort buys.",
+    )
     options: dict[str, dict[str, float | bool]] = Field(
         default_factory=dict,
         description="A strategy's own settings, e.g. self_consistency: {threshold: 0.95}.",
@@ -90,10 +94,12 @@ class PolicySettings(_Section):
     cost_cap_tokens: PositiveInt = Field(
         default=4096, le=1_000_000, description="Most tokens auto may plan for one request."
     )
-    # 0.1: the largest value that lost no accuracy on the router's training prompts (the
-    # replay of difficulty/bundled/README.md; 0.02-0.1 all reached 0.707, 0.15 0.705).
-    lambda_per_1k_tokens: float = Field(
-        default=0.1, ge=0, description="Success probability traded for 1,000 tokens."
+    lambda_per_1k_tokens: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Success probability traded for 1,000 tokens. Empty: the router model's "
+        "own (chosen by `acr calibrate` on its fit data), else 0.1.",
     )
     exploration_rate: float = Field(
         default=0.05, ge=0, le=1, description="Largest share of requests that explore."

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
-from backends.base import Backend
-from backends.verifiers.numeric import extract_answer
+from backends.base import Backend, Completion, GenerationRequest, StreamDelta
 from policies.base import Budget, Clock, Problem, Strategy, StrategyResult
 from policies.common import (
     base_prompt,
@@ -43,30 +44,93 @@ class SinglePass(Strategy):
     ) -> StrategyResult:
         """The one completion; ``stop_reason`` is answered, budget or deadline."""
         started = clock()
+        req = await self._request(problem, backend, budget)
+        res = await call_until(backend, req, deadline, clock)
+        if res is None:
+            return out_of_time(self.name, started, clock)
+        return await self._result(problem, res.completions[0], res.prompt_tokens, started, clock)
+
+    async def stream(
+        self,
+        problem: Problem,
+        backend: Backend,
+        budget: Budget,
+        deadline: float,
+        clock: Clock = time.monotonic,
+    ) -> AsyncIterator[str | StrategyResult]:
+        """The completion as the backend produces it: text pieces, then the
+        ``StrategyResult`` (as ``run`` would return it). A cut probe's text comes first.
+
+        At the deadline the stream ends with what arrived (``stop_reason`` deadline).
+        """
+        started = clock()
+        if problem.prefix:
+            yield problem.prefix
+        req = await self._request(problem, backend, budget)
+        pieces: list[str] = []
+        final: StreamDelta | None = None
+        stream = backend.stream(req)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - clock())):
+                async for delta in stream:
+                    if delta.completion is not None:
+                        final = delta
+                    elif delta.text:
+                        pieces.append(delta.text)
+                        yield delta.text
+        except TimeoutError:
+            final = None
+        finally:
+            # Ending the stream early (deadline, a client gone) cancels the backend's work.
+            close = getattr(stream, "aclose", None)
+            if close is not None:
+                await close()
+        if final is None or final.completion is None:
+            text = "".join(pieces)
+            cut = Completion(
+                text=text, tokens=backend.count_tokens(text) or len(pieces), finish_reason="length"
+            )
+            result = await self._result(problem, cut, 0, started, clock)
+            result.stop_reason = "deadline"
+            yield result
+            return
+        yield await self._result(problem, final.completion, final.prompt_tokens, started, clock)
+
+    async def _request(
+        self, problem: Problem, backend: Backend, budget: Budget
+    ) -> GenerationRequest:
+        """The one generation request: the problem, or the rest after its greedy prefix."""
         prompt = None
         max_tokens = budget.max_tokens
         if problem.prefix:
             # Continue the greedy prefix (the probe) rather than generate it again.
             prompt = await base_prompt(problem, backend) + problem.prefix
             max_tokens = max(1, budget.max_tokens - problem.prefix_tokens)
-        req = request_for(
+        return request_for(
             problem, n=1, max_tokens=max_tokens, temperature=budget.temperature, prompt=prompt
         )
-        res = await call_until(backend, req, deadline, clock)
-        if res is None:
-            return out_of_time(self.name, started, clock)
-        cand = candidate_of(res.completions[0])
+
+    async def _result(
+        self,
+        problem: Problem,
+        comp: Completion,
+        prompt_tokens: int,
+        started: float,
+        clock: Clock,
+    ) -> StrategyResult:
+        """The result of one completion (after the problem's prefix, if it had one)."""
+        cand = candidate_of(comp, problem.task)
         if problem.prefix:
             # The prefix's tokens were generated (and counted) by whoever made it.
             text = problem.prefix + cand.text
-            cand = dataclasses.replace(cand, text=text, answer=extract_answer(text))
-        spent, _ = score_all(problem, [cand])
+            cand = dataclasses.replace(cand, text=text, answer=problem.task.answer_of(text))
+        spent, _ = await score_all(problem, [cand])
         return finish(
             self.name,
             chosen=cand,
             candidates=[cand],
-            prompt_tokens=max(0, res.prompt_tokens - problem.prefix_tokens),
-            generated_tokens=res.completion_tokens,
+            prompt_tokens=max(0, prompt_tokens - problem.prefix_tokens),
+            generated_tokens=comp.tokens,
             verifier_tokens=spent,
             started=started,
             clock=clock,
@@ -95,8 +159,8 @@ class SinglePass(Strategy):
             return [out_of_time(self.name, started, clock)]
         out = []
         for comp in res.completions:
-            cand = candidate_of(comp)
-            spent, _ = score_all(problem, [cand])
+            cand = candidate_of(comp, problem.task)
+            spent, _ = await score_all(problem, [cand])
             out.append(
                 finish(
                     self.name,
@@ -111,12 +175,22 @@ class SinglePass(Strategy):
                     stop_reason="answered" if cand.answer is not None else "budget",
                 )
             )
+        if out and len(out) < n:
+            # The backend returned fewer choices than asked: the shortfall shows in the
+            # totals (planned n, drawn len(out)), not hidden.
+            out[0].samples_planned += n - len(out)
         return out
 
     @classmethod
     def fixed_samples(cls, budget: Budget) -> int | None:
         """Always one."""
         return 1
+
+    @classmethod
+    def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
+        """Not for a model that thinks first: within an answer's token budget its thinking
+        would be cut before any answer (a thinking budget is the cheapest arm there)."""
+        return not est.reasoning
 
     @classmethod
     def reuses_probe(cls, budget: Budget, est: DifficultyEstimate) -> bool:
@@ -128,7 +202,8 @@ class SinglePass(Strategy):
         """A greedy single pass starts with exactly the probe's tokens: when the probe was
         cut by its token limit, single pass only generates the rest."""
         return (
-            not est.probe_reusable
+            est.continuations
+            and not est.probe_reusable
             and not est.probe_finished
             and est.probe_tokens > 0
             and budget.temperature == 0

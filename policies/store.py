@@ -5,7 +5,7 @@ strategy starting to fail on hard prompts, a backend getting slower) steers all 
 carry the key prefix *and* the policy version, so a new router model starts from its own
 training priors instead of inheriting counts that described a different model:
 
-- ``{prefix}:{version}:arm:{kind}:{bin}:{arm}`` hash: ``succ``, ``fail`` (fractional
+- ``{prefix}:{version}:arm:{model}:{kind}:{bin}:{arm}`` hash: ``succ``, ``fail`` (fractional
   rewards allowed), ``n`` (outcomes with tokens), ``tokens`` (sum), ``latency_ms`` (sum)
 - ``{prefix}:{version}:dcache:{prompt_hash}`` string (JSON, with TTL): the cached difficulty
   estimate and last decision of a prompt
@@ -76,15 +76,17 @@ def outcome_delta(
     return d
 
 
-def stats_scope(kind: str | None, bin_: int) -> str:
-    """Key of the online stats an outcome updates: its task kind and difficulty bin.
+def stats_scope(model: str, kind: str | None, bin_: int) -> str:
+    """Key of the online stats an outcome updates: the backend model, the task profile and
+    the difficulty bin, e.g. ``"acr-bundled:game24:2"``.
 
-    Used by the adaptive policy for every store read and write, e.g. ``"game24:2"``. Kinds
-    are kept apart because outcomes arrive only for the arms the policy chose: beam search
-    is chosen mostly where it succeeds (Game of 24), and shared per-bin stats let those
-    successes inflate its estimate for arithmetic prompts in the same bin.
+    Used by the adaptive policy for every store read and write. Models are kept apart so
+    that one model's outcomes never price another's. Profiles are kept apart because
+    outcomes arrive only for the arms the policy chose: beam search is chosen mostly where it
+    succeeds (Game of 24), and shared per-bin stats let those successes inflate its estimate
+    for arithmetic prompts in the same bin.
     """
-    return f"{kind or 'any'}:{bin_}"
+    return f"{model}:{kind or 'any'}:{bin_}"
 
 
 class PolicyStore(abc.ABC):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -24,8 +25,9 @@ from backends.base import BackendError, ChatMessage, GenerationRequest
 from backends.bundled.paths import bundled_model_path
 from router.config import AppConfig, ModelConfig, load_config
 from router.embedded_redis import EmbeddedRedis
+from router.reward_replicas import RewardModelReplica
 from router.runtime import build_runtime
-from router.serve_handle import result_to_dict
+from router.serve_handle import result_to_dict, stream_to_dicts
 
 log = logging.getLogger("acr.app")
 
@@ -85,6 +87,24 @@ class ModelReplica:
             return [{"error": str(exc), "retryable": exc.retryable} for _ in requests]
         return [result_to_dict(r) for r in results]
 
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one completion (``n`` = 1) as plain dicts: ``{"text": ...}`` deltas as
+        tokens are decoded, then ``{"completion": ..., "prompt_tokens": n}``, or a last
+        ``{"error": ..., "retryable": ...}``. Callers use
+        ``handle.options(stream=True).stream.remote(request)``; cancelling that call
+        cancels the decode."""
+        try:
+            req = GenerationRequest(**request)
+            self.backend.check_request(req)
+        except BackendError as exc:
+            yield {"error": str(exc), "retryable": exc.retryable}
+            return
+        except ValueError as exc:
+            yield {"error": f"invalid generation request: {exc}", "retryable": False}
+            return
+        async for item in stream_to_dicts(self.backend.stream(req)):
+            yield item
+
     async def render_chat(self, messages: list[dict[str, Any]]) -> str:
         """The model's chat template applied to ``messages``."""
         return self.backend.render_chat_sync([ChatMessage(**m) for m in messages])
@@ -99,9 +119,14 @@ class ModelReplica:
 class RouterIngress:
     """The OpenAI-compatible HTTP API; runs strategies and talks to Redis."""
 
-    def __init__(self, model: DeploymentHandle | None, config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: DeploymentHandle | None,
+        config: dict[str, Any],
+        reward_model: DeploymentHandle | None = None,
+    ) -> None:
         self.config = AppConfig(**config)
-        self.runtime = build_runtime(self.config, model)
+        self.runtime = build_runtime(self.config, model, reward_handle=reward_model)
 
     def __serve_build_asgi_app__(self) -> Any:
         return self.runtime.http_app
@@ -144,5 +169,17 @@ def bind_app(config: AppConfig) -> serve.Application:
     ingress_cpus = 0.5 if m.kind == "transformers" else 1.0
     ingress: Any = RouterIngress
     return ingress.options(ray_actor_options={"num_cpus": ingress_cpus}).bind(
-        model_app, config.model_dump(mode="json")
+        model_app, config.model_dump(mode="json"), _reward_app(config)
     )
+
+
+def _reward_app(config: AppConfig) -> Any:
+    """``RewardModelReplica`` deployments for a local reward model, else None."""
+    v = config.verifier
+    if not v.reward_model_path:
+        return None
+    replica: Any = RewardModelReplica
+    return replica.options(
+        num_replicas=v.num_replicas,
+        ray_actor_options={"num_cpus": v.num_cpus, "num_gpus": v.num_gpus},
+    ).bind(v.reward_model_path, v.device)

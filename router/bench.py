@@ -29,17 +29,21 @@ from backends.base import Backend
 from backends.batching import MicroBatcher
 from backends.bundled.paths import bundled_model_path
 from backends.bundled.tasks.arithmetic import heldout_questions
-from backends.bundled.tasks.game24 import check_answer, puzzle_text, read_csv_puzzles
-from backends.verifiers.numeric import answers_match, extract_answer
+from backends.bundled.tasks.game24 import puzzle_text, read_csv_puzzles
+from difficulty.profiles import BUNDLED_MODEL, TaskProfiles
 from policies.base import StrategyResult
 from policies.budget import Budget
 from policies.registry import STRATEGIES, strategy_class
 from policies.settings import strategy_options
 from router.config import AppConfig
+from router.grading import is_correct, reference_answer
 from router.runtime import make_policy
 from router.schemas import ChatCompletionRequest, InMessage, RouterOptions
 from router.served import ServedResult
 from router.service import RouterService
+
+# Benchmarks grade with the built-in profiles: the bundled tasks and ``math``.
+_PROFILES = TaskProfiles()
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class Item:
 
     id: str
     text: str
-    kind: str  # game24 | arithmetic | jsonl
+    #: the task profile that grades it: game24 | arithmetic | math (the jsonl dataset)
+    kind: str
     reference: str | None = None
     numbers: tuple[int, ...] = ()
     meta: str = ""
@@ -202,9 +207,8 @@ def load_items(
         with open(path) as f:
             for j, line in enumerate(f):
                 row = json.loads(line)
-                ans = str(row.get("answer", ""))
-                ref = ans.split("####")[-1].strip() if "####" in ans else ans.strip()
-                items.append(Item(f"q-{j}", row["question"], "jsonl", ref, group="jsonl"))
+                ref = reference_answer(row.get("answer"))
+                items.append(Item(f"q-{j}", row["question"], "math", ref, group="jsonl"))
     else:
         raise ValueError(f"unknown dataset {dataset!r}; valid: game24, arithmetic, jsonl")
     if limit is not None and limit < len(items):
@@ -213,10 +217,9 @@ def load_items(
 
 
 def grade(item: Item, text: str) -> bool:
-    """Exact grading: the Game of 24 checker, or the numeric answer against the reference."""
-    if item.kind == "game24":
-        return check_answer(item.numbers, text)
-    return answers_match(extract_answer(text), item.reference)
+    """Grading by the item's task profile: its exact checker (Game of 24), else its answer
+    format against the reference (the bundled ``Answer:`` line, GSM8K/MATH answers)."""
+    return is_correct(_PROFILES.task_named(item.kind), item.text, text, item.reference)
 
 
 def item_seed(item: Item) -> int:
@@ -442,13 +445,19 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _load_model(model_dir: Path | None, device: str, torch_threads: int) -> Backend:
-    """The model a bench runs against, micro-batched in process."""
+def load_model(
+    model_dir: Path | None, device: str, torch_threads: int, name: str | None = None
+) -> Backend:
+    """The model a bench runs against, micro-batched in process, called ``name`` (default:
+    the bundled model's name, or the checkpoint's)."""
     # torch is imported only when a bench really loads the model.
     from backends.transformers_backend import TransformersBackend
 
     model = TransformersBackend.from_pretrained(
-        model_dir or bundled_model_path(), device=device, torch_threads=torch_threads
+        model_dir or bundled_model_path(),
+        device=device,
+        torch_threads=torch_threads,
+        name=name or (None if model_dir else BUNDLED_MODEL),
     )
     return MicroBatcher(model)
 
@@ -512,7 +521,7 @@ def run_bench(
     records: list[dict[str, Any]] = []
 
     async def main() -> None:
-        be = backend or _load_model(model_dir, device, torch_threads)
+        be = backend or load_model(model_dir, device, torch_threads)
         rows: list[tuple[str, Runner]] = [
             (name, strategy_runner(be, strat, budget, timeout_s, arm_options(name)))
             for name, strat, budget in specs

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from difficulty.profiles import TaskProfileConfig, builtin_profiles
 from policies.settings import PolicySettings, StrategiesSettings
 
 ENV_PREFIX = "ACR_"
@@ -113,6 +114,25 @@ class AutoscalingConfig(_Section):
         return self
 
 
+class ReasoningConfig(_Section):
+    """A reasoning model that thinks between tags before it answers (DeepSeek-R1, Qwen3...).
+
+    With ``think_open`` set, bounded reasoning is a real thinking budget: the model thinks up
+    to the budget's tokens, the router closes the block with ``think_close`` and lets it
+    answer in at most ``answer_max_tokens`` (budget forcing); thinking counts as reasoning
+    tokens and may be returned as ``reasoning_content``.
+    """
+
+    think_open: str | None = Field(
+        default=None, max_length=32, description="Tag that opens thinking, e.g. <think>."
+    )
+    think_close: str = Field(default="</think>", min_length=1, max_length=32)
+    answer_max_tokens: PositiveInt = Field(default=512, le=32768)
+    return_reasoning_content: bool = Field(
+        default=True, description="Return the thinking as message.reasoning_content."
+    )
+
+
 class ModelConfig(_Section):
     """The model backend the router forwards to."""
 
@@ -155,6 +175,28 @@ class ModelConfig(_Section):
         default=None, description="For kind 'openai': env var holding the server's API key."
     )
     http_timeout_ms: PositiveInt = Field(default=60_000, le=600_000)
+    served_name: str | None = Field(
+        default=None, description="For kind 'openai': the model id sent upstream (else name)."
+    )
+    tokenizer_path: str | None = Field(
+        default=None,
+        description="For kind 'openai': the model's tokenizer (a local directory or its .gguf) "
+        "for its real chat template and token counts; else the server's own template "
+        "endpoint is used where it has one.",
+    )
+    capabilities: dict[str, bool | int] = Field(
+        default_factory=dict,
+        description="Capabilities to take as given instead of discovering them at startup: "
+        "native_n, logprobs, completions, chat_template, exact_token_counts.",
+    )
+    max_concurrency: PositiveInt = Field(
+        default=4, le=1024, description="For kind 'openai': calls in flight when n fans out."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields added to every upstream request, e.g. {repeat_penalty: 1.0}.",
+    )
+    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
 
     @model_validator(mode="after")
     def _openai_needs_url(self) -> ModelConfig:
@@ -164,19 +206,52 @@ class ModelConfig(_Section):
 
 
 class VerifierConfig(_Section):
-    """An optional learned reward model (exact checkers need none).
+    """An optional learned reward model: the verifier of task profiles that name
+    ``reward_model`` and of ``open`` prompts (exact checkers need no configuration).
 
-    Not wired yet: the service does not load it (the next step of the design does); the
-    section is accepted so that configs and the chart that set it stay valid.
+    ``reward_model_path`` loads a local transformers sequence-classification checkpoint into
+    its own Ray Serve replicas (``num_replicas``, ``num_cpus``, ``num_gpus``); ``url`` calls a
+    served one instead (vLLM's ``/classify`` API: ``{"model", "input": [...]}`` ->
+    ``{"data": [{"probs": [...]}]}``; the last label's probability is the score).
     """
 
     reward_model_path: str | None = Field(
         default=None, description="Local transformers sequence-classification checkpoint."
     )
+    url: str | None = Field(
+        default=None, description="A served reward model's /classify endpoint (vLLM API)."
+    )
+    model: str = Field(default="reward-model", min_length=1, description="Its model id there.")
+    api_key_env: str | None = Field(
+        default=None, description="Env var holding the served reward model's API key."
+    )
+    timeout_ms: PositiveInt = Field(default=30_000, le=600_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_cpus: float = Field(default=1.0, ge=0)
     num_gpus: float = Field(default=0.0, ge=0)
     num_replicas: PositiveInt = Field(default=1, le=64)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VerifierConfig:
+        if self.reward_model_path and self.url:
+            raise ValueError("verifier: give reward_model_path (local) or url (served), not both")
+        return self
+
+
+class TasksConfig(_Section):
+    """Task profiles: how prompts are recognised, their answers read and checked."""
+
+    profiles: list[TaskProfileConfig] = Field(
+        default_factory=list,
+        description="Your own profiles, matched before the built-in ones.",
+    )
+    builtin: bool = Field(
+        default=True, description="Also match the built-in game24, arithmetic and math."
+    )
+
+    def all_profiles(self) -> list[TaskProfileConfig]:
+        """Your profiles, then the built-in ones (when on); ``open`` is the fallback."""
+        return [*self.profiles, *(builtin_profiles() if self.builtin else [])]
 
 
 class LimitsConfig(_Section):
@@ -217,6 +292,7 @@ class AppConfig(BaseSettings):
     redis: RedisConfig = Field(default_factory=RedisConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
     strategies: StrategiesSettings = Field(default_factory=StrategiesSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from backends.base import Backend, BackendError
-from backends.verifiers.numeric import extract_answer
+from backends.base import Backend, BackendError, ThinkTags
 from difficulty.probe import ProbeResult
+from difficulty.profiles import Task
 from policies.base import Problem, StrategyError, StrategyResult
 from policies.budget import Budget
 from policies.decision import Decision
@@ -54,7 +54,7 @@ class Execution:
     probe_continued: bool = False
 
 
-def probe_as_result(probe: ProbeResult, strategy: str) -> StrategyResult:
+def probe_as_result(probe: ProbeResult, strategy: str, task: Task) -> StrategyResult:
     """The probe's greedy completion as ``strategy``'s result (no new tokens).
 
     Its tokens are *visible* here; the caller must not count the probe's tokens again.
@@ -62,7 +62,7 @@ def probe_as_result(probe: ProbeResult, strategy: str) -> StrategyResult:
     return StrategyResult(
         strategy=strategy,
         text=probe.text,
-        answer=extract_answer(probe.text),
+        answer=task.answer_of(probe.text),
         candidates=[],
         prompt_tokens=probe.prompt_tokens,
         visible_tokens=probe.tokens,
@@ -104,10 +104,34 @@ class Executor:
         """Serve ``decision`` for ``problem`` by ``deadline`` (monotonic seconds)."""
         plain = ask.plain(problem)
         if plain and decision.reuse_probe and decision.probe is not None:
-            return Execution([probe_as_result(decision.probe, decision.strategy)], True)
+            result = probe_as_result(decision.probe, decision.strategy, problem.task)
+            return Execution([result], True)
         go_on = continued(problem, decision.probe) if plain and decision.continue_probe else None
         results = await self._with_fallback(go_on or problem, decision, ask.n, deadline)
+        if problem.think is not None:
+            results = [self._thinking_apart(r, problem.think) for r in results]
         return Execution(results, probe_continued=go_on is not None)
+
+    def _thinking_apart(self, result: StrategyResult, think: ThinkTags) -> StrategyResult:
+        """A reasoning model's response with its thinking moved out of the visible text:
+        ``reasoning`` holds it and its tokens count as hidden (by the model's tokenizer
+        where the backend has one, else by their share of the characters)."""
+        if result.reasoning is not None:
+            return result
+        thinking, answer = think.split(result.text)
+        if thinking is None:
+            return result
+        counted = self.backend.count_tokens(answer)
+        if counted is None:
+            counted = round(result.visible_tokens * len(answer) / max(1, len(result.text)))
+        visible = min(result.visible_tokens, counted)
+        return dataclasses.replace(
+            result,
+            text=answer,
+            reasoning=thinking,
+            visible_tokens=visible,
+            hidden_tokens=result.hidden_tokens + result.visible_tokens - visible,
+        )
 
     async def _with_fallback(
         self, problem: Problem, decision: Decision, n: int, deadline: float

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from router.errors import APIError, validation_error_to_api
+from router.responses import chat_body, completions_body
 from router.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
     FeedbackRequest,
     RouteRequest,
     RouterOptions,
-    usage_dict,
 )
-from router.served import ServedResult
 from router.service import RouterService
+from router.streaming import chat_events, completion_events
 
 log = logging.getLogger("acr.http")
 
@@ -52,118 +51,6 @@ def load_api_keys(keys: list[str], keys_file: str | None) -> list[str]:
             if line and not line.startswith("#"):
                 out.append(line)
     return out
-
-
-def _chat_body(served: ServedResult) -> dict[str, Any]:
-    choices = [
-        {
-            "index": i,
-            "message": {"role": "assistant", "content": r.text},
-            "finish_reason": r.finish_reason if r.finish_reason in ("stop", "length") else "stop",
-            "logprobs": None,
-        }
-        for i, r in enumerate(served.results)
-    ]
-    return {
-        "id": served.id,
-        "object": "chat.completion",
-        "created": served.created,
-        "model": served.model,
-        "choices": choices,
-        "usage": usage_dict(
-            served.prompt_tokens, served.completion_tokens, served.reasoning_tokens
-        ),
-        "router": _router_object(served),
-    }
-
-
-def _router_object(served: ServedResult) -> dict[str, Any]:
-    obj = served.decision.public()
-    obj.update(
-        task=served.task_kind,
-        latency_ms=round(served.latency_ms, 2),
-        stop_reasons=[r.stop_reason for r in served.results],
-        samples=sum(r.samples for r in served.results),
-        verifier_tokens=sum(r.verifier_tokens for r in served.results),
-        verifier_score=max((r.score for r in served.results if r.score is not None), default=None),
-        answers=[r.answer for r in served.results],
-    )
-    return obj
-
-
-def _chunks(text: str, size: int = 16) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
-
-
-async def _sse(
-    served_list: list[ServedResult], *, chat: bool, include_usage: bool
-) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
-
-    The strategy has finished before the first byte (search must end before its answer is
-    known), so errors surface as ordinary error responses rather than mid-stream.
-    """
-    first = served_list[0]
-    base = {
-        "id": first.id,
-        "object": "chat.completion.chunk" if chat else "text_completion",
-        "created": first.created,
-        "model": first.model,
-    }
-
-    def event(payload: dict[str, Any]) -> bytes:
-        return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-    index = 0
-    for served in served_list:
-        for r in served.results:
-            if chat:
-                yield event(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": index,
-                                "delta": {"role": "assistant", "content": ""},
-                                "finish_reason": None,
-                                "logprobs": None,
-                            }
-                        ],
-                    }
-                )
-            for piece in _chunks(r.text):
-                if chat:
-                    choice = {
-                        "index": index,
-                        "delta": {"content": piece},
-                        "finish_reason": None,
-                        "logprobs": None,
-                    }
-                else:
-                    choice = {
-                        "index": index,
-                        "text": piece,
-                        "finish_reason": None,
-                        "logprobs": None,
-                    }
-                yield event({**base, "choices": [choice]})
-            end: dict[str, Any] = {
-                "index": index,
-                "finish_reason": r.finish_reason,
-                "logprobs": None,
-            }
-            if chat:
-                end["delta"] = {}
-            else:
-                end["text"] = ""
-            yield event({**base, "choices": [end], "router": _router_object(served)})
-            index += 1
-    if include_usage:
-        prompt = sum(s.prompt_tokens for s in served_list)
-        comp = sum(s.completion_tokens for s in served_list)
-        hidden = sum(s.reasoning_tokens for s in served_list)
-        yield event({**base, "choices": [], "usage": usage_dict(prompt, comp, hidden)})
-    yield b"data: [DONE]\n\n"
 
 
 def build_http_app(
@@ -279,8 +166,16 @@ def _install_info_routes(app: FastAPI, service: RouterService, health: HealthChe
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
+        # Liveness: the process answers. Whether it can serve is /readyz.
         extra = await health() if health is not None else {}
         return {"status": "ok", **extra}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        problems = await service.readiness()
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -299,10 +194,12 @@ def _install_info_routes(app: FastAPI, service: RouterService, health: HealthChe
 def _install_completion_routes(app: FastAPI, service: RouterService) -> None:
     """Chat and text completions."""
 
+    reasoning_content = service.config.model.reasoning.return_reasoning_content
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
         problem = service.validate.chat_problem(req)
-        served = await service.serve(
+        adm = await service.admit(
             problem,
             n=req.n,
             effort=req.reasoning_effort,
@@ -311,15 +208,16 @@ def _install_completion_routes(app: FastAPI, service: RouterService) -> None:
             temperature=req.temperature,
             api_key_id=_key_id(request),
         )
-        headers = served.decision.headers()
+        headers = adm.decision.headers()
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse([served], chat=True, include_usage=include),
+                chat_events(service.stream(adm), service.backend.name, include_usage=include),
                 media_type="text/event-stream",
                 headers=headers,
             )
-        return JSONResponse(_chat_body(served), headers=headers)
+        served = await service.run(adm)
+        return JSONResponse(chat_body(served, reasoning_content=reasoning_content), headers=headers)
 
     @app.post("/v1/completions", response_model=None)
     async def completions(req: CompletionRequest, request: Request) -> Response:
@@ -341,35 +239,11 @@ def _install_completion_routes(app: FastAPI, service: RouterService) -> None:
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                _sse(served_list, chat=False, include_usage=include),
+                completion_events(served_list, include_usage=include),
                 media_type="text/event-stream",
                 headers=headers,
             )
-        choices: list[dict[str, Any]] = []
-        for served in served_list:
-            for r in served.results:
-                choices.append(
-                    {
-                        "index": len(choices),
-                        "text": r.text,
-                        "logprobs": None,
-                        "finish_reason": r.finish_reason,
-                    }
-                )
-        body = {
-            "id": served_list[0].id.replace("chatcmpl", "cmpl"),
-            "object": "text_completion",
-            "created": served_list[0].created,
-            "model": served_list[0].model,
-            "choices": choices,
-            "usage": usage_dict(
-                sum(s.prompt_tokens for s in served_list),
-                sum(s.completion_tokens for s in served_list),
-                sum(s.reasoning_tokens for s in served_list),
-            ),
-            "router": _router_object(served_list[0]),
-        }
-        return JSONResponse(body, headers=headers)
+        return JSONResponse(completions_body(served_list), headers=headers)
 
 
 def _install_decision_routes(app: FastAPI, service: RouterService) -> None:

@@ -24,6 +24,21 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
+        buckets = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+        self.latency_predicted = Histogram(
+            "acr_latency_predicted_seconds",
+            "The latency model's prediction for each served request, by strategy.",
+            ["strategy"],
+            buckets=buckets,
+            registry=r,
+        )
+        self.latency_observed = Histogram(
+            "acr_latency_observed_seconds",
+            "The latency each served request took (decision to outcome), by strategy.",
+            ["strategy"],
+            buckets=buckets,
+            registry=r,
+        )
         self.strategy = Counter(
             "acr_strategy_total",
             "Requests served per strategy and stop reason.",

@@ -77,6 +77,13 @@ class OutcomeLog:
         if self._task is not None:
             self._task.cancel()
 
+    async def ping(self) -> bool:
+        """Whether Redis answers now (the readiness check)."""
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
     async def append(self, fields: dict[str, Any]) -> bool:
         """Record one outcome; returns True if it reached Redis now, False if buffered."""
         self.start()

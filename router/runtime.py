@@ -11,13 +11,18 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from backends.base import Backend
+from backends.chat_template import ChatTemplate
 from backends.openai_http import OpenAIHTTPBackend
+from backends.verifiers.base import Verifier
+from backends.verifiers.http_reward import HTTPRewardVerifier
+from difficulty.profiles import TaskProfiles
 from policies.adaptive import AdaptivePolicy
 from router.config import AppConfig
 from router.http_api import build_http_app
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
 from router.rate_limit import RateLimiter
+from router.reward_replicas import ServeHandleVerifier
 from router.serve_handle import ServeHandleBackend
 from router.service import RouterService
 
@@ -38,16 +43,48 @@ class Runtime:
 
 
 def make_backend(config: AppConfig, model_handle: Any = None) -> Backend:
-    """The model backend for ``config``: replicas through a handle, or an HTTP server."""
+    """The model backend for ``config``: replicas through a handle, or an HTTP server
+    (with the model's chat template from ``model.tokenizer_path`` when given)."""
     m = config.model
     if m.kind == "openai":
         key = os.environ.get(m.api_key_env) if m.api_key_env else None
+        template = ChatTemplate.from_path(m.tokenizer_path) if m.tokenizer_path else None
         return OpenAIHTTPBackend(
-            m.base_url or "", m.name, api_key=key, timeout_s=m.http_timeout_ms / 1000
+            m.base_url or "",
+            m.name,
+            served_name=m.served_name,
+            api_key=key,
+            timeout_s=m.http_timeout_ms / 1000,
+            declared=dict(m.capabilities),
+            template=template,
+            extra_body=dict(m.extra_body),
+            max_concurrency=m.max_concurrency,
         )
     if model_handle is None:
         raise ValueError("model.kind 'transformers' needs a ModelReplica handle")
     return ServeHandleBackend(model_handle, m.name)
+
+
+def make_reward_model(config: AppConfig, handle: Any = None) -> Verifier | None:
+    """The configured reward model: a served one over HTTP, the ``RewardModelReplica``
+    deployment through ``handle``, or (in process, without Serve) a local checkpoint."""
+    v = config.verifier
+    if v.url:
+        key = os.environ.get(v.api_key_env) if v.api_key_env else None
+        return HTTPRewardVerifier(v.url, v.model, api_key=key, timeout_s=v.timeout_ms / 1000)
+    if not v.reward_model_path:
+        return None
+    if handle is not None:
+        return ServeHandleVerifier(handle)
+    # torch and transformers load only when a local reward model is configured.
+    from backends.verifiers.reward_model import RewardModelVerifier
+
+    return RewardModelVerifier.from_pretrained(v.reward_model_path, device=v.device)
+
+
+def make_profiles(config: AppConfig, reward_model: Verifier | None) -> TaskProfiles:
+    """The task profiles of ``config`` (yours, then the built-in ones)."""
+    return TaskProfiles(config.tasks.all_profiles(), reward_model, config.model.name)
 
 
 def make_redis(config: AppConfig) -> Redis | None:
@@ -73,11 +110,16 @@ def make_policy(config: AppConfig, backend: Backend, redis: Redis | None) -> Ada
         backend,
         redis_client=redis,
         key_prefix=config.redis.key_prefix,
+        reasoning=config.model.reasoning.think_open is not None,
     )
 
 
 def build_runtime(
-    config: AppConfig, model_handle: Any = None, *, backend: Backend | None = None
+    config: AppConfig,
+    model_handle: Any = None,
+    *,
+    backend: Backend | None = None,
+    reward_handle: Any = None,
 ) -> Runtime:
     """Build a replica's runtime; tests pass ``backend`` directly instead of a handle."""
     metrics = Metrics()
@@ -106,6 +148,7 @@ def build_runtime(
         outcomes=outcomes,
         metrics=metrics,
         limiter=limiter,
+        profiles=make_profiles(config, make_reward_model(config, reward_handle)),
     )
 
     async def health() -> dict[str, Any]:

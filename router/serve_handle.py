@@ -1,12 +1,13 @@
 """A ``Backend`` over Ray Serve ``ModelReplica`` deployments, and the plain-dict wire format
-of generation results across the process boundary."""
+of generation results and streamed deltas across the process boundary."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from backends.base import (
     Backend,
@@ -15,6 +16,7 @@ from backends.base import (
     Completion,
     GenerationRequest,
     GenerationResult,
+    StreamDelta,
 )
 
 
@@ -32,6 +34,31 @@ def result_from_dict(data: dict[str, Any]) -> GenerationResult:
         model=data.get("model", ""),
         timings_ms=data.get("timings_ms", {}),
     )
+
+
+async def stream_to_dicts(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[dict[str, Any]]:
+    """The replica side of streaming: ``deltas`` as plain dicts, ``{"text": ...}`` pieces
+    then ``{"completion": ..., "prompt_tokens": n}``; a ``BackendError`` becomes a last
+    ``{"error": ..., "retryable": ...}`` so the flag survives the process boundary.
+
+    ``deltas`` is closed when this generator is (the consumer went away), which cancels a
+    request still decoding.
+    """
+    try:
+        async for delta in deltas:
+            if delta.text:
+                yield {"text": delta.text}
+            if delta.completion is not None:
+                yield {
+                    "completion": dataclasses.asdict(delta.completion),
+                    "prompt_tokens": delta.prompt_tokens,
+                }
+    except BackendError as exc:
+        yield {"error": str(exc), "retryable": exc.retryable}
+    finally:
+        aclose = getattr(deltas, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class ServeHandleBackend(Backend):
@@ -55,6 +82,41 @@ class ServeHandleBackend(Backend):
         if "error" in data:
             raise BackendError(str(data["error"]), retryable=bool(data.get("retryable")))
         return result_from_dict(data)
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[StreamDelta]:
+        """Stream one completion from a replica's ``stream`` method (``stream_to_dicts`` on
+        the other side): text deltas, then the completion. Raises ``BackendError`` for a
+        replica's error (with its retryable flag) or death. Closing this generator before
+        the end cancels the replica's request."""
+        try:
+            handle = self.handle.options(stream=True)
+            gen = cast(DeploymentResponseGenerator, handle.stream.remote(request.model_dump()))
+        except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
+            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
+        ended = False
+        try:
+            async for item in gen:
+                if "error" in item:
+                    ended = True
+                    raise BackendError(str(item["error"]), retryable=bool(item.get("retryable")))
+                if "completion" in item:
+                    ended = True
+                    comp = Completion(**item["completion"])
+                    yield StreamDelta(completion=comp, prompt_tokens=int(item["prompt_tokens"]))
+                    return
+                yield StreamDelta(text=str(item.get("text", "")))
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
+            ended = True
+            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            if not ended:
+                # The consumer left early (or was cancelled): stop the replica's decode.
+                # This does not wait: after an item the call is assigned to a replica, and
+                # a task cancelled before that cancelled its wait for the assignment too.
+                gen.cancel()
+        raise BackendError("model replica's stream ended without a completion")
 
     async def render_chat(self, messages: list[ChatMessage]) -> str:
         """Rendered by a replica once per distinct conversation, then cached."""

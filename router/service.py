@@ -12,10 +12,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
-from backends.base import Backend
+from backends.base import Backend, BackendError
 from difficulty.profiles import TaskProfiles
 from policies.base import Problem, StrategyError, StrategyResult
 from policies.decision import Decision, DecisionRequest
@@ -23,7 +24,7 @@ from policies.decision_cache import prompt_hash
 from policies.policy import Policy
 from router.config import AppConfig
 from router.errors import APIError, bad_request
-from router.execution import Ask, Executor
+from router.execution import Ask, Execution, Executor, continued
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
 from router.rate_limit import RateLimiter
@@ -37,6 +38,23 @@ log = logging.getLogger("acr.service")
 DEADLINE_GRACE_S = 0.5
 #: recent decisions kept for feedback by response id
 RECENT_DECISIONS = 10_000
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request past its limits and decided: what running it needs."""
+
+    problem: Problem
+    decision: Decision
+    ask: Ask
+    start: float
+    deadline_ms: float
+    api_key_id: str
+
+    @property
+    def deadline(self) -> float:
+        """The monotonic time the request must be answered by."""
+        return self.start + self.deadline_ms / 1000
 
 
 class RouterService:
@@ -68,6 +86,32 @@ class RouterService:
         self.validate = RequestValidator(config, backend.name, profiles or TaskProfiles())
         self.executor = Executor(backend, self.metrics, config.strategies, clock)
         self.recent: dict[str, Decision] = {}
+        self._started = False
+        self._start_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Let the backend get ready (discover what it can do) once, before its first
+        request; a failure is retried on the next request."""
+        if self._started:
+            return
+        async with self._start_lock:
+            if not self._started:
+                await self.backend.start()
+                self._started = True
+
+    async def readiness(self) -> dict[str, str]:
+        """What keeps the service from serving now, by part (empty: ready)."""
+        problems: dict[str, str] = {}
+        try:
+            await self.start()
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            problems["backend"] = f"not started ({type(exc).__name__})"
+        reason = await self.backend.ready()
+        if reason is not None:
+            problems.setdefault("backend", reason)
+        if self.outcomes is not None and not await self.outcomes.ping():
+            problems["redis"] = "unreachable"
+        return problems
 
     def decision_request(
         self,
@@ -100,6 +144,28 @@ class RouterService:
         except (StrategyError, ValueError) as exc:
             raise bad_request(str(exc), "acr") from exc
 
+    async def admit(
+        self,
+        problem: Problem,
+        *,
+        n: int,
+        effort: str | None,
+        options: RouterOptions | None,
+        max_tokens: int | None,
+        temperature: float | None,
+        api_key_id: str = "",
+    ) -> Admitted:
+        """Check the caller's limits and decide: everything before generating. Raises
+        ``APIError`` (a 4xx or 503) before anything is sent to the client."""
+        start = self.clock()
+        await self.start()
+        ask = Ask(n=n, max_tokens=max_tokens, temperature=temperature)
+        request = self.decision_request(effort, options, ask=ask)
+        deadline_ms = request.deadline_ms or self.config.server.request_timeout_ms
+        await self._check_limits(api_key_id)
+        decision = await self.decide(problem, request)
+        return Admitted(problem, decision, ask, start, deadline_ms, api_key_id)
+
     async def serve(
         self,
         problem: Problem,
@@ -112,59 +178,108 @@ class RouterService:
         api_key_id: str = "",
     ) -> ServedResult:
         """Decide, run ``n`` copies of the decision, record the outcome."""
-        start = self.clock()
-        ask = Ask(n=n, max_tokens=max_tokens, temperature=temperature)
-        request = self.decision_request(effort, options, ask=ask)
-        deadline_ms = request.deadline_ms or self.config.server.request_timeout_ms
-        deadline = start + deadline_ms / 1000
-        await self._check_limits(api_key_id)
-        decision = await self.decide(problem, request)
+        adm = await self.admit(
+            problem,
+            n=n,
+            effort=effort,
+            options=options,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            api_key_id=api_key_id,
+        )
+        return await self.run(adm)
+
+    async def run(self, adm: Admitted) -> ServedResult:
+        """Run an admitted request to its end and record it."""
         try:
             # Strategies honour the deadline themselves; this outer bound guarantees that a
             # stuck backend call can never make the client hang past it.
             run = await asyncio.wait_for(
-                self.executor.run(problem, decision, ask, deadline),
-                timeout=max(0.001, deadline - self.clock()) + DEADLINE_GRACE_S,
+                self.executor.run(adm.problem, adm.decision, adm.ask, adm.deadline),
+                timeout=max(0.001, adm.deadline - self.clock()) + DEADLINE_GRACE_S,
             )
-            results, reused, continued = run.results, run.probe_reused, run.probe_continued
         except TimeoutError:
-            results, reused, continued = [], False, False
+            run = Execution([])
         except APIError:
-            await self._record(problem, decision, [], (self.clock() - start) * 1000, "error")
+            await self._record(adm, [], "error")
             raise
+        return await self.complete(adm, run)
+
+    async def stream(self, adm: Admitted) -> AsyncIterator[str | ServedResult]:
+        """An admitted request's answer as it is produced: text pieces of its one choice,
+        then the ``ServedResult``. Single pass streams the backend's tokens; other
+        strategies (and ``n`` > 1, a reasoning model's answer, a reused probe) run to the
+        end first. A backend failure before the first piece retries as ``run`` does; the
+        outcome is recorded however the stream ends."""
+        problem, decision, ask = adm.problem, adm.decision, adm.ask
+        plain = ask.plain(problem)
+        if ask.n != 1 or problem.think is not None or (plain and decision.reuse_probe):
+            served = await self.run(adm)
+            for r in served.results:
+                yield r.text
+            yield served
+            return
+        go_on = continued(problem, decision.probe) if plain and decision.continue_probe else None
+        strategy = self.config.strategies.strategy(decision.strategy)
+        result: StrategyResult | None = None
+        sent = False
+        try:
+            async for item in strategy.stream(
+                go_on or problem, self.backend, decision.budget, adm.deadline, self.clock
+            ):
+                if isinstance(item, str):
+                    sent = True
+                    yield item
+                else:
+                    result = item
+        except BackendError:
+            if sent:
+                await self._record(adm, [], "error")
+                raise
+            served = await self.run(adm)  # nothing sent yet: retry and fall back as usual
+            yield served.results[0].text if served.results else ""
+            yield served
+            return
+        yield await self.complete(
+            adm, Execution([result] if result else [], probe_continued=go_on is not None)
+        )
+
+    async def complete(self, adm: Admitted, run: Execution) -> ServedResult:
+        """The finished request: 408 when nothing came in time; else counted, charged to
+        the caller's limits, recorded and kept for feedback."""
         served = ServedResult(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
             model=self.backend.name,
-            decision=decision,
-            results=results,
-            latency_ms=(self.clock() - start) * 1000,
-            task_kind=problem.task.kind,
-            probe_reused=reused,
-            probe_continued=continued,
+            decision=adm.decision,
+            results=run.results,
+            latency_ms=(self.clock() - adm.start) * 1000,
+            task_kind=adm.problem.task.kind,
+            probe_reused=run.probe_reused,
+            probe_continued=run.probe_continued,
         )
-        if all(r.stop_reason == "deadline" and not r.text for r in results):
-            await self._record(problem, decision, results, served.latency_ms, "timeout", api_key_id)
+        if all(r.stop_reason == "deadline" and not r.text for r in run.results):
+            await self._record(adm, run.results, "timeout")
             raise APIError(
                 408,
-                f"no answer within the deadline of {deadline_ms:.0f} ms; "
+                f"no answer within the deadline of {adm.deadline_ms:.0f} ms; "
                 "raise acr.timeout_ms or lower the budget",
                 type="timeout_error",
                 code="deadline_exceeded",
             )
         self._count(served)
+        decision = adm.decision
+        if decision.predicted_latency_ms is not None:
+            labels = {"strategy": decision.strategy}
+            self.metrics.latency_predicted.labels(**labels).observe(
+                decision.predicted_latency_ms / 1000
+            )
+            self.metrics.latency_observed.labels(**labels).observe(served.latency_ms / 1000)
         if self.limiter is not None:
-            await self.limiter.charge(api_key_id, served.completion_tokens + served.prompt_tokens)
-        await self._record(
-            problem,
-            decision,
-            results,
-            served.latency_ms,
-            "ok",
-            api_key_id,
-            served.id,
-            served.probe_hidden,
-        )
-        self._remember(served.id, decision)
+            await self.limiter.charge(
+                adm.api_key_id, served.completion_tokens + served.prompt_tokens
+            )
+        await self._record(adm, run.results, "ok", served.id, served.probe_hidden)
+        self._remember(served.id, adm.decision)
         return served
 
     async def _check_limits(self, api_key_id: str) -> None:
@@ -199,16 +314,14 @@ class RouterService:
 
     async def _record(
         self,
-        problem: Problem,
-        decision: Decision,
+        adm: Admitted,
         results: list[StrategyResult],
-        latency_ms: float,
         status: str,
-        api_key_id: str = "",
         response_id: str = "",
         probe_hidden: int | None = None,
     ) -> None:
         """Learn from the outcome (never failing the request) and append it to the log."""
+        decision = adm.decision
         try:
             await self.policy.record(decision, results[0] if results else None, None)
         except Exception:  # noqa: BLE001 - learning must never fail a served request
@@ -216,12 +329,12 @@ class RouterService:
         if self.outcomes is not None:
             await self.outcomes.append(
                 outcome_record(
-                    problem,
+                    adm.problem,
                     decision,
                     results,
-                    latency_ms,
+                    (self.clock() - adm.start) * 1000,
                     status,
-                    api_key_id,
+                    adm.api_key_id,
                     response_id,
                     decision.probe_tokens if probe_hidden is None else probe_hidden,
                     log_prompt=self.config.server.log_prompts,

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from backends.base import ChatMessage
+from backends.base import ChatMessage, ThinkTags
 from difficulty.profiles import TaskProfiles
 from policies.base import Problem
 from router.config import AppConfig
@@ -18,6 +18,10 @@ class RequestValidator:
         self.config = config
         self.model_name = model_name
         self.profiles = profiles
+        r = config.model.reasoning
+        self.think = (
+            ThinkTags(r.think_open, r.think_close, r.answer_max_tokens) if r.think_open else None
+        )
 
     def check_common(self, req: ChatCompletionRequest | CompletionRequest) -> None:
         """``n``, stop strings and the model name; raises ``APIError``."""
@@ -103,6 +107,7 @@ class RequestValidator:
             seed=req.seed,
             stop=req.stop_list(),
             task=self.profiles.match(text),
+            think=self.think,
         )
 
     def completion_problems(self, req: CompletionRequest) -> list[Problem]:
@@ -122,7 +127,12 @@ class RequestValidator:
                 )
         return [
             Problem(
-                text=p, prompt=p, seed=req.seed, stop=req.stop_list(), task=self.profiles.match(p)
+                text=p,
+                prompt=p,
+                seed=req.seed,
+                stop=req.stop_list(),
+                task=self.profiles.match(p),
+                think=self.think,
             )
             for p in prompts
         ]

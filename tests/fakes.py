@@ -31,6 +31,7 @@ from backends.base import (
     GenerationResult,
 )
 from backends.verifiers.base import Verifier
+from difficulty.answers import get_format
 from difficulty.profiles import Task
 from policies.base import Problem
 
@@ -38,9 +39,11 @@ Script = Callable[[str, int, GenerationRequest], str]
 
 
 def with_verifier(problem: Problem, verifier: Verifier | None, kind: str = "game24") -> Problem:
-    """``problem`` carrying ``verifier`` as its task's (a ``kind`` task), as the service's
-    task detection would hand it to the strategies."""
-    return dataclasses.replace(problem, task=Task(kind, verifier))
+    """``problem`` as the service hands it to strategies for a bundled-style task: answers on
+    an ``Answer:`` line, one step per line, judged by ``verifier`` (None: nothing checks it).
+    The scripted outputs of these tests are written in that format."""
+    task = Task(kind, verifier, get_format("answer_line"), "\n")
+    return dataclasses.replace(problem, task=task)
 
 
 class FakeBackend(Backend):

@@ -72,6 +72,9 @@ def test_grading_is_exact() -> None:
     assert grade(g, SOLUTION) and not grade(g, "Answer: 4*6 = 24")
     a = Item("b", "What is 2+3?", "arithmetic", "5")
     assert grade(a, "Answer: 5") and not grade(a, "Answer: 6")
+    m = Item("c", "Janet has 3 apples and buys 15. How many now?", "math", "18")
+    assert grade(m, "She has 3 + 15 = 18 apples.\n#### 18")
+    assert grade(m, "So the answer is $\\boxed{18}$.") and not grade(m, "The answer is 17.")
 
 
 def test_rows_record_every_item_and_the_frontier_drops_dominated_rows(tmp_path: Path) -> None:

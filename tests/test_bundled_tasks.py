@@ -249,3 +249,18 @@ def test_random_fold_orders_take_different_paths_to_one_answer() -> None:
     assert all(p.endswith(f"Answer: {q.answer()}") for p in pads)
     # Without an order: products in question order, then the fold from the first term.
     assert q.scratchpad().splitlines()[:3] == ["0700*3=0120", "4000*5=0200", "2500+9600=1210"]
+
+
+def test_held_out_arithmetic_sets_of_any_size_are_nested_prefixes_of_one_fixed_pool() -> None:
+    small, large = arithmetic.heldout_questions(10), arithmetic.heldout_questions(50)
+    for k in range(2, 9):
+        of_small = [q for q in small if q.operands == k]
+        of_large = [q for q in large if q.operands == k]
+        assert len(of_small) == 10 and of_large[:10] == of_small
+    pool = {q.expression() for q in arithmetic.heldout_questions(arithmetic.HELDOUT_POOL_SIZE)}
+    assert {q.expression() for q in large} <= pool
+
+
+def test_asking_for_more_held_out_questions_than_the_pool_holds_is_refused() -> None:
+    with pytest.raises(ValueError, match="200 questions per operand count"):
+        arithmetic.heldout_questions(arithmetic.HELDOUT_POOL_SIZE + 1)

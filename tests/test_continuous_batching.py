@@ -197,3 +197,63 @@ def test_a_result_for_a_request_cancelled_meanwhile_is_dropped_quietly(
     batcher._finish(job)
     _fail(job, RuntimeError("late"))
     assert fut.cancelled()
+
+
+async def test_continuous_batching_reports_the_same_margins_as_a_static_decode(
+    backend: TransformersBackend,
+) -> None:
+    reqs = [
+        GenerationRequest(prompt="9", max_tokens=15, logprobs=True),
+        GenerationRequest(
+            prompt="12+3=", n=3, max_tokens=10, temperature=1.0, seed=2, logprobs=True
+        ),
+    ]
+    static = [backend.generate_batch_sync([r])[0] for r in reqs]
+    results = await asyncio.gather(*(backend.generate(r) for r in reqs))
+    for got, want in zip(results, static, strict=True):
+        for c, w in zip(got.completions, want.completions, strict=True):
+            assert c.token_margins is not None and len(c.token_margins) == c.tokens
+            assert all(m >= 0 for m in c.token_margins)
+            assert c.token_margins == pytest.approx(w.token_margins, abs=1e-5)
+    await backend.close()
+
+
+async def test_a_token_callback_sees_every_token_before_the_result(
+    backend: TransformersBackend,
+) -> None:
+    from backends.continuous_batching import ContinuousBatcher
+
+    batcher = ContinuousBatcher(backend.decoder, backend.name)
+    seen: list[int] = []
+    prompt = backend.tokenizer("9")["input_ids"]
+    req = GenerationRequest(prompt="9", max_tokens=9, logprobs=True)
+    fut = batcher.submit(prompt, req, backend.model, on_token=seen.append)
+    fut.add_done_callback(lambda _f: seen.append(-1))  # marks when the result arrived
+    res = await asyncio.wrap_future(fut)
+    text = backend.tokenizer.decode(seen[:-1], skip_special_tokens=True)
+    assert seen[-1] == -1 and len(seen) == 10
+    assert text == res.completions[0].text
+    with pytest.raises(ValueError, match="n == 1"):
+        batcher.submit(prompt, req.model_copy(update={"n": 2}), backend.model, on_token=print)
+    batcher.close()
+
+
+async def test_a_token_callback_that_raises_cancels_only_its_own_request(
+    backend: TransformersBackend,
+) -> None:
+    from backends.continuous_batching import ContinuousBatcher
+
+    batcher = ContinuousBatcher(backend.decoder, backend.name)
+
+    def gone(_token: int) -> None:
+        raise RuntimeError("event loop is closed")
+
+    prompt = backend.tokenizer("5")["input_ids"]
+    other = batcher.submit(prompt, GenerationRequest(prompt="5", max_tokens=30), backend.model)
+    bad = batcher.submit(
+        prompt, GenerationRequest(prompt="5", max_tokens=30), backend.model, on_token=gone
+    )
+    res = await asyncio.wrap_future(other)
+    assert bad.cancelled()
+    assert res.completions[0].tokens == 30
+    batcher.close()

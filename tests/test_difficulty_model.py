@@ -10,10 +10,11 @@ import pytest
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
+from difficulty.answers import get_format
 from difficulty.features import FEATURE_NAMES, feature_vector, prompt_features
 from difficulty.model import RouterModel, RouterModelError, bundled_router_path
 from difficulty.probe import ProbeSummary, run_probe
-from difficulty.profiles import TaskProfiles
+from difficulty.profiles import OPEN_TASK, Task, TaskProfiles
 from difficulty.train import fit_router_model, load_rows, train_router
 from lab.synthetic import synthetic_items
 from policies.registry import default_arms
@@ -83,15 +84,15 @@ def test_task_kinds_are_detected_from_the_prompt_shape() -> None:
     ["", "Why is the sky blue?", "ünïcödé ✓ 🚀 " * 50, "1 2", "x" * 100_000, "\n\n\n", "-3.5e9"],
 )
 def test_features_have_the_schema_length_and_are_finite_for_any_text(text: str) -> None:
-    row = feature_vector(text, None, detect_kind(text))
+    row = feature_vector(text, None, PROFILES.match(text))
     assert row.shape == (len(FEATURE_NAMES),)
     assert np.isfinite(row).all()
 
 
 def test_arithmetic_with_more_operands_has_more_operator_features() -> None:
     names = list(FEATURE_NAMES)
-    short = prompt_features("What is 2+3?", detect_kind("What is 2+3?"))
-    long = prompt_features("What is 52+69-70*3+8*7-1?", detect_kind("What is 52+69-70*3+8*7-1?"))
+    short = prompt_features("What is 2+3?", PROFILES.match("What is 2+3?"))
+    long = prompt_features("What is 52+69-70*3+8*7-1?", PROFILES.match("What is 52+69-70*3+8*7-1?"))
     i = names.index("n_operators")
     assert long[i] > short[i]
     assert long[names.index("n_mul_div")] == 2
@@ -105,7 +106,7 @@ async def test_the_probe_is_one_greedy_decode_with_logprobs_and_a_verdict() -> N
         prompt="4 6 1 1",
         messages=None,
         max_tokens=64,
-        verifier=Is24(),
+        task=Task("game24", Is24(), get_format("answer_line")),
     )
     req = backend.requests[0]
     assert req.temperature == 0.0 and req.logprobs and req.n == 1 and req.max_tokens == 64
@@ -120,7 +121,7 @@ async def test_the_probe_is_one_greedy_decode_with_logprobs_and_a_verdict() -> N
 async def test_a_probe_cut_by_its_token_limit_is_not_reusable_as_an_answer() -> None:
     backend = ScriptedBackend("4*6", [0.2] * 8, finish="length")
     probe = await run_probe(
-        backend, problem_text="4 6 1 1", prompt=None, messages=None, max_tokens=8
+        backend, problem_text="4 6 1 1", prompt=None, messages=None, max_tokens=8, task=OPEN_TASK
     )
     assert not probe.reusable
     assert probe.verifier_score is None
@@ -149,7 +150,7 @@ def test_a_saved_model_loads_with_its_schema_and_predicts_the_same(
     assert model.card.feature_names == list(FEATURE_NAMES)
     assert model.card.probe_tokens == 64
     probe = ProbeSummary(tokens=50, mean_entropy=0.1, verifier_score=0.0, has_answer=True)
-    row = feature_vector("4 9 10 13", probe, detect_kind("4 9 10 13"))
+    row = feature_vector("4 9 10 13", probe, PROFILES.match("4 9 10 13"))
     again = RouterModel.load(path)
     assert np.allclose(model.predict(row), again.predict(row))
     # The folded linear weights reproduce scikit-learn's own predict_proba.
@@ -164,12 +165,12 @@ def test_harder_prompts_land_in_higher_difficulty_bins(trained: tuple[Path, dict
     easy = ProbeSummary(tokens=50, mean_entropy=0.05, verifier_score=1.0, has_answer=True)
     hard = ProbeSummary(tokens=50, mean_entropy=1.5, verifier_score=0.0, has_answer=True)
     d_easy = model.difficulty(
-        model.predict(feature_vector("What is 2+3?", easy, detect_kind("What is 2+3?")))
+        model.predict(feature_vector("What is 2+3?", easy, PROFILES.match("What is 2+3?")))
     )
     d_hard = model.difficulty(
         model.predict(
             feature_vector(
-                "What is 2+3*4-5+6*7-8+9?", hard, detect_kind("What is 2+3*4-5+6*7-8+9?")
+                "What is 2+3*4-5+6*7-8+9?", hard, PROFILES.match("What is 2+3*4-5+6*7-8+9?")
             )
         )
     )
@@ -200,7 +201,7 @@ def test_outcome_log_records_and_bench_results_are_training_sources(tmp_path: Pa
             feats = dict(
                 zip(
                     FEATURE_NAMES,
-                    feature_vector(it["text"], None, detect_kind(it["text"])),
+                    feature_vector(it["text"], None, PROFILES.match(it["text"])),
                     strict=True,
                 )
             )
@@ -255,7 +256,11 @@ def test_the_bundled_router_model_loads_when_shipped() -> None:
 
 def test_client_feedback_in_the_log_relabels_the_served_request(tmp_path: Path) -> None:
     feats = dict(
-        zip(FEATURE_NAMES, feature_vector("4 9 10 13", None, detect_kind("4 9 10 13")), strict=True)
+        zip(
+            FEATURE_NAMES,
+            feature_vector("4 9 10 13", None, PROFILES.match("4 9 10 13")),
+            strict=True,
+        )
     )
     served = {
         "id": "r1",
@@ -282,7 +287,7 @@ def test_the_json_export_loads_without_scikit_learn_and_predicts_the_same(
     model = RouterModel.load(trained[0])
     model.save_json(tmp_path / "router.json")
     again = RouterModel.load(tmp_path / "router.json")
-    row = feature_vector("What is 2+3*4?", None, detect_kind("What is 2+3*4?"))
+    row = feature_vector("What is 2+3*4?", None, PROFILES.match("What is 2+3*4?"))
     assert np.allclose(model.predict(row), again.predict(row))
     assert again.card.bin_stats == model.card.bin_stats
     assert again.card.kind_bin_stats == model.card.kind_bin_stats

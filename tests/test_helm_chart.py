@@ -289,7 +289,7 @@ def test_an_enabled_verifier_renders_verifier_replicas() -> None:
         }
     )
     names = [d["name"] for d in serve_config(objs)["applications"][0]["deployments"]]
-    assert names == ["RouterIngress", "ModelReplica", "VerifierReplica"]
+    assert names == ["RouterIngress", "ModelReplica", "RewardModelReplica"]
     verifier = serve_config(objs)["applications"][0]["deployments"][2]
     assert verifier["num_replicas"] == 2
     assert verifier["ray_actor_options"]["num_gpus"] == 0.5

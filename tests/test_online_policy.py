@@ -13,14 +13,15 @@ import pytest
 from redis.asyncio import Redis
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
-from backends.verifiers.base import Verifier
+from backends.verifiers.base import ProcessVerifier
+from difficulty.answers import get_format
 from difficulty.estimate import DifficultyEstimate
 from difficulty.model import RouterModel
 from difficulty.probe import ProbeSummary
 from difficulty.profiles import OPEN_TASK, Task
 from difficulty.train import fit_router_model, rows_from_item
 from lab.synthetic import synthetic_items
-from policies.adaptive import AdaptivePolicy
+from policies.adaptive import AdaptivePolicy, cost_weight
 from policies.base import Problem, StrategyResult
 from policies.decision import Decision, DecisionRequest
 from policies.latency import Load
@@ -58,20 +59,31 @@ class GreedyBackend(Backend):
         return messages[-1].content
 
 
-class Is24(Verifier):
+class Is24(ProcessVerifier):
+    """An exact checker: the answer ends in "= 24"; every step passes."""
+
     exact = True
 
     def score(self, problem: str, candidate: str, reference: str | None = None) -> float:
         return 1.0 if candidate.strip().endswith("= 24") else 0.0
 
+    def score_steps(self, problem: str, steps: list[str]) -> list[float]:
+        return [1.0] * len(steps)
+
 
 def task_of(text: str) -> Task:
-    """Puzzles (digits first) are checked exactly; anything else is open."""
-    return Task("game24", Is24()) if text[:1].isdigit() else OPEN_TASK
+    """Puzzles (digits first) are checked exactly, sums have answers on an ``Answer:`` line
+    but no checker; anything else is open."""
+    if text[:1].isdigit():
+        return Task("game24", Is24(), get_format("answer_line"), "\n")
+    if "+" in text:
+        return Task("arithmetic", None, get_format("answer_line"), "\n")
+    return OPEN_TASK
 
 
 def P(text: str, **kw: object) -> Problem:  # noqa: N802 - reads like a constructor
-    """The problem as the service hands it on: its task detected."""
+    """The problem as the service hands it on: one user message, its task detected."""
+    kw.setdefault("messages", [ChatMessage(role="user", content=text)])
     return Problem(text=text, task=task_of(text), **kw)  # type: ignore[arg-type]
 
 
@@ -101,9 +113,7 @@ def policy(
 
 def estimate(pol: AdaptivePolicy, text: str, probe: ProbeSummary) -> DifficultyEstimate:
     task = task_of(text)
-    return pol.estimator.estimate(
-        text, probe, kind=task.kind, exact_verifier=task.exact, probe_tokens=probe.tokens
-    )
+    return pol.estimator.estimate(text, probe, task=task, probe_tokens=probe.tokens)
 
 
 async def solve(pol: AdaptivePolicy, problem: Problem) -> tuple[Decision, StrategyResult, int]:
@@ -172,12 +182,12 @@ async def test_a_verified_probe_is_served_as_the_single_pass_answer(model: Route
     assert d.strategy == "single_pass" and d.reuse_probe
     assert d.probe_tokens == 12 and d.predicted_cost_tokens == 12
     assert d.probe is not None
-    served = probe_as_result(d.probe, d.strategy)
+    served = probe_as_result(d.probe, d.strategy, task_of("4 6 1 1"))
     assert served.text == "4*6 = 24" and served.completion_tokens == 12
     assert backend.calls == 1  # the answer was never generated twice
 
 
-def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_probe(
+def test_bounded_reasoning_is_offered_only_where_it_does_more_than_a_greedy_answer(
     model: RouterModel,
 ) -> None:
     from difficulty.probe import ProbeSummary
@@ -185,17 +195,22 @@ def test_bounded_reasoning_is_not_offered_when_it_would_repeat_the_finished_prob
     pol = policy(model, GreedyBackend(), settings())
     assert "bounded_reasoning" in {a.strategy for a in pol.arms}
 
-    def offered(text: str, finish_reason: str) -> set[str]:
+    def offered(p: AdaptivePolicy, text: str, finish_reason: str) -> set[str]:
         probe = ProbeSummary(tokens=12, finish_reason=finish_reason, mean_entropy=0.4)
-        est = estimate(pol, text, probe)
-        return {a.strategy for a in pol.pricer.arm_stats(est, {})}
+        est = p._on_this_backend(estimate(p, text, probe))
+        return {a.strategy for a in p.pricer.arm_stats(est, {})}
 
-    # No exact checker and a finished greedy probe: bounded reasoning is that same trace.
-    assert "bounded_reasoning" not in offered("What is 12+7*3?", "stop")
-    assert "single_pass" in offered("What is 12+7*3?", "stop")
-    # A cut probe, or an exact checker to backtrack on, makes it a different computation.
-    assert "bounded_reasoning" in offered("What is 12+7*3?", "length")
-    assert "bounded_reasoning" in offered("4 6 1 1", "stop")
+    # No exact step checker: one greedy chain, the probe's (or single pass's) token for token.
+    assert "bounded_reasoning" not in offered(pol, "What is 12+7*3?", "stop")
+    assert "bounded_reasoning" not in offered(pol, "What is 12+7*3?", "length")
+    assert "single_pass" in offered(pol, "What is 12+7*3?", "stop")
+    # An exact step checker to back up on makes it a different computation...
+    assert "bounded_reasoning" in offered(pol, "4 6 1 1", "stop")
+    # ... and so does a model that thinks (a real thinking budget; single pass would only
+    # cut its thinking short).
+    thinker = policy(model, GreedyBackend(), settings(), reasoning=True)
+    assert "bounded_reasoning" in offered(thinker, "What is 12+7*3?", "stop")
+    assert "single_pass" not in offered(thinker, "What is 12+7*3?", "stop")
 
 
 async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_to_make(
@@ -205,7 +220,8 @@ async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_t
     # decode cycle under load; one call's latency model underpriced it and missed the SLO.
     from difficulty.probe import ProbeSummary
 
-    pol = policy(model, GreedyBackend(), settings())
+    # A thinking model: bounded reasoning is offered on every task, so both counts show.
+    pol = policy(model, GreedyBackend(), settings(), reasoning=True)
     d = await pol.decide(P("4 6 1 1"), DecisionRequest(strategy="bounded_reasoning"))
     bounded = dataclasses.replace(
         result(score=1.0, wall_ms=800.0), strategy="bounded_reasoning", samples=4
@@ -215,18 +231,26 @@ async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_t
 
     def calls(text: str) -> float:
         probe = ProbeSummary(tokens=12, finish_reason="length", mean_entropy=0.4)
-        est = estimate(pol, text, probe)
+        est = pol._on_this_backend(estimate(pol, text, probe))
         return next(
             a.calls for a in pol.pricer.arm_stats(est, {}) if a.strategy == "bounded_reasoning"
         )
 
     assert calls("4 6 1 2") == pytest.approx(4.0)
     assert calls("What is 12+7*3?") == 1.0  # another task kind has its own count
-    # The tracker's one-call latency sees 800 ms over 4 calls, not one 800 ms call.
-    one = policy(model, GreedyBackend(), settings())
-    for _ in range(5):
-        await one.record(d, dataclasses.replace(bounded, samples=1), None)
-    assert pol.tracker.call_ms < 0.5 * one.tracker.call_ms
+
+
+def test_the_call_speed_fit_learns_the_overhead_of_a_call_and_the_time_of_a_token() -> None:
+    from policies.load import CallSpeed
+
+    speed = CallSpeed(overhead_ms=0.0, ms_per_token=0.5)
+    rng = random.Random(3)
+    for _ in range(40):
+        calls, tokens = rng.choice([1, 2, 4]), rng.randint(10, 200)
+        speed.observe(calls, tokens, 40.0 * calls + 3.0 * tokens)
+    overhead, per_token = speed.theta
+    assert overhead == pytest.approx(40.0, rel=0.05)
+    assert per_token == pytest.approx(3.0, rel=0.05)
 
 
 class LongAnswerBackend(Backend):
@@ -340,21 +364,21 @@ def test_the_load_tracker_counts_inflight_work_and_forgets_expired_requests() ->
     t.begin("b", 500, deadline_s=1)
     snap = t.snapshot()
     assert (snap.inflight, snap.queued_tokens) == (2, 800)
-    assert snap.utilization == pytest.approx(0.8)  # 800 tokens admitted in ~1 s of 1000 tok/s
     now[0] = 2.0
     assert t.snapshot().inflight == 1
-    t.end("a", 300)  # a lone request is width-limited: it says nothing about capacity
-    assert t.capacity == 1000.0
+    assert t.end("b", 500) is None  # expired: it no longer counts, and ends quietly
+    assert t.end("a", 300) == pytest.approx(2000)
 
 
-def test_the_load_tracker_remeasures_capacity_only_when_saturated() -> None:
+def test_the_load_tracker_measures_throughput_over_the_time_work_was_in_flight() -> None:
     now = [0.0]
-    t = LoadTracker(1000.0, clock=lambda: now[0], saturated_at=2)
+    t = LoadTracker(1000.0, clock=lambda: now[0])
+    now[0] = 100.0  # idle time teaches nothing
     t.begin("a", 3000, deadline_s=60)
     t.begin("b", 3000, deadline_s=60)
-    now[0] = 6.0
-    t.end("a", 3000)  # 3000 tokens over 6 s of saturation: 500 tok/s
-    assert t.capacity == pytest.approx(0.8 * 1000 + 0.2 * 500)
+    now[0] = 106.0
+    t.end("a", 3000)  # 3000 tokens over 6 busy seconds: 500 tok/s
+    assert t.capacity == pytest.approx(0.7 * 1000 + 0.3 * 500)
 
 
 async def test_decision_latency_without_the_probe_is_about_a_millisecond(
@@ -448,7 +472,7 @@ async def test_concurrent_updates_from_two_replicas_are_all_counted(
             *[b.record(d, None, 0.5) for _ in range(20)],
         )
         assert d.difficulty_bin is not None
-        scope = stats_scope(d.task, d.difficulty_bin)
+        scope = stats_scope("fake", d.task, d.difficulty_bin)
         stats = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert stats.succ == pytest.approx(60) and stats.fail == pytest.approx(60)
         assert stats.n == 100 and stats.tokens == pytest.approx(100 * 400)
@@ -468,8 +492,8 @@ async def test_outcomes_of_one_task_kind_leave_another_kinds_stats_in_the_same_b
     assert d.difficulty_bin is not None and d.task != "arithmetic"
     for _ in range(20):
         await pol.record(d, result(score=1.0), None)
-    own = await store.arm_stats(stats_scope(d.task, d.difficulty_bin), [d.arm])
-    other = await store.arm_stats(stats_scope("arithmetic", d.difficulty_bin), [d.arm])
+    own = await store.arm_stats(stats_scope("fake", d.task, d.difficulty_bin), [d.arm])
+    other = await store.arm_stats(stats_scope("fake", "arithmetic", d.difficulty_bin), [d.arm])
     assert own[d.arm].succ == pytest.approx(20)
     assert other[d.arm].succ == 0 and other[d.arm].n == 0
 
@@ -482,7 +506,7 @@ async def test_feedback_moves_only_the_success_posterior(
         d = await a.decide(P("Why is the sky blue?"), DecisionRequest(probe=False))
         await a.record(d, None, 0.25)
         assert d.difficulty_bin is not None
-        scope = stats_scope(d.task, d.difficulty_bin)
+        scope = stats_scope("fake", d.task, d.difficulty_bin)
         s = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
         assert (s.succ, s.fail, s.n) == (pytest.approx(0.25), pytest.approx(0.75), 0)
     finally:
@@ -521,6 +545,7 @@ async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
         model=model,
     )
     assert pol.settings.lambda_per_1k_tokens == config.policy.lambda_per_1k_tokens
+    assert pol.lambda_per_1k_tokens == cost_weight(config.policy.lambda_per_1k_tokens, pol.model)
     assert (
         pol.strategies.budgets["best_of_n"].samples
         == config.strategies.budgets["best_of_n"].samples
@@ -554,29 +579,41 @@ async def test_solve_runs_the_chosen_search_after_a_refuted_probe(model: RouterM
 def test_the_load_tracker_learns_how_much_slower_requests_are_than_predicted() -> None:
     now = [0.0]
     t = LoadTracker(1000.0, clock=lambda: now[0])
+    # Predictions include the factor learned so far (as the selector's do).
     for i in range(20):
-        t.begin(f"r{i}", 100, deadline_s=60, predicted_ms=100.0)
-        now[0] += 0.3  # every request takes 3x its prediction
+        t.begin(f"r{i}", 100, deadline_s=60, predicted_ms=100.0 * t.slowdown)
+        now[0] += 0.3  # every request takes 3x the model's raw prediction
         t.end(f"r{i}", 100)
     assert 2.5 < t.snapshot().slowdown <= 3.0
     for i in range(200):
-        t.begin(f"s{i}", 100, deadline_s=60, predicted_ms=100.0)
+        t.begin(f"s{i}", 100, deadline_s=60, predicted_ms=100.0 * t.slowdown)
         now[0] += 0.1
         t.end(f"s{i}", 100)
     assert t.snapshot().slowdown < 1.2  # and it recovers when predictions hold again
 
 
 def test_a_strategy_slower_than_predicted_is_priced_slower_without_slowing_the_others() -> None:
-    from policies.selector import predict_latency_ms
+    from policies.latency import predict_latency_ms
 
     now = [0.0]
     t = LoadTracker(1000.0, clock=lambda: now[0])
+
+    def predicted(strategy: str) -> float:
+        # The selector's prediction: the raw 100 ms times the factor it uses now.
+        return 100.0 * t.slowdown_by.get(strategy, t.slowdown)
+
     for i in range(30):
         # Single passes take what was predicted; bounded reasoning 3x (it backtracked).
-        t.begin(f"s{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="single_pass")
+        t.begin(f"s{i}", 50, 60, predicted_ms=predicted("single_pass"), strategy="single_pass")
         now[0] += 0.1
         t.end(f"s{i}", 50)
-        t.begin(f"b{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="bounded_reasoning")
+        t.begin(
+            f"b{i}",
+            50,
+            60,
+            predicted_ms=predicted("bounded_reasoning"),
+            strategy="bounded_reasoning",
+        )
         now[0] += 0.3
         t.end(f"b{i}", 50)
     load = t.snapshot()
@@ -589,7 +626,7 @@ def test_a_strategy_slower_than_predicted_is_priced_slower_without_slowing_the_o
     assert unseen == predict_latency_ms(50, 100.0, load)  # the global factor
     # Priced out and no longer chosen, bounded reasoning drifts back as others finish.
     for i in range(300):
-        t.begin(f"x{i}", 50, deadline_s=60, predicted_ms=100.0, strategy="single_pass")
+        t.begin(f"x{i}", 50, 60, predicted_ms=predicted("single_pass"), strategy="single_pass")
         now[0] += 0.1
         t.end(f"x{i}", 50)
     assert t.snapshot().slowdown_by_strategy["bounded_reasoning"] < 1.3

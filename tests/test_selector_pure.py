@@ -228,11 +228,14 @@ def test_headroom_keeps_predictions_inside_a_share_of_the_budget() -> None:
     assert select(est(), arms, loose, IDLE).arm == "self_consistency@16"
 
 
-def test_utilisation_slows_the_predicted_latency_of_new_work() -> None:
-    calm = Load(capacity_tokens_per_s=1000, overhead_ms=0)
-    busy = calm.model_copy(update={"utilization": 0.5})
-    assert predict_latency_ms(1000, 0, calm) == pytest.approx(1000)
-    assert predict_latency_ms(1000, 0, busy) == pytest.approx(2000)
+def test_an_arm_never_seen_is_priced_by_the_backends_learned_call_speed() -> None:
+    speed = Load(call_overhead_ms=50, ms_per_token=2.0, overhead_ms=0)
+    # Two sequential calls and 100 tokens generated one after another.
+    assert predict_latency_ms(100, 0, speed, calls=2) == pytest.approx(2 * 50 + 100 * 2.0)
+    # Batched samples: 16 x 50 tokens side by side take the time of 50 serial tokens.
+    assert predict_latency_ms(800, 0, speed, serial_tokens=50) == pytest.approx(50 + 50 * 2.0)
+    # What an arm was seen to take wins when it is slower than the model says.
+    assert predict_latency_ms(100, 900, speed) == pytest.approx(900)
 
 
 def test_ties_go_to_the_cheaper_arm() -> None:

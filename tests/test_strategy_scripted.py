@@ -60,7 +60,9 @@ async def test_accounting_sums_match_what_the_backend_generated(name: str) -> No
 
 async def test_single_pass_is_greedy_and_one_sample() -> None:
     be = FakeBackend(whole(1))
-    res = await get_strategy("single_pass").run(PUZZLE, be, Budget(temperature=0.0), FAR)
+    res = await get_strategy("single_pass").run(
+        with_verifier(PUZZLE, None), be, Budget(temperature=0.0), FAR
+    )
     assert [r.n for r in be.calls] == [1]
     assert be.calls[0].temperature == 0.0
     assert res.answer == "(13-9)*(10-4) = 24"
@@ -92,7 +94,9 @@ async def test_single_pass_continues_a_greedy_prefix_instead_of_generating_it_ag
 
 async def test_bounded_reasoning_cuts_after_the_answer_and_counts_the_rest_hidden() -> None:
     be = FakeBackend(lambda p, i, r: SOLUTION + "\nmore chatter after the answer")
-    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, Budget(max_tokens=500), FAR)
+    res = await get_strategy("bounded_reasoning").run(
+        with_verifier(PUZZLE, None), be, Budget(max_tokens=500), FAR
+    )
     assert res.text == SOLUTION
     assert res.hidden_tokens > 0
     assert res.visible_tokens + res.hidden_tokens == be.generated_tokens
@@ -105,7 +109,9 @@ async def test_bounded_reasoning_forces_an_answer_when_the_budget_runs_out() -> 
         )
 
     be = FakeBackend(script)
-    res = await get_strategy("bounded_reasoning").run(PUZZLE, be, Budget(max_tokens=30), FAR)
+    res = await get_strategy("bounded_reasoning").run(
+        with_verifier(PUZZLE, None), be, Budget(max_tokens=30), FAR
+    )
     assert res.stop_reason == "budget"
     assert res.answer == "(13-9)*(10-4) = 24"
     assert len(be.calls) == 2
@@ -125,14 +131,16 @@ async def test_best_of_n_draws_all_samples_in_one_call_and_keeps_the_verified_on
 async def test_best_of_n_without_a_verifier_takes_the_majority_answer() -> None:
     answers = ["Answer: 5", "Answer: 7", "Answer: 5", "Answer: 9"]
     be = FakeBackend(lambda p, i, r: answers[i % 4])
-    res = await get_strategy("best_of_n").run(PUZZLE, be, Budget(samples=4), FAR)
+    res = await get_strategy("best_of_n").run(
+        with_verifier(PUZZLE, None), be, Budget(samples=4), FAR
+    )
     assert res.answer == "5"
 
 
 async def test_self_consistency_stops_once_the_leader_is_settled() -> None:
     be = FakeBackend(lambda p, i, r: "Answer: 42")
     res = await get_strategy("self_consistency").run(
-        Problem(text="What is 40+2?", prompt="What is 40+2?"),
+        with_verifier(Problem(text="What is 40+2?", prompt="What is 40+2?"), None),
         be,
         Budget(samples=16, batch_size=4),
         FAR,
@@ -146,7 +154,10 @@ async def test_self_consistency_keeps_sampling_while_answers_disagree() -> None:
     answers = ["Answer: 1", "Answer: 2", "Answer: 3", "Answer: 1"]
     be = FakeBackend(lambda p, i, r: answers[i % 4])
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"), be, Budget(samples=12, batch_size=4), FAR
+        with_verifier(Problem(text="q", prompt="q"), None),
+        be,
+        Budget(samples=12, batch_size=4),
+        FAR,
     )
     assert res.samples == 12
     assert res.stop_reason == "budget"
@@ -161,7 +172,7 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
         return f"Answer: {counter['n']}"
 
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"),
+        with_verifier(Problem(text="q", prompt="q"), None),
         FakeBackend(distinct),
         Budget(samples=16, batch_size=4),
         FAR,
@@ -170,7 +181,7 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
     # The futility rule off: the same stream runs to the sample budget.
     counter["n"] = 0
     off = await STRATEGIES["self_consistency"](dispersed_share=0.0).run(
-        Problem(text="q", prompt="q"),
+        with_verifier(Problem(text="q", prompt="q"), None),
         FakeBackend(distinct),
         Budget(samples=16, batch_size=4),
         FAR,
@@ -234,7 +245,10 @@ async def test_self_consistency_at_the_deadline_returns_the_vote_of_the_batches_
     be = FakeBackend.canned(["x" * 11 + "Answer: 7"], token_latency_s=0.01)
     start = time.monotonic()
     res = await get_strategy("self_consistency").run(
-        Problem(text="q", prompt="q"), be, Budget(samples=16, batch_size=2), start + 0.3
+        with_verifier(Problem(text="q", prompt="q"), None),
+        be,
+        Budget(samples=16, batch_size=2),
+        start + 0.3,
     )
     assert res.stop_reason == "deadline"
     assert res.answer == "7" and res.samples == 2
@@ -351,7 +365,10 @@ async def test_beam_search_without_a_verifier_votes_over_finished_answers() -> N
 
     be = FakeBackend(script)
     res = await get_strategy("beam_search").run(
-        Problem(text="q", prompt="q\n"), be, Budget(beam_width=3, expansions=2), FAR
+        with_verifier(Problem(text="q", prompt="q\n"), None),
+        be,
+        Budget(beam_width=3, expansions=2),
+        FAR,
     )
     assert res.answer == "5" and res.stop_reason == "answered"
 
@@ -359,7 +376,7 @@ async def test_beam_search_without_a_verifier_votes_over_finished_answers() -> N
 async def test_beam_search_stops_when_its_token_budget_is_spent() -> None:
     be = FakeBackend.canned(["13-9=4 (left: 4 4 10)\n"])  # valid but never finishing
     budget = Budget(beam_width=1, expansions=2, max_tokens=40, max_steps=20)
-    res = await get_strategy("beam_search").run(PUZZLE, be, budget, FAR)
+    res = await get_strategy("beam_search").run(with_verifier(PUZZLE, None), be, budget, FAR)
     assert res.stop_reason == "budget"
     assert be.generated_tokens <= 40 * 2 + 2 * 21  # at most one round past the budget
 
@@ -417,7 +434,7 @@ async def test_bounded_reasoning_backs_up_to_its_last_valid_line_with_an_exact_c
 async def test_bounded_reasoning_without_a_checker_is_one_greedy_chain() -> None:
     be = FakeBackend(fixing)
     res = await get_strategy("bounded_reasoning").run(
-        PUZZLE, be, Budget(max_tokens=200, temperature=0.0), FAR
+        with_verifier(PUZZLE, None), be, Budget(max_tokens=200, temperature=0.0), FAR
     )
     assert len(be.calls) == 1 and res.answer == "4*7 = 24" and res.stop_reason == "answered"
 
@@ -440,6 +457,9 @@ async def test_self_consistency_does_not_settle_on_answers_an_exact_verifier_rej
     )
     assert res.stop_reason == "budget" and res.samples == 12
     unchecked = await get_strategy("self_consistency").run(
-        PUZZLE, FakeBackend(lambda p, i, r: WRONG), Budget(samples=12, batch_size=4), FAR
+        with_verifier(PUZZLE, None),
+        FakeBackend(lambda p, i, r: WRONG),
+        Budget(samples=12, batch_size=4),
+        FAR,
     )
     assert unchecked.stop_reason == "settled" and unchecked.samples == 4

@@ -194,3 +194,28 @@ async def test_continuing_a_cut_greedy_prefix_gives_the_full_greedy_answer(
     )
     assert res.text == full.completions[0].text
     assert res.completion_tokens == full.completions[0].tokens - 15
+
+
+def test_margins_are_the_gap_between_the_two_best_log_probs_of_every_step(
+    backend: TransformersBackend,
+) -> None:
+    import torch
+
+    req = GenerationRequest(prompt="9", max_tokens=12, logprobs=True)
+    comp = backend.generate_batch_sync([req])[0].completions[0]
+    margins = comp.token_margins
+    assert margins is not None and len(margins) == comp.tokens == 12
+    assert all(m >= 0 for m in margins)
+    # Recompute from one uncached forward pass over prompt + answer (greedy: no EOS, one
+    # character token per character of the text).
+    prompt = backend._prompt_ids(req)
+    answer = backend.tokenizer(comp.text, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt + answer])
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top2 = logp.topk(2, dim=-1).values
+    assert logits.argmax(-1).tolist() == answer
+    assert margins == pytest.approx((top2[:, 0] - top2[:, 1]).tolist(), abs=1e-4)
+    plain = backend.generate_batch_sync([GenerationRequest(prompt="9", max_tokens=12)])[0]
+    assert plain.completions[0].token_margins is None

@@ -45,3 +45,25 @@ def build_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def build_tiny_reward_model(path: Path, seed: int = 0) -> Path:
+    """Write a tiny randomly initialised GPT-2 sequence classifier (one logit: a reward
+    model's shape) with the same character tokenizer; returns ``path``."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    build_tiny_checkpoint(path, seed)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    torch.manual_seed(seed + 1)
+    cfg = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    GPT2ForSequenceClassification(cfg).save_pretrained(path)
+    return path

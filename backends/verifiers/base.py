@@ -37,6 +37,14 @@ class Verifier(abc.ABC):
         """Model tokens this verifier spends to score one candidate (0 for exact checkers)."""
         return 0
 
+    async def score_many(
+        self, problem: str, candidates: list[str], reference: str | None = None
+    ) -> list[float]:
+        """Scores of several candidates; what strategies call. The default scores them one by
+        one with ``score``; a served reward model scores them in one request. Raises
+        ``VerifierError`` when it cannot judge this problem."""
+        return [self.score(problem, c, reference) for c in candidates]
+
 
 class ProcessVerifier(Verifier):
     """A verifier that can also score partial reasoning, one score per step."""
@@ -48,3 +56,7 @@ class ProcessVerifier(Verifier):
         Step search keeps the partial traces whose latest step scores highest; an exact
         checker returns 0.0 from the first invalid step on.
         """
+
+    async def score_steps_async(self, problem: str, steps: list[str]) -> list[float]:
+        """``score_steps`` for callers on the event loop; a served model overrides it."""
+        return self.score_steps(problem, steps)

@@ -1,4 +1,4 @@
-"""Verifiers by name: what a task profile names as its checker."""
+"""Verifiers by name: the exact checkers a task profile may name, and the reward models."""
 
 from __future__ import annotations
 
@@ -6,29 +6,19 @@ from collections.abc import Callable
 
 from backends.verifiers.base import Verifier
 from backends.verifiers.game24 import Game24Verifier
-from backends.verifiers.numeric import NumericAnswerVerifier
 
-
-def _reward_model(path: str = "") -> Verifier:
-    # torch and transformers load only when a reward model is configured.
-    from backends.verifiers.reward_model import RewardModelVerifier
-
-    return RewardModelVerifier.from_pretrained(path)
-
-
-VERIFIERS: dict[str, Callable[..., Verifier]] = {
+#: exact checkers by the name a task profile's ``verifier`` uses
+EXACT_CHECKERS: dict[str, Callable[[], Verifier]] = {
     "game24": Game24Verifier,
-    "numeric": NumericAnswerVerifier,
-    "reward_model": _reward_model,
 }
 
 
-def get_verifier(name: str, **kwargs: object) -> Verifier:
-    """Build the verifier ``name``; unknown names fail with the valid list."""
+def exact_checker(name: str) -> Verifier:
+    """A fresh exact checker ``name``; unknown names fail with the valid list."""
     try:
-        factory = VERIFIERS[name]
+        factory = EXACT_CHECKERS[name]
     except KeyError:
         raise ValueError(
-            f"unknown verifier {name!r}; valid: {', '.join(sorted(VERIFIERS))}"
+            f"unknown exact checker {name!r}; valid: {', '.join(sorted(EXACT_CHECKERS))}"
         ) from None
-    return factory(**kwargs)
+    return factory()

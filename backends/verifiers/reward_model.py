@@ -8,6 +8,7 @@ is the score of the trace up to that step.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,18 @@ class RewardModelVerifier(ProcessVerifier):
     def score(self, problem: str, candidate: str, reference: str | None = None) -> float:
         """P(good) of the whole response."""
         return self._scores(self._texts(problem, [candidate]))[0]
+
+    async def score_many(
+        self, problem: str, candidates: list[str], reference: str | None = None
+    ) -> list[float]:
+        """P(good) of every candidate, in one forward pass off the event loop."""
+        if not candidates:
+            return []
+        return await asyncio.to_thread(self._scores, self._texts(problem, candidates))
+
+    async def score_steps_async(self, problem: str, steps: list[str]) -> list[float]:
+        """``score_steps`` off the event loop."""
+        return await asyncio.to_thread(self.score_steps, problem, steps)
 
     def score_steps(self, problem: str, steps: list[str]) -> list[float]:
         """P(good) of each prefix of ``steps`` (one batched forward pass)."""

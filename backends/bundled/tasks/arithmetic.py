@@ -17,6 +17,7 @@ signed format had not reached 70% on two operands by then.
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -187,11 +188,34 @@ def parse_expression(expr: str) -> Question | None:
     return Question(tuple(terms), tuple(parts[1::2]))
 
 
-def heldout_questions(per_operand_count: int, seed: int = 10_007) -> list[Question]:
-    """Held-out evaluation items: ``per_operand_count`` for each of 2..8 operands.
+#: questions per operand count in the fixed held-out pool (training never saw any of them)
+HELDOUT_POOL_SIZE = 200
+#: the pool's own seed, used by nothing else
+HELDOUT_SEED = 10_007
+OPERAND_COUNTS = range(2, 9)
 
-    Drawn from a seed that training never uses; training also drops any question whose
-    expression is in this set.
+
+@functools.cache
+def _heldout_pool() -> dict[int, tuple[Question, ...]]:
+    # Drawn in the order the bundled model's training excluded them (count-major, one
+    # stream): the pool is exactly the set training was filtered against.
+    rng = random.Random(HELDOUT_SEED)
+    return {
+        k: tuple(random_question(rng, k) for _ in range(HELDOUT_POOL_SIZE)) for k in OPERAND_COUNTS
+    }
+
+
+def heldout_questions(per_operand_count: int) -> list[Question]:
+    """The first ``per_operand_count`` questions of each operand count 2..8 from one fixed
+    held-out pool: sets of different sizes are nested (10 per count are the first 10 of
+    the 50), and every one is excluded from the bundled model's training.
+
+    Raises ``ValueError`` beyond the pool's ``HELDOUT_POOL_SIZE`` per count.
     """
-    rng = random.Random(seed)
-    return [random_question(rng, k) for k in range(2, 9) for _ in range(per_operand_count)]
+    if not 0 <= per_operand_count <= HELDOUT_POOL_SIZE:
+        raise ValueError(
+            f"the held-out pool has {HELDOUT_POOL_SIZE} questions per operand count; "
+            f"asked for {per_operand_count}"
+        )
+    pool = _heldout_pool()
+    return [q for k in OPERAND_COUNTS for q in pool[k][:per_operand_count]]

@@ -279,7 +279,7 @@ applications:
             {{- toYaml . | nindent 12 }}
           {{- end }}
       {{- if .Values.serve.verifier.enabled }}
-      - name: VerifierReplica
+      - name: RewardModelReplica
         num_replicas: {{ .Values.serve.verifier.replicas }}
         ray_actor_options:
           num_cpus: {{ .Values.serve.verifier.numCpus }}
