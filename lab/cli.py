@@ -18,6 +18,7 @@ import typer
 from backends.bundled.paths import bundled_model_path
 from lab.bench_serving import run_serving_benchmark
 from lab.bundled.benchmark import run_model_benchmark
+from lab.bundled.calibration import write_calibration_data
 from lab.bundled.model_card import card_measurements, write_model_card
 from lab.bundled.train import train_bundle
 from lab.bundled.trial import run_trial
@@ -177,6 +178,19 @@ def bench_serving(
     """Sampling throughput (n=16 in one request vs 16 requests) and ingress overhead."""
     result = run_serving_benchmark(url, out_json, requests=requests)
     typer.echo(json.dumps(result, indent=2))
+
+
+@app.command("calibration-data")
+def calibration_data(
+    out: Annotated[Path, typer.Option(help="JSONL to write.")] = Path(
+        "runs/bundled-calibration.jsonl"
+    ),
+    data_csv: Annotated[Path, typer.Option(help="game24.csv")] = Path("../shared/data/game24.csv"),
+) -> None:
+    """Write the bundled router's calibration data (disjoint from every evaluation pool)."""
+
+    n = write_calibration_data(data_csv, out)
+    typer.echo(f"wrote {n} items to {out}; calibrate with: acr calibrate --data {out}")
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ import typer
 from difficulty.train import load_stream
 from difficulty.train import train_router as fit_router
 from policies.registry import BENCH_ARMS, default_arms
+from router.calibration_data import CalibrationDataError
 from router.config import ConfigError, config_to_yaml, load_config
 
 app = typer.Typer(
@@ -127,6 +128,83 @@ def bench(
                 f"tokens {s['mean_tokens']:8.1f}  samples {s['mean_samples']:5.1f}"
             )
     typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
+
+
+@app.command()
+def calibrate(
+    data: Annotated[Path, typer.Option(help="JSONL file of questions and reference answers.")],
+    profile: Annotated[
+        str | None, typer.Option(help="Task profile to calibrate (default: matched per prompt).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The service's YAML config.", exists=True)
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory (resumes a run found there).")] = (
+        Path("calibration")
+    ),
+    question_field: Annotated[str, typer.Option(help="Field holding the question.")] = "question",
+    answer_field: Annotated[
+        str, typer.Option(help="Field holding the reference answer ('' for none).")
+    ] = "answer",
+    answer_marker: Annotated[
+        str, typer.Option(help="The reference answer is what follows its last marker.")
+    ] = "####",
+    eval_percent: Annotated[int, typer.Option(help="Share of questions held out (%).")] = 30,
+    limit: Annotated[int | None, typer.Option(help="Use the first N questions.")] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arm", help="strategy[:field=value,...]; repeatable. Default: the router's arms."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items in flight.")] = 4,
+    timeout_s: Annotated[float, typer.Option(help="Deadline of one arm on one item.")] = 120.0,
+    device: Annotated[str, typer.Option(help="Local checkpoint: cpu | cuda | auto.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="Local checkpoint: torch threads.")] = 1,
+    restart: Annotated[bool, typer.Option(help="Discard the labels found in --out.")] = False,
+) -> None:
+    """Fit the router to the configured backend on your data, and report how it does.
+
+    Runs every arm on every question through the serving code, grades the answers with the
+    profile's checker, fits the router on the fit part, chooses the cost weight there, runs
+    auto live on the held-out part and writes router.skops, report.md, report.json and
+    pareto.png to --out. Interrupted runs resume.
+    """
+    from router.calibrate import CalibrationPlan, arms_from_specs
+    from router.calibrate import calibrate as run_calibration
+
+    try:
+        cfg = load_config(config)
+        plan = CalibrationPlan(
+            data=data,
+            out_dir=out,
+            profile=profile,
+            question_field=question_field,
+            answer_field=answer_field or None,
+            answer_marker=answer_marker or None,
+            eval_percent=eval_percent,
+            limit=limit,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+        )
+        if arm:
+            plan.arms = arms_from_specs(arm, cfg)
+        report = asyncio.run(
+            run_calibration(plan, cfg, device=device, torch_threads=threads, restart=restart)
+        )
+    except (ConfigError, CalibrationDataError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for s in report["summary"]:
+        lo, hi = s["ci95"]
+        typer.echo(
+            f"{s['row']:<28} acc {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]  "
+            f"tokens {s['mean_tokens']:8.1f}"
+        )
+    for line in report["verdict"]:
+        typer.echo(line)
+    typer.echo(f"\nwrote {out}/report.md, report.json, pareto.png and router.skops. Use it:\n")
+    typer.echo("\n".join(report["use"]))
 
 
 @app.command("train-router")

@@ -29,6 +29,7 @@ LAZY_OK = (
     # the CLI's commands that start Ray or load a model (``acr --help`` stays instant)
     "router.serve_local",
     "router.bench",
+    "router.calibrate",
 )
 
 
