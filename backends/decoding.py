@@ -46,6 +46,8 @@ class DecodeRow:
         self.margins.append(margin)
 
 
+#: the lowest temperature sampling divides by (logits / 1e-3 stay finite in float32)
+MIN_SAMPLING_TEMPERATURE = 1e-3
 #: what ``Decoder.sample`` returns: per live row the chosen token ids, their log-probs, the
 #: entropies and the top-1 minus top-2 log-prob margins (all of the temperature-1 model)
 Sampled = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
@@ -118,7 +120,10 @@ class Decoder:
         chosen = greedy.clone()
         sampled_rows = (temps > 0).nonzero().flatten()
         if sampled_rows.numel():
-            scaled = logits[sampled_rows] / temps[sampled_rows, None]
+            # A temperature near 0 (1e-40 is a float32 > 0) would scale logits to inf and
+            # softmax to NaN; at the floor sampling is already as good as greedy.
+            floor = temps[sampled_rows].clamp(min=MIN_SAMPLING_TEMPERATURE)
+            scaled = logits[sampled_rows] / floor[:, None]
             probs = torch.softmax(scaled, dim=-1)
             probs = top_p_filter(probs, top_ps[sampled_rows])
             # Each request samples with its own generator so that a seed reproduces its
@@ -216,7 +221,9 @@ def top_p_filter(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
         return probs
     sorted_p, order = probs.sort(dim=-1, descending=True)
     before = sorted_p.cumsum(-1) - sorted_p
-    sorted_p = torch.where(before < top_p[:, None], sorted_p, torch.zeros_like(sorted_p))
+    keep = before < top_p[:, None]
+    keep[:, 0] = True  # also when top_p underflowed to 0 (else every row would be 0/0)
+    sorted_p = torch.where(keep, sorted_p, torch.zeros_like(sorted_p))
     filtered = torch.zeros_like(probs).scatter(-1, order, sorted_p)
     return filtered / filtered.sum(-1, keepdim=True)
 

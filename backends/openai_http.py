@@ -116,7 +116,8 @@ class OpenAIHTTPBackend(Backend):
         self.extra_body: dict[str, Any] = dict(extra_body or {})
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # Anything that would reveal the upstream (or the key) if a server echoed it.
-        self._secrets = [self.base_url, self.root_url, urlsplit(self.base_url).netloc]
+        where = urlsplit(self.base_url)
+        self._secrets = [self.base_url, self.root_url, where.netloc, where.hostname or ""]
         self._secrets += [api_key] if api_key else []
         self._transport = Transport(
             self.client,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from backends.base import Completion, FinishReason
+from backends.redaction import redact
 
 #: alternatives asked for per token: enough for a useful entropy, accepted by every server
 TOP_LOGPROBS = 5
@@ -239,10 +240,10 @@ def server_error_detail(body: str) -> str:
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every non-empty ``secrets`` string (upstream URLs, host:port, the API
-    key) replaced by ``<model server>``: upstream addresses must never reach clients."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, "<model server>")
-    return text
+    key) replaced by ``<model server>``, and any other URL, address, path or exception repr
+    the server's text names removed (``backends.redaction``): upstream addresses and
+    internals must never reach clients."""
+    return redact(text, secrets)
 
 
 def refusal_message(status: int, body: str, secrets: Iterable[str]) -> str:

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: the ``endpoint`` label of every path that is not one of the API's routes
+OTHER_ENDPOINT = "other"
+
+
+def endpoint_label(path: str, routes: Collection[str]) -> str:
+    """The ``endpoint`` label of a request for ``path``: the path when it is one of the API's
+    ``routes``, else ``other``, so that the paths clients make up (authenticated or not)
+    never grow the label set."""
+    return path if path in routes else OTHER_ENDPOINT
 
 
 class Metrics:
@@ -62,12 +74,47 @@ class Metrics:
             "acr_outcomes_written_total", "Outcomes appended to the Redis stream.", registry=r
         )
         self.outcomes_buffered = Gauge(
-            "acr_outcomes_buffered", "Outcomes waiting in memory for Redis.", registry=r
+            "acr_outcomes_buffered",
+            "Outcomes waiting for Redis (in the local spool, or in memory if it failed).",
+            registry=r,
         )
         self.outcomes_dropped = Counter(
-            "acr_outcomes_dropped_total", "Outcomes lost because the buffer was full.", registry=r
+            "acr_outcomes_dropped_total",
+            "Outcomes lost: the spool could not be written and the memory queue was full.",
+            registry=r,
+        )
+        self.outcomes_duplicates = Counter(
+            "acr_outcomes_duplicates_total",
+            "Replayed outcomes Redis already had (skipped, not written twice).",
+            registry=r,
         )
         self.redis_up = Gauge("acr_redis_up", "1 when the last Redis call succeeded.", registry=r)
+        self.redis_full = Gauge(
+            "acr_redis_full",
+            "1 while Redis refuses outcome writes at maxmemory (they wait in the spool).",
+            registry=r,
+        )
         self.rate_limited = Counter(
             "acr_rate_limited_total", "Requests refused by per-key limits.", ["limit"], registry=r
+        )
+        self.rate_limit_degraded = Counter(
+            "acr_rate_limit_degraded_total",
+            "Rate-limit operations (reserve, resize, settle) that Redis could not serve, done by "
+            "this replica's in-process limiter instead: limits then hold per replica.",
+            ["operation"],
+            registry=r,
+        )
+        self.rate_limit_tokens = Counter(
+            "acr_rate_limit_tokens_total",
+            "Per-key limit tokens by kind: reserved before running, charged when the request "
+            "ended, released unspent.",
+            ["kind"],
+            registry=r,
+        )
+        self.rate_limit_settled = Counter(
+            "acr_rate_limit_settled_total",
+            "Token reservations settled, by how the request ended (ok, timeout, error, "
+            "abandoned, refused).",
+            ["outcome"],
+            registry=r,
         )

@@ -119,6 +119,13 @@ class RequestValidator:
             raise bad_request(
                 f"prompt must be a string or a list of 1 to {lim.max_n} strings", "prompt"
             )
+        if len(prompts) * req.n > lim.max_n:
+            # n choices per prompt: the request's total choices share one bound with n.
+            raise bad_request(
+                f"{len(prompts)} prompts times n={req.n} is {len(prompts) * req.n} choices; "
+                f"the limit is {lim.max_n}",
+                "n",
+            )
         for p in prompts:
             if len(p) > lim.max_prompt_chars:
                 raise bad_request(

@@ -1,8 +1,11 @@
-"""Property-based fuzzing of the HTTP API: no generated request may produce a 5xx.
+"""Fuzzing of the HTTP API: no generated request may produce a 5xx.
 
-The app runs in-process (ASGI) over a scripted backend, so ten thousand requests take a
-minute; the real Ray Serve path is covered by the integration tests. ``ACR_FUZZ_EXAMPLES``
-scales the run (default 10,000 requests across the properties below).
+Two layers. Property-based (hypothesis) bodies of wild JSON against the app in-process (ASGI)
+over a scripted backend: ten thousand requests in a minute (``ACR_FUZZ_EXAMPLES`` scales
+them). And schema-driven (schemathesis) requests generated from the service's own OpenAPI
+document, schema-valid and schema-violating, against the real deployment: the router on Ray
+Serve with the bundled model and a real redis-server (``ACR_FUZZ_DEPLOYMENT_REQUESTS``,
+default 10,000), counted by endpoint and status.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import json
 import math
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -26,7 +31,11 @@ from backends.base import (
     GenerationResult,
 )
 from router.config import load_config
+from router.embedded_redis import EmbeddedRedis
 from router.runtime import build_runtime
+from router.serve_local import LocalService
+from tests.schema_fuzz import Plan, fuzz
+from tests.service_configs import service_config
 
 TOTAL = int(os.environ.get("ACR_FUZZ_EXAMPLES", "10000"))
 ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/route", "/v1/feedback"]
@@ -288,3 +297,60 @@ def test_an_oversized_body_gets_a_413(loop: Any, client: httpx.AsyncClient) -> N
     )
     assert resp.status_code == 413
     assert resp.json()["error"]["code"] == "body_too_large"
+
+
+DEPLOYMENT_REQUESTS = int(os.environ.get("ACR_FUZZ_DEPLOYMENT_REQUESTS", "10000"))
+CHAT_PATH = "/v1/chat/completions"
+#: each operation's share of the requests, by generation mode (schema-valid or not)
+SHARES: dict[tuple[str, str, str], float] = {
+    ("POST", CHAT_PATH, "positive"): 0.45,
+    ("POST", CHAT_PATH, "negative"): 0.10,
+    ("POST", "/v1/completions", "positive"): 0.15,
+    ("POST", "/v1/completions", "negative"): 0.05,
+    ("POST", "/v1/route", "positive"): 0.10,
+    ("POST", "/v1/route", "negative"): 0.05,
+    ("POST", "/v1/feedback", "positive"): 0.03,
+    ("POST", "/v1/feedback", "negative"): 0.02,
+    ("GET", "/v1/models", "positive"): 0.02,
+    ("GET", "/healthz", "positive"): 0.01,
+    ("GET", "/readyz", "positive"): 0.01,
+    ("GET", "/metrics", "positive"): 0.01,
+}
+
+
+def _plan(total: int) -> Plan:
+    plan = {key: max(1, round(share * total)) for key, share in SHARES.items()}
+    plan[("POST", CHAT_PATH, "positive")] += total - sum(plan.values())
+    return plan
+
+
+@pytest.fixture(scope="module")
+def deployment(redis_server: EmbeddedRedis) -> Iterator[LocalService]:
+    """The bundled model's router on Ray Serve with small limits and budgets."""
+    cfg = service_config(redis_server.url, "acr:outcomes:fuzz", small_limits=True)
+    svc = LocalService(cfg).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.mark.integration
+def test_schema_generated_requests_to_the_real_deployment_never_get_a_5xx(
+    deployment: LocalService,
+) -> None:
+    report = fuzz(deployment.url, _plan(DEPLOYMENT_REQUESTS))
+    print("\n" + report.summary())
+    assert len(report.sent) >= DEPLOYMENT_REQUESTS * 0.99, report.summary()
+    server_errors = [o for o in report.sent if o.status >= 500]
+    assert not server_errors, server_errors[:5]
+    bad = [o for o in report.sent if o.status >= 400 and not o.envelope]
+    assert not bad, bad[:5]
+    # The schema states the real bounds: most schema-valid chat requests are served.
+    chat = report.count(CHAT_PATH, "positive")
+    assert chat["2xx"] >= 0.5 * sum(chat.values()), report.summary()
+    # Requests the schema forbids are refused, never served.
+    for path in (CHAT_PATH, "/v1/completions", "/v1/route"):
+        refused = report.count(path, "negative")
+        assert refused["4xx"] >= 0.9 * sum(refused.values()), report.summary()
+    labels = set(re.findall(r'endpoint="([^"]*)"', httpx.get(deployment.url + "/metrics").text))
+    assert labels <= {CHAT_PATH, "/v1/completions", "/v1/route", "/v1/feedback", "/v1/models",
+                      "other"}, labels  # fmt: skip

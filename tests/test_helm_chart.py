@@ -96,8 +96,10 @@ def test_the_rendered_configmap_parses_with_the_project_config_model(tmp_path: P
     assert cfg.policy.latency_slo_ms == 2500
     assert cfg.redis.url == "redis://acr-adaptive-compute-router-redis:6379/0"
     assert cfg.server.host == "0.0.0.0"
+    assert cfg.redis.spool_dir == "/var/lib/acr/outcomes"  # the pod's emptyDir
     # Every section of the local file arrives unchanged, except what the chart owns.
-    owned = {("redis", "url"), ("model", "num_cpus"), ("model", "num_gpus")}
+    owned = {("redis", "url"), ("redis", "spool_dir"), ("model", "num_cpus")}
+    owned |= {("model", "num_gpus")}
     owned |= {("server", "host"), ("server", "port")}
     dumped = cfg.model_dump(mode="json")
     for section, fields in local.items():

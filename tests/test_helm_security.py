@@ -138,6 +138,9 @@ def test_every_pod_and_container_runs_hardened(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_the_read_only_root_filesystems_have_their_writable_paths(name: str) -> None:
     objs = render(VALUE_SETS[name])
+    config = yaml.safe_load(objs["ConfigMap"][0]["data"]["config.yaml"])
+    spool_dir = config["redis"]["spool_dir"]
+    assert spool_dir.startswith("/") and spool_dir not in ("/tmp", "/home/ray"), spool_dir
     for where, template in ray_templates(objs).items():
         spec = template["spec"]
         empty = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
@@ -146,6 +149,8 @@ def test_the_read_only_root_filesystems_have_their_writable_paths(name: str) -> 
             assert mounts.get(path) in empty, f"{where}: {path}"
         # KubeRay shares Ray's /tmp/ray with the autoscaler by the volume name `ray-logs`.
         assert mounts["/tmp/ray"] == "ray-logs", where
+        # The outcome spool outlives a killed router process on an emptyDir of the pod.
+        assert mounts.get(spool_dir) in empty, f"{where}: outcome spool {spool_dir}"
     sidecar = {m["mountPath"] for m in cluster(objs)["autoscalerOptions"]["volumeMounts"]}
     assert {"/tmp", "/tmp/ray", TOKEN_MOUNT} <= sidecar
     for sts in objs.get("StatefulSet", []):

@@ -15,6 +15,9 @@ from backends.verifiers.base import Verifier
 
 _ANSWER = re.compile(r"Answer:\s*(.+)")
 _GSM = re.compile(r"####\s*([^\n]+)")
+#: longest numeric answer read as a number (longer ones are compared as text)
+_MAX_NUMBER_CHARS = 64
+_BIG_EXPONENT = re.compile(r"[eE][-+]?0*[0-9]{4,}")
 
 
 def _boxed(text: str) -> str | None:
@@ -47,6 +50,10 @@ def extract_answer(text: str) -> str | None:
 def _to_number(s: str) -> Fraction | None:
     t = s.strip().replace(",", "").replace("$", "").rstrip(".").strip()
     t = re.sub(r"\\(?:d?frac)\{([^}]*)\}\{([^}]*)\}", r"\1/\2", t)
+    # Fraction() reads other scripts' digits and exponents of any size ("1e99999999" is a
+    # hundred-million-digit number that str() then refuses): no answer is either.
+    if len(t) > _MAX_NUMBER_CHARS or not t.isascii() or _BIG_EXPONENT.search(t):
+        return None
     try:
         return Fraction(t)
     except (ValueError, ZeroDivisionError):

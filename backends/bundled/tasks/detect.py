@@ -6,6 +6,7 @@ test checks that both give the same model prompt for the same text.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,12 +43,27 @@ def _arithmetic_like(body: str) -> bool:
     return body.replace("+", "").replace("-", "").replace("*", "").isdigit()
 
 
+def _puzzle_number(p: str) -> int | None:
+    """``p``'s value when it is a decimal number of at most two significant digits, else None.
+
+    What the chat template's ``p.isdigit() and p | int`` accepts, without its failures:
+    ``isdigit`` also passes superscripts and circled digits ("²", "①"), which ``int()``
+    refuses, and ``int()`` refuses digit strings past 4,300 characters. Digits of other
+    scripts ("١٣") read as ``int()`` reads them.
+    """
+    if not p.isdecimal():
+        return None
+    significant = "".join(str(unicodedata.decimal(c)) for c in p).lstrip("0")
+    return int(significant or "0") if len(significant) <= 2 else None
+
+
 def _game24_numbers(t: str) -> tuple[int, ...] | None:
     parts = _puzzle_body(t).split()
-    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+    if len(parts) != 4:
         return None
-    nums = tuple(sorted(int(p) for p in parts))
-    return nums if all(1 <= n <= 13 for n in nums) else None
+    values = [_puzzle_number(p) for p in parts]
+    nums = tuple(sorted(v for v in values if v is not None))
+    return nums if len(nums) == 4 and all(1 <= n <= 13 for n in nums) else None
 
 
 def parse_task(text: str) -> Task:

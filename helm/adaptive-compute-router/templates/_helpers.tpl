@@ -116,6 +116,8 @@ key: {{ .Values.redis.auth.passwordKey }}
 {{- $port := ternary .Values.redis.external.port 6379 .Values.redis.external.enabled -}}
 {{- $db := ternary .Values.redis.external.db 0 .Values.redis.external.enabled -}}
 {{- $_ := set $redis "url" (printf "redis://%s:%v/%v" (include "acr.redisHost" . | urlquery) $port $db) -}}
+{{- /* The outcome spool lives on the pod's emptyDir (the root filesystem is read-only). */ -}}
+{{- $_ := set $redis "spool_dir" (include "acr.spoolDir" .) -}}
 {{- $_ := set $cfg "redis" $redis -}}
 {{- /* In the cluster the Serve proxy listens on 0.0.0.0:8000 whatever a local file said. */ -}}
 {{- $server := dict -}}
@@ -154,6 +156,10 @@ key: {{ .Values.redis.auth.passwordKey }}
 {{- end }}
 {{- end -}}
 
+{{/* Where the router spools outcomes until Redis has them: an emptyDir, so a restarted
+container (a killed process) replays them; a deleted pod loses what it could not flush. */}}
+{{- define "acr.spoolDir" -}}/var/lib/acr/outcomes{{- end -}}
+
 {{/* The writable paths of a read-only root filesystem (Ray's /tmp/ray is KubeRay's
 `ray-logs` volume, which it shares with the autoscaler sidecar). */}}
 {{- define "acr.scratchMounts" -}}
@@ -176,6 +182,8 @@ key: {{ .Values.redis.auth.passwordKey }}
   readOnly: true
 {{- end }}
 {{ include "acr.scratchMounts" . }}
+- name: outcome-spool
+  mountPath: {{ include "acr.spoolDir" . }}
 {{- end -}}
 
 {{- define "acr.volumes" -}}
@@ -187,6 +195,8 @@ key: {{ .Values.redis.auth.passwordKey }}
 - name: ray-logs
   emptyDir: {}
 - name: home
+  emptyDir: {}
+- name: outcome-spool
   emptyDir: {}
 {{- if or .Values.apiKeys.keys .Values.apiKeys.existingSecret }}
 - name: api-keys
