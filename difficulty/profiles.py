@@ -81,7 +81,7 @@ class MatchRule(BaseModel):
         bundled = self.bundled
 
         def matches(text: str) -> bool:
-            head = text[:8000]
+            head = text[:8000].strip()
             if bundled is not None and parse_task(head).kind == bundled:
                 return True
             low = head.casefold()

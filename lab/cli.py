@@ -1,8 +1,7 @@
 """The lab's command line: train and study the bundled model (``python -m lab --help``).
 
 Nothing here is part of the product: the service never imports ``lab``, and ``pip install .``
-does not install it. Other studies run as modules: ``python -m lab.labels``,
-``python -m lab.router_eval``, ``python -m lab.slo_live``.
+does not install it. Other studies run as modules, e.g. ``python -m lab.stopping``.
 """
 
 from __future__ import annotations

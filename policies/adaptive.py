@@ -10,6 +10,7 @@ before a deep queue breaks the latency SLO.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -24,9 +25,9 @@ from difficulty.probe import DEFAULT_PROBE_TOKENS, ProbeResult, run_probe
 from difficulty.profiles import OPEN_TASK
 from policies.base import Problem, StrategyError, StrategyResult
 from policies.decision import Decision, DecisionRequest, Source
-from policies.decision_cache import DecisionCache, prompt_hash
+from policies.decision_cache import DecisionCache, cache_key
 from policies.latency import SLO, Load, predict_latency_ms
-from policies.learning import OnlineLearner
+from policies.learning import FeedbackVerdict, OnlineLearner, Signal
 from policies.load import LoadTracker
 from policies.policy import Policy
 from policies.pricing import ArmPricer
@@ -94,7 +95,7 @@ class AdaptivePolicy(Policy):
         self.pricer = ArmPricer(self.model, self.arms, strategies, policy)
         self.cache = DecisionCache(self.store, policy.decision_cache_ttl_s)
         self.learner = OnlineLearner(
-            self.store, self.tracker, self.pricer, self.model, self.backend_model
+            self.store, self.tracker, self.pricer, self.model, self.backend_model, policy
         )
         # Warm the code paths now, not on the first request's clock.
         self.estimator.estimate("1 2 3 4", None, task=OPEN_TASK)
@@ -334,7 +335,7 @@ class AdaptivePolicy(Policy):
     async def _auto(
         self, problem: Problem, request: DecisionRequest, slo: SLO, t0: float
     ) -> Decision:
-        key = prompt_hash(problem.text)
+        key = cache_key(problem, request.tenant)
         est = await self.cache.get(key)
         if est is not None:
             est = self._on_this_backend(est)
@@ -353,7 +354,9 @@ class AdaptivePolicy(Policy):
         )
         decision = await self.choose(est, slo, load, override=request.budget, source=source)
         decision.probe = probe
-        if source != "cache":
+        # Only a served request's own full probe is kept: /v1/route generates nothing and
+        # a probe the client's stop strings may have cut would misjudge the next asker.
+        if source != "cache" and request.serving and probe is not None and not problem.stop:
             await self.cache.put(key, est, decision.arm)
         return decision
 
@@ -396,19 +399,28 @@ class AdaptivePolicy(Policy):
     ) -> ProbeResult | None:
         if self.backend is None or not self.should_probe(slo, load or self.tracker.snapshot(t0)):
             return None
+        # The probe may take its share of the request's time, no more: past it the request
+        # is decided on its prompt alone and the rest of its deadline goes to the answer.
+        spent_s = max(0.0, self.clock() - t0)
+        allowed_s = slo.latency_budget_ms * self.settings.probe_share_of_slo / 1000 - spent_s
+        if allowed_s <= 0:
+            return None
         try:
-            probe = await run_probe(
-                self.backend,
-                problem_text=problem.text,
-                prompt=problem.prompt,
-                messages=problem.messages,
-                max_tokens=self.probe_tokens,
-                stop=problem.stop,
-                task=problem.task,
-                clock=self.clock,
+            probe = await asyncio.wait_for(
+                run_probe(
+                    self.backend,
+                    problem_text=problem.text,
+                    prompt=problem.prompt,
+                    messages=problem.messages,
+                    max_tokens=self.probe_tokens,
+                    stop=problem.stop,
+                    task=problem.task,
+                    clock=self.clock,
+                ),
+                timeout=allowed_s,
             )
         except (BackendError, TimeoutError) as exc:
-            log.warning("probe failed (%s); deciding on prompt features", exc)
+            log.warning("probe failed or ran out of time (%r); deciding on prompt features", exc)
             return None
         self.tracker.observe_call(probe.wall_ms, probe.tokens)
         return probe
@@ -421,10 +433,22 @@ class AdaptivePolicy(Policy):
         result: StrategyResult | None,
         reward: float | None,
         *,
+        signal: Signal | None = None,
         now: float | None = None,
     ) -> None:
         """Learn from one outcome (``policies.learning.OnlineLearner.record``)."""
-        await self.learner.record(decision, result, reward, now=now)
+        await self.learner.record(decision, result, reward, signal=signal, now=now)
+
+    async def remember(self, response_id: str, decision: Decision, tenant: str) -> None:
+        """Keep what feedback on the response would update (shared by replicas)."""
+        await self.learner.remember(response_id, decision, tenant)
+
+    async def feedback(
+        self, response_id: str, reward: float, tenant: str
+    ) -> tuple[FeedbackVerdict, float]:
+        """A client's reward for one of its responses, capped per tenant
+        (``policies.learning.OnlineLearner.feedback``)."""
+        return await self.learner.feedback(response_id, reward, tenant)
 
     async def close(self) -> None:
         """Close the store."""

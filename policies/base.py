@@ -38,6 +38,17 @@ StopReason = Literal[
 
 #: seed offset between independent copies of one request (OpenAI's ``n``)
 COPY_SEED_STRIDE = 1
+#: seeds live in [0, 2**63): the API's range and every backend's (torch, llama.cpp) seed type
+SEED_MODULUS = 2**63
+
+
+def offset_seed(seed: int | None, offset: int) -> int | None:
+    """``seed`` moved by ``offset`` and wrapped into [0, 2**63), or None for None.
+
+    Strategies derive per-copy, per-batch and per-call seeds from the request's seed; wrapping
+    keeps them valid for the largest seed a request may send (2**63 - 1).
+    """
+    return None if seed is None else (seed + offset) % SEED_MODULUS
 
 
 class StrategyError(ValueError):
@@ -77,7 +88,7 @@ class Problem:
         """The ``index``-th independent copy (its own sampling seed when seeded)."""
         if not index or self.seed is None:
             return self
-        return dataclasses.replace(self, seed=self.seed + COPY_SEED_STRIDE * index)
+        return dataclasses.replace(self, seed=offset_seed(self.seed, COPY_SEED_STRIDE * index))
 
 
 @dataclass
@@ -89,6 +100,8 @@ class Candidate:
     answer: str | None = None
     score: float | None = None
     finish_reason: str = "stop"
+    #: mean token log-prob (None when the backend gave none): the tie-breaker of votes
+    logprob: float | None = None
 
 
 @dataclass
@@ -191,6 +204,12 @@ class Strategy(abc.ABC):
     def fixed_samples(cls, budget: Budget) -> int | None:
         """Samples every run draws, whatever the item; None when that varies."""
         return None
+
+    @classmethod
+    def max_generated_tokens(cls, budget: Budget, think: ThinkTags | None = None) -> int:
+        """The most tokens one run may generate with ``budget`` (on a model that thinks
+        between ``think`` tags): what rate limits reserve and server limits bound."""
+        return budget.max_tokens
 
     @classmethod
     def parallel_samples(cls, budget: Budget) -> int:

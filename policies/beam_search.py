@@ -24,10 +24,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from backends.base import Backend, GenerationResult
+from backends.base import Backend, GenerationResult, ThinkTags
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
 from difficulty.profiles import Task
-from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
+from policies.base import (
+    Budget,
+    Candidate,
+    Clock,
+    Problem,
+    StopReason,
+    Strategy,
+    StrategyResult,
+    offset_seed,
+)
 from policies.common import base_prompt, call_until, finish, mean_logprob, request_for
 
 if TYPE_CHECKING:
@@ -162,6 +171,11 @@ class BeamSearch(Strategy):
         return budget.beam_width * budget.expansions
 
     @classmethod
+    def max_generated_tokens(cls, budget: Budget, think: ThinkTags | None = None) -> int:
+        """Its token budget plus the one round of expansions that may cross it."""
+        return 2 * budget.max_tokens * budget.beam_width * budget.expansions
+
+    @classmethod
     def calls(cls, budget: Budget) -> float:
         """One round of (concurrent) calls per step."""
         return float(budget.max_steps)
@@ -241,7 +255,7 @@ def step_tokens(task: Task) -> int:
 
 def _seed(problem: Problem, call: int, state: int) -> int | None:
     """A fresh seed per call and state, so a re-sampled state gets new proposals."""
-    return None if problem.seed is None else problem.seed + 104_729 * call + state
+    return offset_seed(problem.seed, 104_729 * call + state)
 
 
 def _dedupe(

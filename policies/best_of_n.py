@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from backends.base import Backend
+from backends.base import Backend, ThinkTags
 from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
 from policies.common import (
@@ -85,6 +85,11 @@ class BestOfN(Strategy):
     def parallel_samples(cls, budget: Budget) -> int:
         """All N in one call."""
         return budget.samples
+
+    @classmethod
+    def max_generated_tokens(cls, budget: Budget, think: ThinkTags | None = None) -> int:
+        """Every sample at its token cap."""
+        return budget.samples * budget.max_tokens
 
     @classmethod
     def fixed_samples(cls, budget: Budget) -> int | None:

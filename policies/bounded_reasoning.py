@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import Backend, Completion
+from backends.base import Backend, Completion, ThinkTags
 from backends.verifiers.base import ProcessVerifier, VerifierError
 from policies.base import (
     Budget,
@@ -30,6 +30,7 @@ from policies.base import (
     StopReason,
     Strategy,
     StrategyResult,
+    offset_seed,
 )
 from policies.common import base_prompt, call_until, finish, request_for, score_all
 from policies.thinking import think_then_answer
@@ -181,6 +182,11 @@ class BoundedReasoning(Strategy):
         return max(1, result.samples)
 
     @classmethod
+    def max_generated_tokens(cls, budget: Budget, think: ThinkTags | None = None) -> int:
+        """The reasoning budget and the forced answer after it."""
+        return budget.max_tokens + (think.answer_max_tokens if think else FORCED_ANSWER_TOKENS)
+
+    @classmethod
     def calls_vary(cls) -> bool:
         """Backtracking on an exact step checker makes a few calls on hard items."""
         return True
@@ -231,7 +237,7 @@ class BoundedReasoning(Strategy):
                 max_tokens=left,
                 temperature=max(budget.temperature, RETRY_TEMPERATURE),
                 prompt=base + prefix,
-                seed=None if problem.seed is None else problem.seed + 7_919 * calls,
+                seed=offset_seed(problem.seed, 7_919 * calls),
             )
             res = await call_until(backend, req, deadline, clock)
             if res is None:

@@ -10,7 +10,15 @@ from collections.abc import Sequence
 from backends.base import Backend, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import VerifierError
 from difficulty.profiles import Task
-from policies.base import Budget, Candidate, Clock, Problem, StopReason, StrategyResult
+from policies.base import (
+    Budget,
+    Candidate,
+    Clock,
+    Problem,
+    StopReason,
+    StrategyResult,
+    offset_seed,
+)
 
 
 def request_for(
@@ -32,7 +40,8 @@ def request_for(
         n=n,
         max_tokens=max_tokens,
         temperature=temperature,
-        seed=seed if seed is not None else problem.seed,
+        # Wrapped into the seed range once more: every derived seed passes through here.
+        seed=offset_seed(seed if seed is not None else problem.seed, 0),
         stop=list(stop if stop is not None else problem.stop),
         logprobs=logprobs,
     )
@@ -64,7 +73,11 @@ async def call_until(
 def candidate_of(c: Completion, task: Task) -> Candidate:
     """A ``Candidate`` with its final answer as ``task``'s answer format extracts it."""
     return Candidate(
-        text=c.text, tokens=c.tokens, answer=task.answer_of(c.text), finish_reason=c.finish_reason
+        text=c.text,
+        tokens=c.tokens,
+        answer=task.answer_of(c.text),
+        finish_reason=c.finish_reason,
+        logprob=mean_logprob(c) if c.token_logprobs else None,
     )
 
 
@@ -80,17 +93,6 @@ def vote(answers: Sequence[str | None], task: Task) -> list[tuple[str, int]]:
     answer without a key never wins)."""
     counts = Counter(k for k in (task.vote_key(x) for x in answers) if k is not None)
     return counts.most_common()
-
-
-def prob_leader_ahead(v1: int, v2: int) -> float:
-    """Adaptive-Consistency's Beta stopping statistic.
-
-    With ``v1`` votes for the leading answer and ``v2`` for the runner-up, the leader's share
-    ``x`` of their combined probability has posterior Beta(v1+1, v2+1); returns
-    P(x > 1/2) = P(Binomial(v1+v2+1, 1/2) <= v1), exact for integer counts.
-    """
-    n = v1 + v2 + 1
-    return sum(math.comb(n, k) for k in range(v1 + 1)) / 2**n
 
 
 def finish(

@@ -30,8 +30,9 @@ class DecisionRequest:
     ``temperature`` are the client's own caps, applied to the chosen budget.
     ``latency_budget_ms`` is the request's latency SLO and ``deadline_ms`` its time budget.
     ``probe`` False decides without calling the model (``/v1/route``); ``serving`` False
-    does not count the request as load (nothing will run). ``load`` and ``now`` replace the
-    live measurements (simulations, tests).
+    does not count the request as load (nothing will run). ``tenant`` scopes the decision
+    cache (the API key's id where keys are in use). ``load`` and ``now`` replace the live
+    measurements (simulations, tests).
     """
 
     effort: str | None = None
@@ -43,6 +44,7 @@ class DecisionRequest:
     deadline_ms: float | None = None
     probe: bool = True
     serving: bool = True
+    tenant: str = ""
     load: Load | None = None
     now: float | None = None
 

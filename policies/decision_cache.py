@@ -1,11 +1,18 @@
-"""The decision cache: a prompt's difficulty estimate kept for a while, shared by replicas,
-so that a repeated prompt is decided without probing it again."""
+"""The decision cache: a request's difficulty estimate kept for a while, shared by
+replicas, so that a repeated request is decided without probing it again.
+
+The key is everything that changes the estimate: every message with its role (system
+prompts included) or the raw prompt, the stop strings, the task profile, and the tenant
+(the API key) where keys are in use, so one tenant's entries never decide another's.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 
 from difficulty.estimate import DifficultyEstimate
+from policies.base import Problem
 from policies.store import PolicyStore
 
 
@@ -14,6 +21,26 @@ def prompt_hash(text: str) -> str:
     prompt in logs (no prompt text is stored)."""
     norm = " ".join(text.lower().split())
     return hashlib.sha256(norm.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _fold(text: str) -> str:
+    # Runs of whitespace do not change what a prompt asks.
+    return " ".join(text.split())
+
+
+def cache_key(problem: Problem, tenant: str) -> str:
+    """The decision-cache key of ``problem`` asked by ``tenant`` ("" when keys are off)."""
+    messages = [[m.role, _fold(m.content)] for m in problem.messages or []]
+    ident = {
+        "tenant": tenant,
+        "messages": messages,
+        "prompt": _fold(problem.prompt) if problem.prompt is not None else None,
+        "stop": sorted(problem.stop),
+        "task": problem.task.kind,
+        "think": problem.think is not None,
+    }
+    raw = json.dumps(ident, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:40]
 
 
 class DecisionCache:

@@ -6,8 +6,8 @@ The adaptive policy begins an entry when it decides and ends it when the outcome
 learns, from what the backend really does:
 
 - the speed of one call: latency ~ ``call_overhead_ms`` per call + ``ms_per_token`` per
-  token generated one after the other (recursive least squares with forgetting, from calls
-  that ran with nothing else in flight: the probe, single passes, whole requests);
+  token generated one after the other (least squares over the last runs that ran with
+  nothing else in flight: the probe, single passes, whole requests);
 - throughput while busy (tokens finished per second of time with work in flight), which
   prices the queue ahead of a new request;
 - the ratio of observed to predicted latency, overall and per strategy (what the model
@@ -16,13 +16,20 @@ learns, from what the backend really does:
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from policies.latency import Load
 
-#: forgetting factor of the call-speed fit: the last ~20 calls dominate
-_FORGET = 0.95
+#: runs the call-speed fit remembers (older ones describe an older load)
+_WINDOW = 64
+#: tokens of the pseudo-run that anchors the fit at the initial guesses
+_REF_TOKENS = 50.0
+#: weight of that pseudo-run: it only settles what the runs cannot tell apart
+_ANCHOR_WEIGHT = 0.05
+#: the fastest decoding the fit may conclude (ms per token)
+_MIN_MS_PER_TOKEN = 1e-3
 #: busy seconds between throughput re-measurements
 _BUSY_WINDOW_S = 2.0
 
@@ -39,28 +46,66 @@ class _Inflight:
 
 
 class CallSpeed:
-    """latency_ms ~ a * calls + b * serial_tokens, fitted online (2-parameter RLS)."""
+    """latency_ms ~ a * calls + b * serial_tokens, fitted on the last ``WINDOW`` runs.
+
+    Non-negative least squares on relative error (a 100 ms call and a 30 s search weigh
+    alike), anchored by one pseudo-run at the initial guesses so that a few runs that barely
+    tell the two terms apart cannot send either to an absurd value. (A recursive fit with
+    forgetting did exactly that on the bundled model: one-call runs alone leave the split
+    between the terms unidentified, and its covariance grew until one beam search moved the
+    per-call term to 150 s.)
+    """
 
     def __init__(self, overhead_ms: float, ms_per_token: float) -> None:
-        self.theta = [overhead_ms, ms_per_token]
-        # Weak prior: a few observations overrule the guesses.
-        self._p = [[1e4, 0.0], [0.0, 1.0]]
+        self.prior = (max(0.0, overhead_ms), max(_MIN_MS_PER_TOKEN, ms_per_token))
+        self.theta = list(self.prior)
+        self.runs: deque[tuple[float, float, float]] = deque(maxlen=_WINDOW)
         self.observations = 0
 
     def observe(self, calls: float, tokens: float, wall_ms: float) -> None:
         """One observed run of ``calls`` sequential calls generating ``tokens`` serially."""
-        x = (max(calls, 0.0), max(tokens, 0.0))
-        p = self._p
-        px = (p[0][0] * x[0] + p[0][1] * x[1], p[1][0] * x[0] + p[1][1] * x[1])
-        denom = _FORGET + x[0] * px[0] + x[1] * px[1]
-        gain = (px[0] / denom, px[1] / denom)
-        err = wall_ms - (self.theta[0] * x[0] + self.theta[1] * x[1])
-        self.theta = [
-            max(0.0, self.theta[0] + gain[0] * err),
-            max(1e-3, self.theta[1] + gain[1] * err),
-        ]
-        self._p = [[(p[i][j] - gain[i] * px[j]) / _FORGET for j in range(2)] for i in range(2)]
+        if wall_ms <= 0 or calls <= 0:
+            return
+        self.runs.append((float(calls), max(0.0, float(tokens)), float(wall_ms)))
         self.observations += 1
+        self.theta = list(self._fit())
+
+    def _fit(self) -> tuple[float, float]:
+        a0, b0 = self.prior
+        rows = [(1.0, _REF_TOKENS, a0 + b0 * _REF_TOKENS), *self.runs]
+        weights = _weights(rows)
+        scc = sct = stt = scy = sty = 0.0
+        for k, (c, t, y) in zip(weights, rows, strict=True):
+            scc += k * c * c
+            sct += k * c * t
+            stt += k * t * t
+            scy += k * c * y
+            sty += k * t * y
+        det = scc * stt - sct * sct
+        if det > 1e-12 * scc * stt:
+            a = (scy * stt - sct * sty) / det
+            b = (scc * sty - sct * scy) / det
+            if a >= 0 and b >= _MIN_MS_PER_TOKEN:
+                return a, b
+        # A bound is active: the better of the two fits with one term at its bound.
+        on_a = (0.0, max(_MIN_MS_PER_TOKEN, sty / stt if stt > 0 else b0))
+        on_b = (max(0.0, (scy - _MIN_MS_PER_TOKEN * sct) / scc), _MIN_MS_PER_TOKEN)
+        return min((on_a, on_b), key=lambda ab: _loss(rows, weights, *ab))
+
+
+def _weights(rows: list[tuple[float, float, float]]) -> list[float]:
+    """Relative-error weights; the anchor (first row) is measured against the typical run,
+    so a guess far off the truth weighs little once runs arrive."""
+    ys = sorted(y for _, _, y in rows[1:]) or [rows[0][2]]
+    typical = max(ys[len(ys) // 2], 1.0)
+    return [_ANCHOR_WEIGHT / typical**2] + [1.0 / max(y, 1.0) ** 2 for _, _, y in rows[1:]]
+
+
+def _loss(
+    rows: list[tuple[float, float, float]], weights: list[float], a: float, b: float
+) -> float:
+    """Weighted squared error of ``a * calls + b * tokens`` over ``rows``."""
+    return sum(k * (a * c + b * t - y) ** 2 for k, (c, t, y) in zip(weights, rows, strict=True))
 
 
 class LoadTracker:

@@ -6,6 +6,7 @@ import abc
 
 from policies.base import Problem, StrategyResult
 from policies.decision import Decision, DecisionRequest
+from policies.learning import FeedbackVerdict, Signal
 
 
 class Policy(abc.ABC):
@@ -23,10 +24,26 @@ class Policy(abc.ABC):
 
     @abc.abstractmethod
     async def record(
-        self, decision: Decision, result: StrategyResult | None, reward: float | None
+        self,
+        decision: Decision,
+        result: StrategyResult | None,
+        reward: float | None,
+        *,
+        signal: Signal | None = None,
     ) -> None:
-        """Learn from one outcome: a finished request (``result``, ``reward`` None), a
-        request that produced nothing (both None), or a client's ``reward`` for it."""
+        """Learn from one outcome: a finished request (``result`` with its success
+        ``signal``, ``reward`` None), a request that produced nothing (both None), or a
+        trusted ``reward`` for it."""
+
+    async def remember(self, response_id: str, decision: Decision, tenant: str) -> None:  # noqa: B027
+        """Keep what feedback on ``response_id`` would update; the default keeps nothing."""
+
+    async def feedback(
+        self, response_id: str, reward: float, tenant: str
+    ) -> tuple[FeedbackVerdict, float]:
+        """Apply a client's reward for one of its responses: (verdict, observations
+        applied). The default knows no responses."""
+        return "unknown", 0.0
 
     async def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release the policy's connections; the default does nothing."""

@@ -1,44 +1,57 @@
 """Self-consistency with adaptive stopping.
 
 Samples arrive in batches of ``budget.batch_size`` up to ``budget.samples``. After each
-batch it stops when an exact verifier accepts a candidate (``verified``) or when the
-leading answer is statistically settled: Adaptive-Consistency's Beta criterion,
-P(leader's share > 1/2) >= ``threshold`` (``settled``). The answer is the majority vote.
+batch it stops when an exact verifier accepts a candidate (``verified``) or, by the
+configured ``rule``:
 
-Where an exact verifier scored the samples, agreement is not evidence: every unverified
-answer is known to be wrong, so only ``verified`` or the sample budget ends the run (it is
-"sample until verified"); the vote applies where there is no exact verifier.
+- ``beta`` (the default): the leading answer is statistically settled by
+  Adaptive-Consistency's Beta criterion, P(leader's share > runner-up's) >= ``threshold``
+  (``settled``), or no majority is forming (``dispersed``): the leader holds at most
+  ``dispersed_share`` of the votes so far (by default four samples, four answers), where
+  more samples mostly buy a coin-flip between wrong answers;
+- ``settled``: the full vote of ``budget.samples`` would keep the current leader with
+  probability >= ``threshold`` (``policies/stopping.py``); it never stops on a scattered
+  plurality, so it saves fewer samples where answers scatter.
 
-It also stops for futility (``dispersed``): when the leader holds at most
-``dispersed_share`` of the votes so far (by default: four samples, four different answers),
-no majority is forming and more samples mostly buy a coin-flip between wrong answers. On the
-bundled model's arithmetic that is most long questions, and without this rule adaptive
-stopping saved only 14% of the samples, all of it on the easy items.
+The answer is the majority vote (ties by mean log-probability). Where an exact verifier
+scored the samples, agreement is not evidence: every unverified answer is known to be
+wrong, so only ``verified`` or the sample budget ends the run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from backends.base import Backend
+from backends.base import Backend, ThinkTags
 from difficulty.profiles import Task
-from policies.base import Budget, Candidate, Clock, Problem, StopReason, Strategy, StrategyResult
+from policies.base import (
+    Budget,
+    Candidate,
+    Clock,
+    Problem,
+    StopReason,
+    Strategy,
+    StrategyResult,
+    offset_seed,
+)
 from policies.common import (
     call_until,
     candidate_of,
     finish,
     halve_samples,
     mean_logprob,
-    prob_leader_ahead,
     request_for,
     score_all,
     vote,
 )
+from policies.stopping import beta_settled, vote_settled
 
 STOP_THRESHOLD = 0.95
 DISPERSED_SHARE = 0.25
+StopRule = Literal["settled", "beta"]
+STOP_RULES: tuple[str, ...] = ("settled", "beta")
 
 
 if TYPE_CHECKING:
@@ -54,10 +67,14 @@ class SelfConsistency(Strategy):
         self,
         threshold: float = STOP_THRESHOLD,
         adaptive: bool = True,
+        rule: StopRule = "beta",
         dispersed_share: float = DISPERSED_SHARE,
     ) -> None:
+        if rule not in STOP_RULES:
+            raise ValueError(f"unknown stopping rule {rule!r}; valid: {', '.join(STOP_RULES)}")
         self.threshold = threshold
         self.adaptive = adaptive
+        self.rule = rule
         self.dispersed_share = dispersed_share
 
     async def run(
@@ -77,7 +94,7 @@ class SelfConsistency(Strategy):
         batch = 0
         while len(cands) < budget.samples:
             n = min(budget.batch_size, budget.samples - len(cands))
-            seed = None if problem.seed is None else problem.seed + 7919 * batch
+            seed = offset_seed(problem.seed, 7919 * batch)
             req = request_for(
                 problem,
                 n=n,
@@ -106,13 +123,10 @@ class SelfConsistency(Strategy):
                 stop = "verified"
                 break
             checked = problem.task.exact and any(c.score is not None for c in new)
-            if self.adaptive and not checked:
-                ranking = vote([c.answer for c in cands], problem.task)
-                if self._settled(ranking):
-                    stop = "settled"
-                    break
-                if self._dispersed(ranking, len(cands)):
-                    stop = "dispersed"
+            if self.adaptive and not checked and len(cands) < budget.samples:
+                why = self._stop(cands, problem.task, budget.samples)
+                if why is not None:
+                    stop = why
                     break
         chosen = self._choose(cands, lp, stop, problem.task)
         return finish(
@@ -146,6 +160,11 @@ class SelfConsistency(Strategy):
         return min(budget.batch_size, budget.samples)
 
     @classmethod
+    def max_generated_tokens(cls, budget: Budget, think: ThinkTags | None = None) -> int:
+        """Every sample it may draw at its token cap."""
+        return budget.samples * budget.max_tokens
+
+    @classmethod
     def calls(cls, budget: Budget) -> float:
         """One call per batch, one after the other (at most)."""
         return float(math.ceil(budget.samples / max(1, budget.batch_size)))
@@ -170,16 +189,19 @@ class SelfConsistency(Strategy):
             return None
         return expected_samples(p_success, budget.samples, budget.batch_size)
 
-    def _settled(self, ranking: list[tuple[str, int]]) -> bool:
-        if not ranking:
-            return False
-        v1 = ranking[0][1]
-        v2 = ranking[1][1] if len(ranking) > 1 else 0
-        return prob_leader_ahead(v1, v2) >= self.threshold
-
-    def _dispersed(self, ranking: list[tuple[str, int]], drawn: int) -> bool:
-        leader = ranking[0][1] if ranking else 0
-        return leader <= self.dispersed_share * drawn
+    def _stop(self, cands: list[Candidate], task: Task, planned: int) -> StopReason | None:
+        """Why to stop after these samples (None: draw more), by the configured rule."""
+        ranking = vote([c.answer for c in cands], task)
+        counts = [v for _, v in ranking]
+        if self.rule == "settled":
+            unanswered = len(cands) - sum(counts)
+            if vote_settled(counts, unanswered, len(cands), planned, self.threshold):
+                return "settled"
+            return None
+        if beta_settled(counts, self.threshold):
+            return "settled"
+        leader = counts[0] if counts else 0
+        return "dispersed" if leader <= self.dispersed_share * len(cands) else None
 
     def _choose(
         self, cands: list[Candidate], lp: dict[int, float], stop: StopReason, task: Task

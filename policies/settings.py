@@ -126,6 +126,23 @@ class PolicySettings(_Section):
     call_latency_ms: float = Field(
         default=0.0, ge=0, description="Initial latency of one backend call (learned live)."
     )
+    agreement_weight: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Observations the agreement among a run's samples is worth when no "
+        "verifier scored it (a proxy of success; 0 ignores it).",
+    )
+    feedback_cap_per_tenant: float = Field(
+        default=20.0,
+        ge=0,
+        le=1e6,
+        description="Most observations one API key's feedback may add to any one (task, "
+        "difficulty bin, arm) estimate shared by all tenants.",
+    )
+    feedback_ttl_s: PositiveInt = Field(
+        default=86_400, le=30 * 86_400, description="How long a response accepts feedback."
+    )
     probe_share_of_slo: float = Field(
         default=0.5, gt=0, le=1, description="Skip the probe if it would use more of the SLO."
     )

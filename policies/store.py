@@ -7,11 +7,15 @@ training priors instead of inheriting counts that described a different model:
 
 - ``{prefix}:{version}:arm:{model}:{kind}:{bin}:{arm}`` hash: ``succ``, ``fail`` (fractional
   rewards allowed), ``n`` (outcomes with tokens), ``tokens`` (sum), ``latency_ms`` (sum)
-- ``{prefix}:{version}:dcache:{prompt_hash}`` string (JSON, with TTL): the cached difficulty
-  estimate and last decision of a prompt
+- ``{prefix}:{version}:dcache:{key}`` string (JSON, with TTL): the cached difficulty
+  estimate and last decision of a request (``policies.decision_cache``)
+- ``{prefix}:{version}:resp:{response_id}`` string (JSON, with TTL): what feedback on a
+  response updates and which tenant may give it; ``...:fbclaim:{response_id}`` marks
+  feedback already taken; ``...:share:{scope}:{arm}`` hash: each tenant's used allowance
 
 ``InMemoryPolicyStore`` has the same interface for unit tests; ``RedisPolicyStore`` falls
-back to one (fail-open) while Redis is unreachable and retries Redis after a backoff.
+back to one (fail-open) while Redis is unreachable, retries Redis after a backoff, and then
+writes what it learned meanwhile to Redis.
 """
 
 from __future__ import annotations
@@ -29,6 +33,22 @@ from redis.asyncio import Redis
 log = logging.getLogger("acr.policy")
 
 _FIELDS = ("succ", "fail", "n", "tokens", "latency_ms")
+#: entries a process-local store keeps (cache, claims) before dropping the oldest
+MEMORY_ENTRIES = 50_000
+#: outcomes learned while Redis was down, kept to write once it is back
+PENDING_MAX = 100_000
+
+# Grants what is left of one member's allowance, atomically across replicas.
+_TAKE_SHARE = """
+local used = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local granted = math.min(tonumber(ARGV[2]), tonumber(ARGV[3]) - used)
+if granted <= 0 then return '0' end
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], granted)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return tostring(granted)
+"""
+#: how long a tenant's used allowance is remembered (a policy version rarely lives longer)
+SHARE_TTL_S = 30 * 86_400
 
 
 @dataclass
@@ -64,13 +84,17 @@ class OnlineStat:
 
 
 def outcome_delta(
-    reward: float | None, tokens: float | None, latency_ms: float | None
+    reward: float | None,
+    tokens: float | None,
+    latency_ms: float | None,
+    weight: float = 1.0,
 ) -> OnlineStat:
-    """The increments one outcome makes: a reward in [0, 1] splits into succ/fail."""
+    """The increments one outcome makes: a reward in [0, 1] splits into succ/fail, worth
+    ``weight`` observations (a proxy signal or a capped tenant's feedback counts less)."""
     d = OnlineStat()
-    if reward is not None:
+    if reward is not None and weight > 0:
         r = min(1.0, max(0.0, float(reward)))
-        d.succ, d.fail = r, 1.0 - r
+        d.succ, d.fail = weight * r, weight * (1.0 - r)
     if tokens is not None and latency_ms is not None:
         d.n, d.tokens, d.latency_ms = 1.0, float(tokens), float(latency_ms)
     return d
@@ -107,16 +131,37 @@ class PolicyStore(abc.ABC):
         reward: float | None,
         tokens: float | None = None,
         latency_ms: float | None = None,
+        weight: float = 1.0,
     ) -> None:
-        """Add one outcome: a reward (verifier score or client feedback) and/or its cost."""
+        """Add one outcome: a reward (verifier score, agreement proxy or client feedback)
+        worth ``weight`` observations, and/or its cost."""
 
     @abc.abstractmethod
+    async def get_json(self, key: str) -> dict[str, Any] | None:
+        """The JSON object stored under ``key`` (a name within this store), or None when
+        absent or expired."""
+
+    @abc.abstractmethod
+    async def put_json(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
+        """Store ``value`` under ``key`` for ``ttl_s`` seconds (0: do not store)."""
+
+    @abc.abstractmethod
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """True for the first caller that claims ``key`` within ``ttl_s`` seconds, False
+        for every later one (once-only actions such as feedback on a response)."""
+
+    @abc.abstractmethod
+    async def take_share(self, key: str, member: str, amount: float, cap: float) -> float:
+        """Take up to ``amount`` of ``member``'s allowance ``cap`` under ``key``; returns what
+        was granted (0 when it is used up). Caps one tenant's influence on shared state."""
+
     async def cache_get(self, prompt_hash: str) -> dict[str, Any] | None:
-        """The cached entry of a prompt, or None when absent or expired."""
+        """The decision-cache entry of a prompt, or None when absent or expired."""
+        return await self.get_json(f"dcache:{prompt_hash}")
 
-    @abc.abstractmethod
     async def cache_put(self, prompt_hash: str, value: dict[str, Any], ttl_s: int) -> None:
-        """Cache ``value`` for ``ttl_s`` seconds (0 disables caching)."""
+        """Cache a prompt's entry for ``ttl_s`` seconds (0 disables caching)."""
+        await self.put_json(f"dcache:{prompt_hash}", value, ttl_s)
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the default does nothing."""
@@ -130,6 +175,8 @@ class InMemoryPolicyStore(PolicyStore):
         self.clock = clock
         self.stats: dict[tuple[str, str], OnlineStat] = {}
         self.cache: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.claims: dict[str, float] = {}
+        self.shares: dict[tuple[str, str], float] = {}
 
     async def arm_stats(self, scope: str, arms: Iterable[str]) -> dict[str, OnlineStat]:
         """Copies of the stats (callers may not mutate the store through them)."""
@@ -147,30 +194,49 @@ class InMemoryPolicyStore(PolicyStore):
         reward: float | None,
         tokens: float | None = None,
         latency_ms: float | None = None,
+        weight: float = 1.0,
     ) -> None:
         """Accumulate the outcome in memory."""
         self.stats.setdefault((scope, arm), OnlineStat()).add(
-            outcome_delta(reward, tokens, latency_ms)
+            outcome_delta(reward, tokens, latency_ms, weight)
         )
 
-    async def cache_get(self, prompt_hash: str) -> dict[str, Any] | None:
+    async def get_json(self, key: str) -> dict[str, Any] | None:
         """The entry unless its TTL has passed."""
-        hit = self.cache.get(prompt_hash)
+        hit = self.cache.get(key)
         if hit is None:
             return None
         expires, value = hit
         if self.clock() >= expires:
-            del self.cache[prompt_hash]
+            del self.cache[key]
             return None
         return value
 
-    async def cache_put(self, prompt_hash: str, value: dict[str, Any], ttl_s: int) -> None:
-        """Store with an expiry time; bounded so a flood of distinct prompts cannot grow it."""
+    async def put_json(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
+        """Store with an expiry time; bounded so a flood of distinct keys cannot grow it."""
         if ttl_s <= 0:
             return
-        if len(self.cache) >= 50_000:
+        if len(self.cache) >= MEMORY_ENTRIES:
             self.cache.pop(next(iter(self.cache)))
-        self.cache[prompt_hash] = (self.clock() + ttl_s, value)
+        self.cache[key] = (self.clock() + ttl_s, value)
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """First claim within the TTL wins (bounded like the cache)."""
+        now = self.clock()
+        if self.claims.get(key, 0.0) > now:
+            return False
+        if len(self.claims) >= MEMORY_ENTRIES:
+            self.claims.pop(next(iter(self.claims)))
+        self.claims[key] = now + ttl_s
+        return True
+
+    async def take_share(self, key: str, member: str, amount: float, cap: float) -> float:
+        """Grant what is left of the member's cap, up to ``amount``."""
+        used = self.shares.get((key, member), 0.0)
+        granted = max(0.0, min(amount, cap - used))
+        if granted > 0:
+            self.shares[(key, member)] = used + granted
+        return granted
 
 
 class RedisPolicyStore(PolicyStore):
@@ -202,6 +268,8 @@ class RedisPolicyStore(PolicyStore):
         self.fallback = InMemoryPolicyStore(version, clock)
         self._snap: dict[str, tuple[float, dict[str, OnlineStat]]] = {}
         self._down_until = 0.0
+        # Outcomes learned while Redis was down, written once it answers again.
+        self.pending: list[tuple[str, OnlineStat]] = []
 
     @classmethod
     def from_url(
@@ -227,9 +295,9 @@ class RedisPolicyStore(PolicyStore):
         """Redis key of one (scope, arm) hash."""
         return f"{self.prefix}:{self.version}:arm:{scope}:{arm}"
 
-    def cache_key(self, prompt_hash: str) -> str:
-        """Redis key of a decision-cache entry."""
-        return f"{self.prefix}:{self.version}:dcache:{prompt_hash}"
+    def key(self, name: str) -> str:
+        """Redis key of a named entry of this store (cache entries, claims, shares)."""
+        return f"{self.prefix}:{self.version}:{name}"
 
     def _up(self) -> bool:
         return self.clock() >= self._down_until
@@ -247,6 +315,8 @@ class RedisPolicyStore(PolicyStore):
             return {a: snap[1].get(a, OnlineStat()) for a in names}
         if not self._up():
             return await self.fallback.arm_stats(scope, names)
+        if self.pending:
+            await self._write_pending()
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 for a in names:
@@ -267,62 +337,108 @@ class RedisPolicyStore(PolicyStore):
         reward: float | None,
         tokens: float | None = None,
         latency_ms: float | None = None,
+        weight: float = 1.0,
     ) -> None:
-        """Atomically add the outcome in Redis (or locally while Redis is down)."""
-        delta = outcome_delta(reward, tokens, latency_ms)
+        """Atomically add the outcome in Redis (or locally while Redis is down, to be
+        written to Redis once it is back)."""
+        delta = outcome_delta(reward, tokens, latency_ms, weight)
         snap = self._snap.get(scope)
         if snap is not None:
             snap[1].setdefault(arm, OnlineStat()).add(delta)
+        if self._up() and self.pending:
+            await self._write_pending()
         if not self._up():
-            await self.fallback.record(
-                scope, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
-            )
+            self._keep(scope, arm, delta)
             return
-        key = self.arm_key(scope, arm)
         try:
-            async with self.client.pipeline(transaction=True) as pipe:
-                for f in _FIELDS:
-                    v = getattr(delta, f)
-                    if v:
-                        pipe.hincrbyfloat(key, f, v)
-                await pipe.execute()
-        except Exception as exc:  # noqa: BLE001
+            await self._write(self.arm_key(scope, arm), delta)
+        except Exception as exc:  # noqa: BLE001 - redis/OS errors alike: fail open
             self._mark_down(exc)
-            await self.fallback.record(
-                scope, arm, reward=reward, tokens=tokens, latency_ms=latency_ms
-            )
+            self._keep(scope, arm, delta)
 
-    async def cache_get(self, prompt_hash: str) -> dict[str, Any] | None:
-        """The cached JSON entry (Redis enforces the TTL)."""
-        if not self._up():
-            return await self.fallback.cache_get(prompt_hash)
+    async def _write(self, key: str, delta: OnlineStat) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            for f in _FIELDS:
+                v = getattr(delta, f)
+                if v:
+                    pipe.hincrbyfloat(key, f, v)
+            await pipe.execute()
+
+    def _keep(self, scope: str, arm: str, delta: OnlineStat) -> None:
+        """Learn locally now and keep the delta for Redis (bounded: the oldest go first)."""
+        self.fallback.stats.setdefault((scope, arm), OnlineStat()).add(delta)
+        if len(self.pending) >= PENDING_MAX:
+            self.pending.pop(0)
+            log.error("policy store: %d outcomes wait for Redis; dropped the oldest", PENDING_MAX)
+        self.pending.append((self.arm_key(scope, arm), delta))
+
+    async def _write_pending(self) -> None:
+        """Write what was learned during an outage, oldest first, then forget the local
+        copy (the shared stats now hold it)."""
         try:
-            raw = await self.client.get(self.cache_key(prompt_hash))
+            while self.pending:
+                key, delta = self.pending[0]
+                await self._write(key, delta)
+                self.pending.pop(0)
         except Exception as exc:  # noqa: BLE001
             self._mark_down(exc)
-            return await self.fallback.cache_get(prompt_hash)
+            return
+        log.info("policy store: outcomes learned during the outage written to Redis")
+        self.fallback.stats.clear()
+        self._snap.clear()
+
+    async def get_json(self, key: str) -> dict[str, Any] | None:
+        """The stored JSON object (Redis enforces the TTL)."""
+        if not self._up():
+            return await self.fallback.get_json(key)
+        try:
+            raw = await self.client.get(self.key(key))
+        except Exception as exc:  # noqa: BLE001
+            self._mark_down(exc)
+            return await self.fallback.get_json(key)
         if raw is None:
-            return None
+            return await self.fallback.get_json(key)
         try:
             value = json.loads(raw)
         except (ValueError, TypeError):
             return None
         return value if isinstance(value, dict) else None
 
-    async def cache_put(self, prompt_hash: str, value: dict[str, Any], ttl_s: int) -> None:
+    async def put_json(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         """``SET key json EX ttl``."""
         if ttl_s <= 0:
             return
         if not self._up():
-            await self.fallback.cache_put(prompt_hash, value, ttl_s)
+            await self.fallback.put_json(key, value, ttl_s)
             return
         try:
-            await self.client.set(
-                self.cache_key(prompt_hash), json.dumps(value, separators=(",", ":")), ex=ttl_s
+            await self.client.set(self.key(key), json.dumps(value, separators=(",", ":")), ex=ttl_s)
+        except Exception as exc:  # noqa: BLE001
+            self._mark_down(exc)
+            await self.fallback.put_json(key, value, ttl_s)
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """``SET key 1 NX EX ttl`` (locally while Redis is down)."""
+        if not self._up():
+            return await self.fallback.claim(key, ttl_s)
+        try:
+            return bool(await self.client.set(self.key(key), "1", nx=True, ex=max(1, ttl_s)))
+        except Exception as exc:  # noqa: BLE001
+            self._mark_down(exc)
+            return await self.fallback.claim(key, ttl_s)
+
+    async def take_share(self, key: str, member: str, amount: float, cap: float) -> float:
+        """A Lua script grants what is left of the member's cap, atomically."""
+        if not self._up():
+            return await self.fallback.take_share(key, member, amount, cap)
+        try:
+            got = await self.client.eval(
+                _TAKE_SHARE, 1, self.key(key), member, amount, cap, SHARE_TTL_S
             )
         except Exception as exc:  # noqa: BLE001
             self._mark_down(exc)
-            await self.fallback.cache_put(prompt_hash, value, ttl_s)
+            return await self.fallback.take_share(key, member, amount, cap)
+        return float(got.decode() if isinstance(got, bytes) else got)
 
     async def close(self) -> None:
         """Close the Redis client."""

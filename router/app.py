@@ -27,7 +27,7 @@ from router.config import AppConfig, ModelConfig, load_config
 from router.embedded_redis import EmbeddedRedis
 from router.reward_replicas import RewardModelReplica
 from router.runtime import build_runtime
-from router.serve_handle import result_to_dict, stream_to_dicts
+from router.serve_handle import invalid_request, result_to_dict, stream_to_dicts
 
 log = logging.getLogger("acr.app")
 
@@ -69,7 +69,7 @@ class ModelReplica:
         except BackendError as exc:
             return {"error": str(exc), "retryable": exc.retryable}
         except ValueError as exc:
-            return {"error": f"invalid generation request: {exc}", "retryable": False}
+            return invalid_request(exc)
         if self.backend.batching == "continuous":
             try:
                 return result_to_dict(await self.backend.generate(req))
@@ -100,7 +100,7 @@ class ModelReplica:
             yield {"error": str(exc), "retryable": exc.retryable}
             return
         except ValueError as exc:
-            yield {"error": f"invalid generation request: {exc}", "retryable": False}
+            yield invalid_request(exc)
             return
         async for item in stream_to_dicts(self.backend.stream(req)):
             yield item
@@ -117,7 +117,11 @@ class ModelReplica:
 @serve.deployment(name="RouterIngress", max_ongoing_requests=256)
 @serve.ingress()
 class RouterIngress:
-    """The OpenAI-compatible HTTP API; runs strategies and talks to Redis."""
+    """The OpenAI-compatible HTTP API; runs strategies and talks to Redis.
+
+    Serve runs the app's lifespan: at start the outcome log replays its spool, at a graceful
+    shutdown it writes what Redis takes; the rest stays in the spool for the next start.
+    """
 
     def __init__(
         self,
@@ -142,7 +146,9 @@ def app_builder(args: dict[str, Any] | None = None) -> serve.Application:
     path = args.get("config_path") or os.environ.get(CONFIG_PATH_ENV) or None
     config = load_config(path)
     if not config.redis.url:
-        embedded = EmbeddedRedis(port=config.redis.embedded_port).start()
+        embedded = EmbeddedRedis(
+            port=config.redis.embedded_port, maxmemory_mb=config.redis.embedded_maxmemory_mb
+        ).start()
         _EMBEDDED.append(embedded)
         config.redis.url = embedded.url
         log.info("started embedded redis-server at %s", embedded.url)

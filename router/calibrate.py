@@ -273,10 +273,16 @@ async def label_all(
 
 
 def training_rows(records: list[dict[str, Any]], labeler: Labeler) -> list[Row]:
-    """Router-model rows of labelled items, featurised under the profile they are served."""
+    """Router-model rows of labelled items, featurised under the profile they are served.
+
+    Latencies are left out: measured at calibration's own concurrency on a machine that
+    may be busy, they would price every later request; serving learns the backend's call
+    speed from its own requests instead (``policies.load``).
+    """
     rows: list[Row] = []
     for record in records:
-        rows.extend(rows_from_item(record, task=labeler.task_of(record["text"])))
+        arms = {a: {**v, "latency_ms": 0.0} for a, v in record["arms"].items()}
+        rows.extend(rows_from_item({**record, "arms": arms}, task=labeler.task_of(record["text"])))
     return rows
 
 
@@ -477,20 +483,7 @@ async def calibrate(
             f"{len(fit_recs)} fit and {len(eval_items)} evaluation items: both parts need "
             "items (use more data or another --eval-percent)"
         )
-    sweep = await lambda_sweep(
-        fit_recs, labeler, cfg, lambda rows: _fit(rows, plan, probe_tokens, holdout=0.0)
-    )
-    lam = choose_lambda(sweep)
-    model = _fit(
-        training_rows(fit_recs, labeler),
-        plan,
-        probe_tokens,
-        provenance={"data": str(plan.data), "data_hash": data_hash, "profile": plan.profile},
-    )
-    model.card.backend_model = be.name
-    model.card.lambda_per_1k_tokens = lam
-    model_path = (plan.out_dir / "router.skops").resolve()
-    model.save(model_path)
+    model, model_path, sweep = await fit_and_save(fit_recs, labeler, cfg, data_hash)
 
     auto_cfg = cfg.model_copy(deep=True)
     auto_cfg.policy.classifier_path = str(model_path)
@@ -498,20 +491,52 @@ async def calibrate(
     auto_service = RouterService(auto_cfg, be, make_policy(auto_cfg, be, None), profiles=profiles)
     auto_runs = await evaluate_auto(auto_service, eval_items, plan)
     await be.close()
-    eval_recs = [records[i.id] for i in eval_items]
+    report = build_report(
+        plan,
+        be.name,
+        probe_tokens,
+        data_hash,
+        fit=len(fit_recs),
+        eval_recs=[records[i.id] for i in eval_items],
+        skipped=len(items) - len(usable),
+        model=model,
+        model_path=model_path,
+        sweep=sweep,
+        auto_runs=auto_runs,
+    )
+    write_report(report, plan.out_dir)
+    return report
+
+
+def build_report(
+    plan: CalibrationPlan,
+    backend_name: str,
+    probe_tokens: int,
+    data_hash: str,
+    *,
+    fit: int,
+    eval_recs: list[dict[str, Any]],
+    skipped: int,
+    model: Any,
+    model_path: Path,
+    sweep: Any,
+    auto_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The calibration report (what ``write_report`` renders): each fixed arm, auto and the
+    oracle on the evaluation part, the chosen lambda and how to use the model."""
+    lam = model.card.lambda_per_1k_tokens or 0.0
     summary = [
         *fixed_rows(eval_recs, [a.name for a in plan.arms]),
         row_summary("auto", auto_runs),
         oracle_row(eval_recs),
     ]
-    report = {
-        "settings": {**plan.manifest(be.name, probe_tokens, data_hash), "data": str(plan.data)},
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "items": {
-            "fit": len(fit_recs),
-            "eval": len(eval_items),
-            "skipped": len(items) - len(usable),
+    return {
+        "settings": {
+            **plan.manifest(backend_name, probe_tokens, data_hash),
+            "data": str(plan.data),
         },
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "items": {"fit": fit, "eval": len(eval_recs), "skipped": skipped},
         "profile_coverage": _coverage(auto_runs, plan.profile),
         "lambda_per_1k_tokens": lam,
         "lambda_sweep": sweep,
@@ -522,8 +547,28 @@ async def calibrate(
         "use": ["policy:", f"  classifier_path: {model_path}   # lambda {lam:g} comes with it"],
         "auto_runs": auto_runs,
     }
-    write_report(report, plan.out_dir)
-    return report
+
+
+async def fit_and_save(
+    fit_recs: list[dict[str, Any]], labeler: Labeler, config: AppConfig, data_hash: str
+) -> tuple[RouterModel, Path, list[dict[str, Any]]]:
+    """Choose lambda on the fit records, fit the router on them and write it with its card;
+    (model, its path, the lambda sweep)."""
+    plan, probe_tokens = labeler.plan, labeler.probe_tokens
+    sweep = await lambda_sweep(
+        fit_recs, labeler, config, lambda rows: _fit(rows, plan, probe_tokens, holdout=0.0)
+    )
+    model = _fit(
+        training_rows(fit_recs, labeler),
+        plan,
+        probe_tokens,
+        provenance={"data": str(plan.data), "data_hash": data_hash, "profile": plan.profile},
+    )
+    model.card.backend_model = labeler.service.backend.name
+    model.card.lambda_per_1k_tokens = choose_lambda(sweep)
+    model_path = (plan.out_dir / "router.skops").resolve()
+    model.save(model_path)
+    return model, model_path, sweep
 
 
 def _coverage(runs: list[dict[str, Any]], profile: str | None) -> float | None:

@@ -162,6 +162,9 @@ def calibrate(
     device: Annotated[str, typer.Option(help="Local checkpoint: cpu | cuda | auto.")] = "cpu",
     threads: Annotated[int, typer.Option(help="Local checkpoint: torch threads.")] = 1,
     restart: Annotated[bool, typer.Option(help="Discard the labels found in --out.")] = False,
+    version: Annotated[
+        str, typer.Option(help="The router model's version (part of its Redis keys).")
+    ] = "router-calibrated",
 ) -> None:
     """Fit the router to the configured backend on your data, and report how it does.
 
@@ -186,6 +189,7 @@ def calibrate(
             limit=limit,
             concurrency=concurrency,
             timeout_s=timeout_s,
+            version=version,
         )
         if arm:
             plan.arms = arms_from_specs(arm, cfg)

@@ -83,11 +83,36 @@ class RedisConfig(_Section):
     )
     key_prefix: str = Field(default="acr", min_length=1, max_length=64)
     outcomes_stream: str = Field(default="acr:outcomes", min_length=1, max_length=256)
-    stream_maxlen: PositiveInt = Field(
-        default=1_000_000, description="Approximate cap of the outcome stream's length."
+    stream_maxlen: PositiveInt | None = Field(
+        default=None,
+        description="Approximate cap of the outcome stream's length; empty (the default) "
+        "never trims. Setting it makes Redis drop the oldest outcomes whether or not "
+        "anything has read them.",
     )
     buffer_max_outcomes: PositiveInt = Field(
-        default=10_000, description="Outcomes held in memory while Redis is unreachable."
+        default=10_000,
+        description="Outcomes held in memory only while the spool cannot be written (disk "
+        "full or read-only); past it the oldest is dropped, counted and logged.",
+    )
+    spool_dir: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Directory of the outcome spool: a local append-only file per process "
+        "where every outcome is fsynced before the response, kept until Redis has it and "
+        "replayed at start. Empty: $ACR_CACHE_DIR/outcomes, else ~/.cache/acr/outcomes. "
+        "Must be writable and outlive the process (the Helm chart mounts an emptyDir).",
+    )
+    outcome_dedup_ttl_s: PositiveInt = Field(
+        default=86_400,
+        le=30 * 86_400,
+        description="How long Redis remembers a written outcome's id, so that a replay after "
+        "a crash writes it once (about 100 bytes of Redis memory per outcome).",
+    )
+    embedded_maxmemory_mb: PositiveInt = Field(
+        default=512,
+        le=1_048_576,
+        description="maxmemory of the embedded redis-server, policy noeviction: when full it "
+        "refuses writes (outcomes wait in the spool) instead of evicting unread ones.",
     )
     password: str | None = Field(
         default=None,
@@ -264,17 +289,41 @@ class LimitsConfig(_Section):
     max_prompt_chars: PositiveInt = Field(default=64_000, le=8_000_000)
     max_stop: PositiveInt = Field(default=4, le=16)
     max_stop_chars: PositiveInt = Field(default=64, le=1024)
+    max_samples: PositiveInt = Field(
+        default=64, le=256, description="Most samples a request's acr.budget may ask for."
+    )
+    max_search_width: PositiveInt = Field(
+        default=64, le=4096, description="Most beam_width x expansions a request may ask for."
+    )
+    max_request_tokens: PositiveInt = Field(
+        default=131_072,
+        le=10_000_000,
+        description="Most tokens one request may generate: n times its strategy's cap.",
+    )
 
 
 class AuthConfig(_Section):
-    """API keys and per-key limits (all off by default)."""
+    """API keys and per-key limits per one-minute window (all off by default)."""
 
-    api_keys: list[str] = Field(default_factory=list, description="Accepted bearer keys.")
+    api_keys: list[str] = Field(
+        default_factory=list,
+        description="Accepted bearer keys. None here and no keys file: no auth, and every "
+        "caller shares the limits of one key, 'anonymous'.",
+    )
     api_keys_file: str | None = Field(
         default=None, description="File with one key per line (e.g. a mounted Secret)."
     )
-    requests_per_minute: NonNegativeInt = Field(default=0, description="Per key; 0 = no limit.")
-    tokens_per_minute: NonNegativeInt = Field(default=0, description="Per key; 0 = no limit.")
+    requests_per_minute: NonNegativeInt = Field(
+        default=0, description="Requests a key may start per one-minute window; 0 = no limit."
+    )
+    tokens_per_minute: NonNegativeInt = Field(
+        default=0,
+        description="Tokens (prompt + generated, as usage counts them) a key may spend per "
+        "one-minute window; 0 = no limit. A request holds the most it may spend while it runs "
+        "(429 when that does not fit) and is charged what it spent when it ends, so the "
+        "window passes the limit by at most one request. While Redis is down each replica "
+        "counts alone: up to R times the limit with R replicas.",
+    )
 
 
 class AppConfig(BaseSettings):

@@ -48,7 +48,9 @@ class EmbeddedRedis:
     """Starts ``redis-server`` on ``port`` (0 = free); ``stop()`` ends it.
 
     ``appendonly=True`` turns on AOF with fsync on every write, so data survives a kill and
-    restart on the same ``data_dir`` (what the chaos tests need).
+    restart on the same ``data_dir`` (what the chaos tests need). ``maxmemory_mb`` caps its
+    memory with the policy ``noeviction``, as the Helm chart's Redis: at the cap writes fail
+    with an OOM error instead of evicting unread outcomes.
 
     ``url`` is the ``redis://`` address clients use. Use as a context manager or call
     ``start()``/``stop()``; a stopped server can be started again on the same port with
@@ -56,10 +58,18 @@ class EmbeddedRedis:
     """
 
     def __init__(
-        self, port: int = 0, data_dir: Path | None = None, *, appendonly: bool = False
+        self,
+        port: int = 0,
+        data_dir: Path | None = None,
+        *,
+        appendonly: bool = False,
+        maxmemory_mb: int = 512,
     ) -> None:
+        if maxmemory_mb < 1:
+            raise ValueError(f"maxmemory_mb must be at least 1, got {maxmemory_mb}")
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.maxmemory_mb = maxmemory_mb
         self._own_dir = data_dir is None
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="acr-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
@@ -85,6 +95,10 @@ class EmbeddedRedis:
             "yes" if self.appendonly else "no",
             "--appendfsync",
             "always",
+            "--maxmemory",
+            f"{self.maxmemory_mb}mb",
+            "--maxmemory-policy",
+            "noeviction",
             "--protected-mode",
             "yes",
             "--loglevel",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,6 +24,7 @@ from router.config import AppConfig
 from router.http_api import build_http_app
 from router.metrics import Metrics
 from router.outcome_log import OutcomeLog
+from router.outcome_spool import OutcomeSpool, default_spool_dir, spool_name
 from router.rate_limit import RateLimiter
 from router.reward_replicas import ServeHandleVerifier
 from router.serve_handle import ServeHandleBackend
@@ -125,21 +129,13 @@ def build_runtime(
     metrics = Metrics()
     be = backend or make_backend(config, model_handle)
     redis = make_redis(config)
-    outcomes = None
-    if redis is not None:
-        outcomes = OutcomeLog(
-            redis,
-            stream=config.redis.outcomes_stream,
-            maxlen=config.redis.stream_maxlen,
-            buffer_max=config.redis.buffer_max_outcomes,
-            metrics=metrics,
-            backoff_max_s=config.redis.reconnect_backoff_max_ms / 1000,
-        )
+    outcomes = make_outcome_log(config, redis, metrics) if redis is not None else None
     limiter = RateLimiter(
         redis,
         prefix=config.redis.key_prefix,
         requests_per_minute=config.auth.requests_per_minute,
         tokens_per_minute=config.auth.tokens_per_minute,
+        metrics=metrics,
     )
     service = RouterService(
         config,
@@ -154,9 +150,46 @@ def build_runtime(
     async def health() -> dict[str, Any]:
         info: dict[str, Any] = {"model": be.name}
         if outcomes is not None:
-            info["outcomes_buffered"] = len(outcomes.buffer)
+            info["outcomes_buffered"] = outcomes.pending
             info["outcomes_dropped"] = outcomes.dropped
         return info
 
     app = build_http_app(service, health=health)
+    if outcomes is not None:
+        _run_with_app(app, outcomes)
     return Runtime(config, be, redis, outcomes, service, app, metrics)
+
+
+def make_outcome_log(config: AppConfig, redis: Redis, metrics: Metrics) -> OutcomeLog:
+    """The outcome log of ``config``, spooling to ``redis.spool_dir`` (or the default)."""
+    r = config.redis
+    directory = Path(r.spool_dir).expanduser() if r.spool_dir else default_spool_dir()
+    return OutcomeLog(
+        redis,
+        stream=r.outcomes_stream,
+        spool=OutcomeSpool(directory, spool_name(r.outcomes_stream)),
+        metrics=metrics,
+        key_prefix=r.key_prefix,
+        maxlen=r.stream_maxlen,
+        dedup_ttl_s=r.outcome_dedup_ttl_s,
+        memory_max=r.buffer_max_outcomes,
+        backoff_max_s=r.reconnect_backoff_max_ms / 1000,
+    )
+
+
+def _run_with_app(app: FastAPI, outcomes: OutcomeLog) -> None:
+    """Start the outcome log (replaying its spool) when the app starts and flush and stop
+    it when the app stops: uvicorn and Ray Serve (a replica's graceful shutdown) run the
+    app's lifespan."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        outcomes.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            await outcomes.stop()
+
+    app.router.lifespan_context = lifespan

@@ -4,9 +4,11 @@ of generation results and streamed deltas across the process boundary."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
+from pydantic import ValidationError
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from backends.base import (
@@ -18,6 +20,27 @@ from backends.base import (
     GenerationResult,
     StreamDelta,
 )
+
+log = logging.getLogger("acr.serve_handle")
+
+
+def invalid_request(exc: ValueError) -> dict[str, Any]:
+    """A replica's answer to a request it cannot validate: which fields and why, without the
+    values or the validator's links (the text may reach API clients)."""
+    if isinstance(exc, ValidationError):
+        what = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+    else:
+        what = str(exc)
+    return {"error": f"invalid generation request: {what}", "retryable": False}
+
+
+def replica_failure(exc: BaseException, what: str = "model replica failed") -> BackendError:
+    """A retryable ``BackendError`` for a replica that died or raised: Ray's exception text
+    (tracebacks, node addresses, file paths) is logged here and never passed on."""
+    log.warning("%s: %s: %s", what, type(exc).__name__, exc)
+    return BackendError(f"{what} ({type(exc).__name__})")
 
 
 def result_to_dict(result: GenerationResult) -> dict[str, Any]:
@@ -78,7 +101,7 @@ class ServeHandleBackend(Backend):
         try:
             data = await self.handle.generate.remote(request.model_dump())
         except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
-            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
+            raise replica_failure(exc) from exc
         if "error" in data:
             raise BackendError(str(data["error"]), retryable=bool(data.get("retryable")))
         return result_from_dict(data)
@@ -92,7 +115,7 @@ class ServeHandleBackend(Backend):
             handle = self.handle.options(stream=True)
             gen = cast(DeploymentResponseGenerator, handle.stream.remote(request.model_dump()))
         except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
-            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
+            raise replica_failure(exc) from exc
         ended = False
         try:
             async for item in gen:
@@ -109,7 +132,7 @@ class ServeHandleBackend(Backend):
             raise
         except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
             ended = True
-            raise BackendError(f"model replica failed: {exc.__class__.__name__}: {exc}") from exc
+            raise replica_failure(exc) from exc
         finally:
             if not ended:
                 # The consumer left early (or was cancelled): stop the replica's decode.
@@ -124,8 +147,8 @@ class ServeHandleBackend(Backend):
         if key not in self._template_cache:
             try:
                 text = await self.handle.render_chat.remote([m.model_dump() for m in messages])
-            except Exception as exc:  # noqa: BLE001
-                raise BackendError(f"model replica failed: {exc}") from exc
+            except Exception as exc:  # noqa: BLE001 - Ray raises many types for a dead replica
+                raise replica_failure(exc) from exc
             if len(self._template_cache) > 4096:
                 self._template_cache.clear()
             self._template_cache[key] = str(text)

@@ -48,7 +48,10 @@ class LocalService:
     def start(self) -> LocalService:
         """Start every part; returns self once the app is serving."""
         if not self.config.redis.url:
-            self.redis = EmbeddedRedis(port=self.config.redis.embedded_port).start()
+            self.redis = EmbeddedRedis(
+                port=self.config.redis.embedded_port,
+                maxmemory_mb=self.config.redis.embedded_maxmemory_mb,
+            ).start()
             self.config.redis.url = self.redis.url
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         if not ray.is_initialized():
@@ -66,7 +69,10 @@ class LocalService:
         return self
 
     def stop(self) -> None:
-        """Shut down Serve, Ray and the embedded Redis (if this object started it)."""
+        """Shut down Serve, Ray and the embedded Redis (if this object started it).
+
+        Serve first: the ingress flushes its outcome spool at its graceful shutdown, while
+        the embedded Redis still runs."""
         try:
             serve.shutdown()
         finally:

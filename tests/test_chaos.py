@@ -5,6 +5,7 @@ beyond the retry budget."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Iterator
 
@@ -44,10 +45,10 @@ def service(aof_redis: EmbeddedRedis) -> Iterator[LocalService]:
     svc.stop()
 
 
-def _stream_ids(url: str) -> set[str]:
+def _stream_ids(url: str) -> collections.Counter[str]:
     r = redis.Redis.from_url(url, decode_responses=True)
     try:
-        return {f["id"] for _, f in r.xrange(STREAM) if f.get("id")}
+        return collections.Counter(f["id"] for _, f in r.xrange(STREAM) if f.get("id"))
     finally:
         r.close()
 
@@ -67,12 +68,15 @@ def test_killing_redis_mid_load_loses_no_outcome(
     assert result.errors == 0, result.summary()
     assert len(result.ids) > 10
     missing: set[str] = set(result.ids)
-    for _ in range(60):  # the buffer drains in the background once Redis is back
-        missing = set(result.ids) - _stream_ids(aof_redis.url)
+    for _ in range(60):  # the spool drains in the background once Redis is back
+        counts = _stream_ids(aof_redis.url)
+        missing = set(result.ids) - set(counts)
         if not missing:
             break
         time.sleep(0.25)
     assert not missing, f"{len(missing)} of {len(result.ids)} outcomes never reached Redis"
+    twice = {i: n for i, n in counts.items() if i in set(result.ids) and n > 1}
+    assert not twice, f"outcomes written more than once: {twice}"
 
 
 def test_killing_a_model_replica_mid_load_fails_no_request(service: LocalService) -> None:

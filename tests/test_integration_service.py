@@ -4,6 +4,7 @@ official ``openai`` client against our HTTP API."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +14,7 @@ import redis
 
 from backends.base import ChatMessage, GenerationRequest
 from backends.openai_http import OpenAIHTTPBackend
+from difficulty.model import RouterModel, bundled_router_path
 from router.config import load_config
 from router.embedded_redis import EmbeddedRedis, free_port
 from router.serve_local import LocalService
@@ -28,6 +30,9 @@ def service(redis_server: EmbeddedRedis) -> Iterator[LocalService]:
     cfg.server.port = free_port()
     cfg.redis.url = redis_server.url
     cfg.redis.outcomes_stream = "acr:outcomes:it"
+    # Auto decides without exploring, and a few outcomes move its estimates.
+    cfg.policy.exploration_rate = 0.0
+    cfg.policy.prior_strength = 2.0
     svc = LocalService(cfg).start()
     yield svc
     svc.stop()
@@ -71,6 +76,10 @@ def test_a_chat_answer_arrives_with_usage_router_decision_and_an_outcome_in_redi
     router = (resp.model_extra or {})["router"]
     assert router["strategy"] == "single_pass"
     assert raw.headers["x-acr-strategy"] == "single_pass"
+    for _ in range(100):  # the outcome reaches Redis in the background, from the spool
+        if _stream_len(service) > before:
+            break
+        time.sleep(0.05)
     assert _stream_len(service) == before + 1
     r = redis.Redis.from_url(service.config.redis.url or "", decode_responses=True)
     last = r.xrevrange(service.config.redis.outcomes_stream, count=1)[0][1]
@@ -192,3 +201,58 @@ async def test_the_http_backend_talks_to_our_own_openai_compatible_api(
         await backend.close()
     assert res.completions[0].text
     assert res.completions[0].tokens > 0
+
+
+ARITHMETIC = "What is 31+45-12*3+7?"
+
+
+def _router(resp: object) -> dict[str, object]:
+    return (getattr(resp, "model_extra", None) or {})["router"]
+
+
+def test_auto_decides_with_the_bundled_router_and_its_probe(
+    client: openai.OpenAI,
+) -> None:
+    bundled = RouterModel.load(bundled_router_path())
+    for prompt, task in ((PUZZLE, "game24"), ("What is 17+25?", "arithmetic")):
+        resp = client.chat.completions.create(
+            model="acr-bundled", messages=[{"role": "user", "content": prompt}], seed=3
+        )
+        router = _router(resp)
+        assert router["source"] == "auto" and router["task"] == task
+        assert str(router["policy_version"]).endswith(bundled.version)
+        assert router["probe_tokens"] and router["predicted_success"] is not None
+        assert len(router["candidates"]) >= 2  # type: ignore[arg-type]
+        assert resp.choices[0].message.content
+
+
+def test_feedback_moves_the_shared_estimate_and_then_the_decision(
+    client: openai.OpenAI, service: LocalService
+) -> None:
+    def ask() -> tuple[str, dict[str, object]]:
+        resp = client.chat.completions.create(
+            model="acr-bundled", messages=[{"role": "user", "content": ARITHMETIC}], seed=5
+        )
+        return resp.id, _router(resp)
+
+    first_id, first = ask()
+    arm = first["arm"]
+    r = redis.Redis.from_url(service.config.redis.url or "", decode_responses=True)
+    key = (
+        f"{service.config.redis.key_prefix}:{first['policy_version']}:arm:acr-bundled:"
+        f"{first['task']}:{first['difficulty_bin']}:{arm}"
+    )
+    fails_before = float(r.hget(key, "fail") or 0.0)
+    url = service.url + "/v1/feedback"
+    assert httpx.post(url, json={"id": first_id, "reward": 0.0}).json()["applied"] == 1.0
+    assert httpx.post(url, json={"id": first_id, "reward": 0.0}).status_code == 409
+    moved_to = None
+    for _ in range(20):
+        rid, router = ask()
+        if router["arm"] != arm:
+            moved_to = router["arm"]
+            break
+        assert httpx.post(url, json={"id": rid, "reward": 0.0}).status_code == 200
+    assert float(r.hget(key, "fail") or 0.0) >= fails_before + 1.0  # the posterior moved
+    r.close()
+    assert moved_to is not None, f"auto kept {arm} after 20 failures reported by feedback"

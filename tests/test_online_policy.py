@@ -74,7 +74,7 @@ class Is24(ProcessVerifier):
 def task_of(text: str) -> Task:
     """Puzzles (digits first) are checked exactly, sums have answers on an ``Answer:`` line
     but no checker; anything else is open."""
-    if text[:1].isdigit():
+    if text.strip()[:1].isdigit():
         return Task("game24", Is24(), get_format("answer_line"), "\n")
     if "+" in text:
         return Task("arithmetic", None, get_format("answer_line"), "\n")
@@ -251,6 +251,21 @@ def test_the_call_speed_fit_learns_the_overhead_of_a_call_and_the_time_of_a_toke
     overhead, per_token = speed.theta
     assert overhead == pytest.approx(40.0, rel=0.05)
     assert per_token == pytest.approx(3.0, rel=0.05)
+
+
+def test_the_call_speed_fit_stays_sane_when_runs_barely_tell_its_two_terms_apart() -> None:
+    from policies.load import CallSpeed
+
+    speed = CallSpeed(overhead_ms=0.0, ms_per_token=0.5)
+    rng = random.Random(5)
+    for _ in range(20):  # one-call runs of similar length: the split is not identified
+        tokens = rng.randint(60, 80)
+        speed.observe(1, tokens, 200.0 + 2.0 * tokens + rng.uniform(-30, 30))
+    speed.observe(24, 400, 3000.0)  # a beam search whose calls overlapped
+    speed.observe(1, 70, 340.0)
+    overhead, per_token = speed.theta
+    assert 0.0 <= overhead <= 400.0 and per_token > 0.5
+    assert 170.0 <= overhead + 70 * per_token <= 680.0  # one call still predicted within 2x
 
 
 class LongAnswerBackend(Backend):

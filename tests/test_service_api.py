@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 from backends.base import GenerationRequest
 from router.config import AppConfig, load_config
 from router.runtime import Runtime, build_runtime
+from router.schemas import ChatCompletionRequest, InMessage, RouterOptions
 from tests.fakes import FakeBackend
 
 SOLUTION = (
@@ -178,6 +180,13 @@ async def test_every_served_request_lands_in_the_outcome_stream(redis_url: str) 
         assert fb.status_code == 200
         missing = await client.post("/v1/feedback", json={"id": "nope", "reward": 1.0})
         assert missing.status_code == 404
+    # Outcomes reach Redis in the background, from the spool the answers waited for.
+    assert rt.outcomes is not None
+    for _ in range(200):
+        if rt.outcomes.pending == 0:
+            break
+        await asyncio.sleep(0.05)
+    await rt.outcomes.stop()
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     entries = [f for _, f in r.xrange(cfg.redis.outcomes_stream)]
     r.close()
@@ -260,3 +269,69 @@ async def test_single_pass_continues_a_cut_probe_and_usage_counts_each_token_onc
     # Every generated token once, all of them visible.
     assert body["usage"]["completion_tokens"] == be.generated_tokens == len(answer)
     assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 0
+
+
+async def test_the_prompts_of_one_completions_request_share_one_deadline_and_run_together() -> None:
+    backend = FakeBackend(lambda prompt, i, req: "Answer: 5", latency_s=0.6)
+    rt = make(backend=backend)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=rt.http_app), base_url="http://t"
+    ) as client:
+        body = {
+            "prompt": ["What is 2+3?", "What is 1+4?", "What is 0+5?"],
+            "reasoning_effort": "low",
+            "acr": {"timeout_ms": 1500},
+        }
+        t0 = asyncio.get_running_loop().time()
+        r = await client.post("/v1/completions", json=body)
+        elapsed = asyncio.get_running_loop().time() - t0
+    # One after another (each with a fresh deadline) they took 1.8 s; side by side ~0.6 s.
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 3 and elapsed < 1.5
+
+
+async def test_a_probe_that_outlives_its_share_of_the_deadline_is_abandoned() -> None:
+    backend = FakeBackend(lambda prompt, i, req: "Answer: 5", latency_s=5.0)
+    rt = make(backend=backend)
+    problem = rt.service.validate.chat_problem(
+        ChatCompletionRequest(messages=[InMessage(role="user", content="What is 2+3?")])
+    )
+    request = rt.service.decision_request(None, RouterOptions(timeout_ms=600))
+    t0 = asyncio.get_running_loop().time()
+    decision = await rt.service.decide(problem, request)
+    assert asyncio.get_running_loop().time() - t0 < 2.0  # the probe alone would take 5 s
+    assert decision.probe is None and decision.source == "auto"
+
+
+async def test_a_request_cancelled_mid_run_still_records_its_outcome_and_ends_its_load(
+    redis_url: str,
+) -> None:
+    cfg = load_config(env={})
+    cfg.redis.url = redis_url
+    backend = FakeBackend(lambda prompt, i, req: "Answer: 5", latency_s=2.0)
+    rt = make(cfg, backend)
+    problem = rt.service.validate.chat_problem(
+        ChatCompletionRequest(messages=[InMessage(role="user", content="4 9 10 13")])
+    )
+    adm = await rt.service.admit(
+        problem,
+        n=1,
+        effort="high",
+        options=None,
+        max_tokens=None,
+        temperature=None,
+        api_key_id="k",
+    )
+    task = asyncio.create_task(rt.service.run(adm))
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rt.outcomes is not None
+    await rt.outcomes.stop()
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    records = [f for _, f in r.xrange(cfg.redis.outcomes_stream)]
+    r.close()
+    assert [x["status"] for x in records] == ["abandoned"]
+    policy = rt.service.policy
+    assert not policy.tracker.jobs  # type: ignore[attr-defined]

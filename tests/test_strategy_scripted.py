@@ -11,8 +11,8 @@ from backends.verifiers.game24 import Game24Verifier
 from policies.base import Problem, StrategyError
 from policies.beam_search import MAX_EXPANSIONS_PER_STATE
 from policies.budget import Budget
-from policies.common import prob_leader_ahead
 from policies.registry import STRATEGIES, get_strategy
+from policies.stopping import prob_leader_ahead
 from tests.fakes import FakeBackend, with_verifier
 
 SOLUTION = (
@@ -187,6 +187,30 @@ async def test_self_consistency_gives_up_when_every_sample_disagrees() -> None:
         FAR,
     )
     assert off.stop_reason == "budget" and off.samples == 16
+
+
+async def test_the_settled_rule_keeps_sampling_a_scattered_vote_and_stops_a_unanimous_one() -> None:
+    counter = {"n": 0}
+
+    def distinct(p: str, i: int, r: GenerationRequest) -> str:
+        counter["n"] += 1
+        return f"Answer: {counter['n']}"
+
+    settled = STRATEGIES["self_consistency"](rule="settled")
+    problem = with_verifier(Problem(text="q", prompt="q"), None)
+    scattered = await settled.run(
+        problem, FakeBackend(distinct), Budget(samples=16, batch_size=4), FAR
+    )
+    assert scattered.stop_reason == "budget" and scattered.samples == 16
+    same = await settled.run(
+        problem, FakeBackend(lambda p, i, r: "Answer: 7"), Budget(samples=16, batch_size=4), FAR
+    )
+    assert same.stop_reason == "settled" and same.samples == 4 and same.answer == "7"
+
+
+def test_an_unknown_stopping_rule_is_refused_with_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="settled, beta"):
+        STRATEGIES["self_consistency"](rule="fancy")  # type: ignore[arg-type]
 
 
 async def test_self_consistency_stops_at_the_first_exactly_verified_answer() -> None:

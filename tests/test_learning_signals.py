@@ -1,0 +1,175 @@
+"""What the shared estimates learn from, and what no tenant can do to them: verifier scores,
+agreement as a weighted proxy, feedback once per response from its own key and capped per
+tenant, outcomes learned during a Redis outage, and decision-cache keys."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from backends.base import ChatMessage
+from difficulty.answers import get_format
+from difficulty.model import RouterModel
+from difficulty.profiles import OPEN_TASK, Task
+from policies.adaptive import AdaptivePolicy
+from policies.base import Candidate, Problem, StrategyResult
+from policies.budget import Budget
+from policies.decision import Decision, DecisionRequest
+from policies.decision_cache import cache_key
+from policies.learning import Signal, agreement, outcome_signal
+from policies.registry import default_arms
+from policies.settings import PolicySettings, StrategiesSettings
+from policies.store import RedisPolicyStore, stats_scope
+from tests.test_online_policy import GreedyBackend, policy, settings
+
+MATH = Task("math", None, get_format("math"))
+ARMS = default_arms()
+
+
+def run_with(
+    answers: list[str | None], chosen: str | None, score: float | None = None
+) -> StrategyResult:
+    cands = [Candidate(text=f"x {a}", tokens=5, answer=a) for a in answers]
+    return StrategyResult(
+        strategy="self_consistency",
+        text=f"x {chosen}",
+        answer=chosen,
+        candidates=cands,
+        prompt_tokens=3,
+        visible_tokens=5,
+        hidden_tokens=5 * (len(cands) - 1),
+        verifier_tokens=0,
+        wall_ms=10.0,
+        samples=len(cands),
+        stop_reason="budget",
+        score=score,
+    )
+
+
+def test_agreement_is_the_share_of_samples_that_state_the_chosen_answer() -> None:
+    run = run_with(["12", "12.0", "13", None], "12")
+    assert agreement(run, MATH) == 0.5
+    assert agreement(run_with(["1", "2"], "1"), MATH) is None  # too few samples
+    assert agreement(run, OPEN_TASK) is None  # nothing to compare
+
+
+def test_a_verifier_score_beats_agreement_and_agreement_counts_as_a_weighted_proxy() -> None:
+    run = run_with(["4", "4", "4"], "4")
+    assert outcome_signal(run, MATH, 0.5) == Signal(1.0, "agreement", 0.5)
+    assert outcome_signal(run, MATH, 0.0) is None
+    checked = Task("game24", object(), get_format("answer_line"))  # type: ignore[arg-type]
+    assert outcome_signal(run_with(["4"] * 3, "4", score=0.0), checked, 0.5) == Signal(
+        0.0, "verifier"
+    )
+
+
+def decision(arm: str = "self_consistency@8") -> Decision:
+    strategy = next(a.strategy for a in ARMS if a.name == arm)
+    return Decision(
+        strategy=strategy, arm=arm, budget=Budget(), reason="t", difficulty_bin=1, task="math"
+    )
+
+
+def redis_policy(url: str, cap: float = 20.0) -> AdaptivePolicy:
+    settings = PolicySettings(feedback_cap_per_tenant=cap, exploration_rate=0.0)
+    model = RouterModel.uninformed(ARMS)
+    store = RedisPolicyStore.from_url(
+        url,
+        key_prefix="t",
+        version=AdaptivePolicy.version_for(settings, model),
+        refresh_s=0.0,
+        socket_timeout_s=5.0,
+    )
+    return AdaptivePolicy(settings, StrategiesSettings(), backend=None, store=store, model=model)
+
+
+async def shared_fails(policy: AdaptivePolicy, arm: str = "self_consistency@8") -> float:
+    scope = stats_scope(policy.backend_model, "math", 1)
+    return (await policy.store.arm_stats(scope, [arm]))[arm].fail
+
+
+async def test_feedback_is_taken_once_per_response_and_only_from_the_key_that_made_it(
+    redis_url: str,
+) -> None:
+    policy = redis_policy(redis_url)
+    try:
+        await policy.remember("resp-1", decision(), tenant="alice")
+        assert await policy.feedback("resp-1", 0.0, "mallory") == ("unknown", 0.0)
+        assert await policy.feedback("resp-404", 0.0, "alice") == ("unknown", 0.0)
+        assert await policy.feedback("resp-1", 0.0, "alice") == ("applied", 1.0)
+        assert await policy.feedback("resp-1", 0.0, "alice") == ("duplicate", 0.0)
+        assert await shared_fails(policy) == 1.0
+    finally:
+        await policy.close()
+
+
+async def test_one_tenant_replaying_feedback_1000_times_moves_the_shared_estimate_at_most_its_cap(
+    redis_url: str,
+) -> None:
+    cap = 5.0
+    policy = redis_policy(redis_url, cap=cap)
+    other = redis_policy(redis_url, cap=cap)  # a second replica: the cap is shared
+    try:
+        verdicts = []
+        for i in range(1000):
+            await policy.remember(f"r{i}", decision(), tenant="mallory")
+            replica = policy if i % 2 else other
+            verdicts.append((await replica.feedback(f"r{i}", 0.0, "mallory"))[0])
+            verdicts.append((await replica.feedback(f"r{i}", 0.0, "mallory"))[0])  # a replay
+        assert await shared_fails(policy) == cap
+        assert verdicts.count("applied") == cap and verdicts.count("duplicate") == 1000
+        await policy.remember("a1", decision(), tenant="alice")
+        assert await policy.feedback("a1", 0.0, "alice") == ("applied", 1.0)  # others still count
+    finally:
+        await policy.close()
+        await other.close()
+
+
+async def test_outcomes_learned_while_redis_was_down_reach_redis_once_it_is_back(
+    redis_url: str,
+) -> None:
+    now = [0.0]
+    dead = Redis.from_url("redis://127.0.0.1:1", socket_connect_timeout=0.2)
+    store = RedisPolicyStore(dead, key_prefix="t", version="v", retry_s=5.0, clock=lambda: now[0])
+    scope = stats_scope("m", "math", 0)
+    await store.record(scope, "single_pass", reward=1.0, tokens=10.0, latency_ms=5.0)
+    await store.record(scope, "single_pass", reward=0.0)
+    assert store.pending and (await store.arm_stats(scope, ["single_pass"]))["single_pass"].n == 1
+    store.client = Redis.from_url(redis_url)
+    now[0] += 6.0
+    await store.record(scope, "single_pass", reward=1.0)
+    raw = await store.client.hgetall(store.arm_key(scope, "single_pass"))
+    assert float(raw[b"succ"]) == 2.0 and float(raw[b"fail"]) == 1.0 and float(raw[b"n"]) == 1.0
+    assert not store.pending
+    await store.close()
+    await dead.aclose()
+
+
+def chat(*messages: tuple[str, str], stop: list[str] | None = None) -> Problem:
+    msgs = [ChatMessage(role=r, content=c) for r, c in messages]
+    return Problem(text=msgs[-1].content, messages=msgs, stop=stop or [], task=MATH)
+
+
+def test_the_decision_cache_key_covers_system_prompts_stop_strings_and_the_tenant() -> None:
+    base = chat(("user", "What is 2+2?"))
+    assert cache_key(base, "") == cache_key(chat(("user", "  What is  2+2? ")), "")
+    others = [
+        cache_key(chat(("system", "Answer in French."), ("user", "What is 2+2?")), ""),
+        cache_key(chat(("user", "What is 2+2?"), stop=["4"]), ""),
+        cache_key(base, "tenant-b"),
+    ]
+    assert len({cache_key(base, ""), *others}) == 4
+
+
+async def test_route_requests_and_requests_with_stop_strings_never_fill_the_cache(
+    redis_url: str,
+) -> None:
+    model = RouterModel.uninformed(ARMS)
+    pol = policy(model, GreedyBackend(), settings(decision_cache_ttl_s=60))
+    routed = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest(serving=False))
+    again = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest())
+    assert routed.source == "auto" and again.source == "auto"  # /v1/route kept nothing
+    stopped = chat(("user", "What is 5+5?"), stop=["\n"])
+    await pol.decide(stopped, DecisionRequest())
+    assert (await pol.decide(stopped, DecisionRequest())).source == "auto"
+    third = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest())
+    assert third.source == "cache"  # a served request's own probe is kept
