@@ -104,7 +104,9 @@ async def ask(
         "samples": router.get("samples"),
         "samples_planned": router.get("samples_planned"),
         "downgraded": router.get("downgraded"),
-        "predicted_latency_ms": router.get("predicted_latency_ms"),
+        # the prediction covers the run after the probe: the probe's own time is added
+        "predicted_latency_ms": (router.get("predicted_latency_ms") or 0.0)
+        + (router.get("probe_ms") or 0.0),
         "probe_tokens": router.get("probe_tokens"),
         "task": router.get("task"),
     }

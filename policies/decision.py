@@ -103,7 +103,9 @@ class Decision(BaseModel):
             "reason": self.reason,
             "source": self.source,
             "predicted_success": _round(self.predicted_success),
+            # predicted for the run after the probe; the probe's own time is probe_ms
             "predicted_latency_ms": _round(self.predicted_latency_ms, 1),
+            "probe_ms": _round(self.probe.wall_ms, 1) if self.probe is not None else None,
             "predicted_cost_tokens": _round(self.predicted_cost_tokens, 1),
             "policy_version": self.policy_version,
             "difficulty_bin": self.difficulty_bin,

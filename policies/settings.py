@@ -36,7 +36,7 @@ class StrategiesSettings(_Section):
         default_factory=lambda: {"low": 256, "medium": 1024, "high": 4096},  # type: ignore[arg-type]
         description="On a reasoning model, the thinking budget each reasoning_effort buys.",
     )
-    options: dict[str, dict[str, float | bool]] = Field(
+    options: dict[str, dict[str, float | bool | str]] = Field(
         default_factory=dict,
         description="A strategy's own settings, e.g. self_consistency: {threshold: 0.95}.",
     )
@@ -63,6 +63,10 @@ class StrategiesSettings(_Section):
                     f"strategies.options.{name} has no setting {unknown[0]!r}; "
                     f"valid: {', '.join(valid) or 'none'}"
                 )
+            try:  # the values too: a bad one fails here, not on the first request
+                strategy_class(name)(**opts)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"strategies.options.{name}: {exc}") from None
         return self
 
     def budget(self, strategy: str) -> Budget:

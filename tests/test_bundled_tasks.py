@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from backends.bundled.tasks import arithmetic, game24
 from backends.bundled.tasks.detect import model_prompt, parse_task
 from backends.bundled.tokenizer import build_tokenizer
-from lab.bundled.data import Mixture, game24_splits
+from lab.bundled.data import HELDOUT_ROWS, Mixture, game24_splits
 
 
 def test_every_solution_of_a_known_puzzle_checks_out_step_by_step() -> None:
@@ -264,3 +264,24 @@ def test_held_out_arithmetic_sets_of_any_size_are_nested_prefixes_of_one_fixed_p
 def test_asking_for_more_held_out_questions_than_the_pool_holds_is_refused() -> None:
     with pytest.raises(ValueError, match="200 questions per operand count"):
         arithmetic.heldout_questions(arithmetic.HELDOUT_POOL_SIZE + 1)
+
+
+def test_the_bundled_router_was_fit_on_the_calibration_data_disjoint_from_every_eval_pool(
+    game24_csv: Path, tmp_path: Path
+) -> None:
+    from difficulty.model import RouterModel, bundled_router_path
+    from lab.bundled.calibration import write_calibration_data
+    from router.calibration_data import load_items
+
+    data = tmp_path / "calibration.jsonl"
+    write_calibration_data(game24_csv, data)
+    items, data_hash = load_items(data)
+    card = RouterModel.load(bundled_router_path()).card
+    assert card.training["data_hash"] == data_hash, "refit the bundled router: its data changed"
+    splits = game24_splits(game24_csv)
+    rows = splits.csv_rows
+    eval_puzzles = {game24.puzzle_text(rows[i]) for r in HELDOUT_ROWS for i in r if i < len(rows)}
+    eval_arith = {q.text() for q in arithmetic.heldout_questions(arithmetic.HELDOUT_POOL_SIZE)}
+    texts = {i.text for i in items}
+    assert not texts & eval_puzzles and not texts & eval_arith
+    assert len(texts) == len(items) > 300

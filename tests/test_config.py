@@ -85,3 +85,10 @@ def test_the_dumped_yaml_round_trips(tmp_path: Path) -> None:
     f = tmp_path / "round.yaml"
     f.write_text(config_to_yaml(cfg))
     assert load_config(f, env={}) == cfg
+
+
+def test_a_strategy_option_is_set_from_config_and_a_bad_value_is_refused() -> None:
+    cfg = load_config(env={"ACR_STRATEGIES_OPTIONS": '{"self_consistency": {"rule": "settled"}}'})
+    assert cfg.strategies.strategy("self_consistency").rule == "settled"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="unknown stopping rule 'fancy'; valid: settled, beta"):
+        load_config(env={"ACR_STRATEGIES_OPTIONS": '{"self_consistency": {"rule": "fancy"}}'})
