@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ LAMBDA_GRID: tuple[float, ...] = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1
 #: accuracy a cheaper lambda may lose against the best one on the fit part
 LAMBDA_TOLERANCE = 0.01
 FOLDS = 5
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -251,6 +254,28 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
+#: tries of one item when the backend fails (a 5xx), and the wait between them
+ITEM_TRIES = 3
+RETRY_WAIT_S = 10.0
+
+
+async def _label_with_retries(labeler: Labeler, item: CalibrationItem) -> dict[str, Any] | None:
+    """The item's record; None when the backend kept failing on it (it is left out of this
+    run and tried again by the next, which resumes)."""
+    for attempt in range(1, ITEM_TRIES + 1):
+        try:
+            return await labeler.label(item)
+        except APIError as exc:
+            if exc.status < 500:
+                raise
+            log.warning(
+                "item %s failed (attempt %d of %d): %s", item.id, attempt, ITEM_TRIES, exc.message
+            )
+            if attempt < ITEM_TRIES:
+                await asyncio.sleep(float(exc.headers.get("retry-after", RETRY_WAIT_S)))
+    return None
+
+
 async def label_all(
     labeler: Labeler, items: list[CalibrationItem], labels: LabelFile, progress: bool
 ) -> dict[str, dict[str, Any]]:
@@ -263,9 +288,10 @@ async def label_all(
 
         async def one(item: CalibrationItem) -> None:
             async with sem:
-                record = await labeler.label(item)
-            labels.append(record)
-            done[item.id] = record
+                record = await _label_with_retries(labeler, item)
+            if record is not None:
+                labels.append(record)
+                done[item.id] = record
             bar.advance(task)
 
         await asyncio.gather(*(one(i) for i in todo))
@@ -476,6 +502,10 @@ async def calibrate(
     records = await label_all(
         labeler, usable, LabelFile(plan.out_dir / "labels.jsonl"), plan.progress
     )
+    failed = [i for i in usable if i.id not in records]
+    if failed:
+        log.warning("%d items left out: the backend kept failing on them", len(failed))
+    usable = [i for i in usable if i.id in records]
     fit_recs = [records[i.id] for i in usable if i.split == "fit"]
     eval_items = [i for i in usable if i.split == "eval"]
     if not fit_recs or not eval_items:
@@ -498,7 +528,8 @@ async def calibrate(
         data_hash,
         fit=len(fit_recs),
         eval_recs=[records[i.id] for i in eval_items],
-        skipped=len(items) - len(usable),
+        skipped=len(items) - len(usable) - len(failed),
+        failed=len(failed),
         model=model,
         model_path=model_path,
         sweep=sweep,
@@ -517,6 +548,7 @@ def build_report(
     fit: int,
     eval_recs: list[dict[str, Any]],
     skipped: int,
+    failed: int,
     model: Any,
     model_path: Path,
     sweep: Any,
@@ -536,7 +568,7 @@ def build_report(
             "data": str(plan.data),
         },
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "items": {"fit": fit, "eval": len(eval_recs), "skipped": skipped},
+        "items": {"fit": fit, "eval": len(eval_recs), "skipped": skipped, "failed": failed},
         "profile_coverage": _coverage(auto_runs, plan.profile),
         "lambda_per_1k_tokens": lam,
         "lambda_sweep": sweep,

@@ -101,7 +101,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"- profile: {head['profile'] or 'matched per prompt'}; data hash {head['data_hash']}",
         f"- items: {report['items']['fit']} fit, {report['items']['eval']} evaluation "
-        f"({report['items']['skipped']} not gradable, skipped)",
+        f"({report['items']['skipped']} not gradable, skipped; "
+        f"{report['items'].get('failed', 0)} left out, the backend kept failing on them)",
         f"- chosen cost weight: lambda = {report['lambda_per_1k_tokens']:g} per 1k tokens "
         "(largest within one point of the best fit-part accuracy)",
         f"- date: {report['date']}",

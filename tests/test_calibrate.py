@@ -173,3 +173,40 @@ def test_a_killed_calibration_resumes_without_relabelling_what_it_finished(
     ids = [json.loads(x)["id"] for x in after.splitlines() if x.strip()]
     assert sorted(set(ids)) == sorted(ids) and len(ids) == 28  # each item labelled once
     assert "classifier_path" in done.stdout
+
+
+async def test_an_item_the_backend_keeps_failing_is_left_out_and_the_run_completes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import router.calibrate as cal
+    from router.errors import APIError
+
+    data = tmp_path / "q.jsonl"
+    texts = write_questions(data, 2)
+    bad = texts[0]
+    real_label = cal.Labeler.label
+    tries: list[str] = []
+
+    async def flaky(self: cal.Labeler, item: cal.CalibrationItem) -> dict[str, object]:
+        if item.text == bad:
+            tries.append(item.id)
+            raise APIError(503, "the model backend is unavailable", code="backend_unavailable")
+        return await real_label(self, item)
+
+    monkeypatch.setattr(cal.Labeler, "label", flaky)
+    monkeypatch.setattr(cal, "RETRY_WAIT_S", 0.0)
+    config = AppConfig()
+    plan = CalibrationPlan(
+        data=data,
+        out_dir=tmp_path / "out",
+        arms=arms_from_specs(["single_pass", "best_of_n:samples=2"], config),
+        progress=False,
+        timeout_s=60,
+    )
+    report = await calibrate(plan, config)
+    assert len(tries) == cal.ITEM_TRIES
+    assert report["items"]["failed"] == 1
+    assert report["items"]["fit"] + report["items"]["eval"] == len(texts) - 1
+    labels = (tmp_path / "out" / "labels.jsonl").read_text()
+    assert bad not in labels, "a failed item is not recorded, so a resumed run tries it again"
+    assert "1 left out" in (tmp_path / "out" / "report.md").read_text()

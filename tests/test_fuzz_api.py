@@ -334,6 +334,7 @@ def deployment(redis_server: EmbeddedRedis) -> Iterator[LocalService]:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # ten thousand requests: about 8 minutes on 2 idle cores
 def test_schema_generated_requests_to_the_real_deployment_never_get_a_5xx(
     deployment: LocalService,
 ) -> None:
