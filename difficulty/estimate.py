@@ -14,7 +14,7 @@ from backends.verifiers.base import ProcessVerifier
 from difficulty.features import as_dict, feature_vector
 from difficulty.model import RouterModel
 from difficulty.probe import ProbeSummary
-from difficulty.profiles import Task
+from tasks.task import Task
 
 
 class DifficultyEstimate(BaseModel):

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from difficulty.probe import ProbeSummary
-from difficulty.profiles import Task
+from tasks.task import Task
 
 PROMPT_FEATURES: tuple[str, ...] = (
     "log_chars",

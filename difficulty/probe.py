@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest
-from difficulty.profiles import Task
+from tasks.task import Task
 
 #: probe length of a router model that was not trained with one (and of the uninformed model)
 DEFAULT_PROBE_TOKENS = 64

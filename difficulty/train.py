@@ -41,7 +41,8 @@ from difficulty.model import (
     arm_label,
 )
 from difficulty.probe import ProbeSummary
-from difficulty.profiles import Task, TaskProfiles
+from tasks.profiles import TaskProfiles
+from tasks.task import Task
 
 # Item labels written before kinds were recorded are matched to the built-in profiles.
 _PROFILES = TaskProfiles()

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 
 from router.config import load_config
-from router.embedded_redis import free_port
-from router.serve_local import LocalService
+from router.serving.embedded_redis import free_port
+from router.serving.local import LocalService
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -5,7 +5,7 @@ Every item goes to ``/v1/chat/completions`` with the official ``openai`` client,
 chooses), ``effort:high`` (``reasoning_effort``), or ``strategy:<arm>`` (``acr.strategy``
 with a budget, e.g. ``strategy:self_consistency:samples=16,adaptive=0``; strategy options
 such as ``adaptive`` must be set in the served config). Answers are graded with the task
-profiles (``router.grading``); open prompts are not graded. Tokens are the response's
+profiles (``tasks.grading``); open prompts are not graded. Tokens are the response's
 ``usage.completion_tokens`` (visible, hidden and probe). The ``router`` object gives the
 samples planned and drawn, ``downgraded`` and the predicted latency, compared here with the
 latency the client measured. ``--stream`` measures the time to the first streamed byte.
@@ -27,8 +27,8 @@ import openai
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from router.bench import Item, grade, item_seed, load_items
-from router.calibration_report import wilson
+from router.commands.bench import Item, grade, item_seed, load_items
+from router.commands.calibration_report import wilson
 
 app = typer.Typer(add_completion=False)
 

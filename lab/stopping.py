@@ -27,14 +27,12 @@ import typer
 
 from policies.self_consistency import DISPERSED_SHARE
 from policies.stopping import beta_settled, vote_settled
-from router.bench import ItemRun, bench_config
-from router.calibrate import item_seed, local_backend
-from router.calibration_data import load_items
+from router.commands.bench import ItemRun, bench_config, user_spec
+from router.commands.calibrate import item_seed, local_backend
+from router.commands.calibration_data import load_items
 from router.config import AppConfig, load_config
-from router.grading import is_correct
-from router.runtime import make_policy
-from router.schemas import ChatCompletionRequest, InMessage, RouterOptions
-from router.service import RouterService
+from router.core.assembly import make_service
+from tasks.grading import is_correct
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -47,26 +45,25 @@ async def _collect(
     items, _ = load_items(data, limit=limit, eval_percent=0)
     cfg = bench_config(config, {"self_consistency": {"adaptive": False}})
     backend = local_backend(cfg, "cpu", 1)
-    service = RouterService(cfg, backend, make_policy(cfg, backend, None))
+    service = make_service(cfg, backend)
     await service.start()
-    options = RouterOptions(
-        strategy="self_consistency",
-        budget={"samples": samples, "batch_size": batch},
-        timeout_ms=120_000,
-    )
     sem = asyncio.Semaphore(concurrency)
 
     async def one(item: Any) -> dict[str, Any] | None:
-        req = ChatCompletionRequest(
-            messages=[InMessage(role="user", content=item.text)], seed=item_seed(item.id)
+        spec = service.validate.check(
+            user_spec(
+                item.text,
+                item_seed(item.id),
+                strategy="self_consistency",
+                budget={"samples": samples, "batch_size": batch},
+                deadline_ms=120_000,
+            )
         )
-        problem = service.validate.chat_problem(req)
+        problem = spec.problem
         if problem.task.answers.name == "none" or item.reference is None:
             return None
         async with sem:
-            served = await service.serve(
-                problem, n=1, effort=None, options=options, max_tokens=None, temperature=None
-            )
+            served = await service.answer(spec)
         res = served.results[0]
         task = problem.task
         return {

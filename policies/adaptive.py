@@ -1,11 +1,13 @@
-"""``AdaptivePolicy``: the thin stateful class the service decides and learns through.
+"""``AdaptivePolicy``: the thin stateful class the service decides through.
 
 Per request: forced strategy (``reasoning_effort``, ``acr.strategy``) priced and shrunk to the
-SLO, or ``auto``: decision cache or probe -> difficulty estimate -> arms priced with the shared
-online stats -> ``select`` (pure) -> ``Decision``. After the request, ``record`` updates the
-shared (kind, bin, arm) posteriors (``policies.learning``). This replica's load
-(``policies.load``) is counted from decision to outcome so that the selector downgrades
-before a deep queue breaks the latency SLO.
+request's own time limit (``policies.forced``), or ``auto``: decision cache or probe ->
+difficulty estimate -> arms priced with the shared online stats -> ``select`` (pure). Then,
+once, the client's caps and the server's token bound (``policies.bounds``) give the frozen
+``Decision``. This replica's load (``policies.load``) is counted from decision to outcome so
+that the selector downgrades before a deep queue breaks the latency SLO; the outcome side
+(``policies.learning.OnlineLearner``, built by ``learner_for``) is called by whoever records
+outcomes, not through the policy.
 """
 
 from __future__ import annotations
@@ -15,42 +17,43 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from backends.base import Backend, BackendError
 from difficulty.estimate import DifficultyEstimate, Estimator
-from difficulty.model import RouterModel, RouterModelError, bundled_router_path
-from difficulty.probe import DEFAULT_PROBE_TOKENS, ProbeResult, run_probe
-from difficulty.profiles import OPEN_TASK
-from policies.base import Problem, StrategyError, StrategyResult
-from policies.decision import Decision, DecisionRequest, Source
+from difficulty.model import RouterModel
+from difficulty.probe import ProbeResult, run_probe
+from policies.base import Problem, StrategyError
+from policies.bounds import within_request_tokens
+from policies.decision import Decision, Source
 from policies.decision_cache import DecisionCache, cache_key
+from policies.forced import forced_decision
 from policies.latency import SLO, Load, predict_latency_ms
-from policies.learning import FeedbackVerdict, OnlineLearner, Signal
 from policies.load import LoadTracker
 from policies.policy import Policy
 from policies.pricing import ArmPricer
-from policies.registry import (
-    FALLBACK_STRATEGY,
-    THINKING_STRATEGY,
-    default_arms,
-    strategy_class,
+from policies.registry import FALLBACK_STRATEGY, THINKING_STRATEGY, strategy_class
+from policies.request import RequestSpec
+from policies.router_model import (
+    cost_weight,
+    for_backend,
+    load_model,
+    probe_length,
+    uninformed_model,
 )
-from policies.selector import select, shrink_budget, thompson_draws
+from policies.selector import select, thompson_draws
 from policies.settings import EFFORTS, PolicySettings, StrategiesSettings
 from policies.store import InMemoryPolicyStore, PolicyStore, RedisPolicyStore, stats_scope
+from tasks.task import OPEN_TASK
 
 log = logging.getLogger("acr.policy")
 
-#: cost weight of a router model that was not calibrated with one
-DEFAULT_LAMBDA_PER_1K_TOKENS = 0.1
 #: below this deadline deliberating (about a millisecond) would eat the request's own time
 FAST_PATH_MS = 10.0
 
 
 class AdaptivePolicy(Policy):
-    """Decides strategy and budget per request and learns from outcomes.
+    """Decides strategy and budget per request (``decide``).
 
     Collaborators are injected: ``backend`` (for the probe; None disables it), ``store``
     (``RedisPolicyStore`` shared by replicas, or ``InMemoryPolicyStore``), ``model`` (the
@@ -66,10 +69,12 @@ class AdaptivePolicy(Policy):
         store: PolicyStore | None = None,
         model: RouterModel | None = None,
         reasoning: bool = False,
+        max_request_tokens: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = policy
+        self.max_request_tokens = max_request_tokens
         self.strategies = strategies
         self.backend = backend
         self.backend_model = backend.name if backend is not None else "any"
@@ -94,9 +99,6 @@ class AdaptivePolicy(Policy):
         self.estimator = Estimator(self.model, self.probe_tokens)
         self.pricer = ArmPricer(self.model, self.arms, strategies, policy)
         self.cache = DecisionCache(self.store, policy.decision_cache_ttl_s)
-        self.learner = OnlineLearner(
-            self.store, self.tracker, self.pricer, self.model, self.backend_model, policy
-        )
         # Warm the code paths now, not on the first request's clock.
         self.estimator.estimate("1 2 3 4", None, task=OPEN_TASK)
 
@@ -111,11 +113,13 @@ class AdaptivePolicy(Policy):
         key_prefix: str = "acr",
         model: RouterModel | None = None,
         reasoning: bool = False,
+        max_request_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> AdaptivePolicy:
         """The policy the service runs: the model at ``policy.classifier_path`` (else the
         bundled one), a ``RedisPolicyStore`` on ``redis_client`` (a ``redis.asyncio.Redis``;
-        None keeps state in memory) under ``key_prefix``."""
+        None keeps state in memory) under ``key_prefix``; ``max_request_tokens`` bounds what
+        ``n`` runs of a decision may generate."""
         model = for_backend(
             model or load_model(policy.classifier_path),
             backend.name if backend is not None else "any",
@@ -135,6 +139,7 @@ class AdaptivePolicy(Policy):
             store=store,
             model=model,
             reasoning=reasoning,
+            max_request_tokens=max_request_tokens,
             clock=clock,
         )
 
@@ -156,44 +161,50 @@ class AdaptivePolicy(Policy):
             lambda_per_1k_tokens=self.lambda_per_1k_tokens,
         )
 
-    def forced_strategy(self, request: DecisionRequest) -> tuple[str | None, Source]:
+    def forced_strategy(self, spec: RequestSpec) -> tuple[str | None, Source]:
         """(strategy, source) a request forces: a named strategy, else its effort (on a
         reasoning model: a thinking budget); else (None, auto)."""
-        if request.strategy and request.strategy != "auto":
-            return request.strategy, "explicit"
-        if request.effort in EFFORTS:
+        if spec.strategy and spec.strategy != "auto":
+            return spec.strategy, "explicit"
+        if spec.effort in EFFORTS:
             if self.reasoning:
                 return THINKING_STRATEGY, "effort"
-            return self.strategies.effort[request.effort], "effort"  # type: ignore[index]
+            return self.strategies.effort[spec.effort], "effort"  # type: ignore[index]
         return None, "auto"
 
-    def _forced_override(self, request: DecisionRequest, source: Source) -> dict[str, Any] | None:
+    def _forced_override(self, spec: RequestSpec, source: Source) -> dict[str, Any] | None:
         """The budget fields a forced request runs with: its own, and on a reasoning model
         the thinking budget its effort buys (unless it set max_tokens itself)."""
-        override = dict(request.budget or {})
+        override = dict(spec.budget or {})
         if source == "effort" and self.reasoning and "max_tokens" not in override:
-            effort = request.effort or "medium"
+            effort = spec.effort or "medium"
             override["max_tokens"] = self.strategies.thinking_budget_tokens[effort]  # type: ignore[index]
         return override or None
 
-    async def decide(self, problem: Problem, request: DecisionRequest) -> Decision:
-        """The decision for ``problem`` (the probe, if one ran, is ``decision.probe``).
+    async def decide(
+        self, spec: RequestSpec, *, load: Load | None = None, now: float | None = None
+    ) -> Decision:
+        """The frozen decision for ``spec`` (the probe, if one ran, is ``decision.probe``).
 
-        A forced strategy keeps its strategy (its budget may shrink to fit the SLO under
-        load); otherwise the router chooses. Never raises for any prompt text: backend errors
-        during the probe mean "no probe", and an unexpected failure falls back to single pass
-        with the reason saying so.
+        A forced strategy keeps its strategy (its budget may shrink to fit its own time
+        limit); otherwise the router chooses. Either way the client's caps and the server's
+        token bound are applied once, at the end. ``load`` and ``now`` replace the live
+        measurements (simulations, tests). Raises ``StrategyError`` only for what the
+        request asked (a strategy that cannot run here, a forced ``n`` past the bound);
+        backend errors during the probe mean "no probe", and an unexpected failure falls
+        back to single pass with the reason saying so.
         """
-        t0 = self.clock() if request.now is None else request.now
-        slo = self.slo(request.latency_budget_ms, request.deadline_ms)
-        forced, source = self.forced_strategy(request)
+        t0 = self.clock() if now is None else now
+        slo = self.slo(spec.latency_budget_ms, spec.deadline_ms)
+        forced, source = self.forced_strategy(spec)
+        probe: ProbeResult | None = None
         try:
-            if request.deadline_ms is not None and request.deadline_ms < FAST_PATH_MS:
-                decision = self._fast(forced or FALLBACK_STRATEGY, source, request)
+            if spec.deadline_ms is not None and spec.deadline_ms < FAST_PATH_MS:
+                decision = self._fast(forced or FALLBACK_STRATEGY, source, spec)
             elif forced is not None:
-                decision = await self._forced(problem, forced, source, request, slo, t0)
+                decision = await self._forced(spec, forced, source, slo, t0, load)
             else:
-                decision = await self._auto(problem, request, slo, t0)
+                decision, probe = await self._auto(spec, slo, t0, load)
         except StrategyError:
             raise  # the request named something that cannot run here: the client's 400
         except (ValueError, TypeError, ArithmeticError, KeyError) as exc:
@@ -201,14 +212,14 @@ class AdaptivePolicy(Policy):
             decision = Decision(
                 strategy=FALLBACK_STRATEGY,
                 arm=FALLBACK_STRATEGY,
-                budget=self.pricer.budget_of(FALLBACK_STRATEGY, None, request.budget),
+                budget=self.pricer.budget_of(FALLBACK_STRATEGY, None, spec.budget),
                 reason=f"policy error ({type(exc).__name__}); fell back to single pass",
                 source="fallback",
                 policy_version=self.version,
             )
-        decision = client_capped(decision, request)
-        if request.serving:
-            expires_s = (request.deadline_ms or slo.latency_budget_ms) / 1000 * 2
+        decision = self._bounded(decision, spec, probe)
+        if spec.serving:
+            expires_s = (spec.deadline_ms or slo.latency_budget_ms) / 1000 * 2
             spent_ms = max(0.0, (self.clock() - t0) * 1000)  # the probe, already behind us
             self.tracker.begin(
                 decision.decision_id,
@@ -220,13 +231,47 @@ class AdaptivePolicy(Policy):
             )
         return decision
 
-    def _fast(self, strategy: str, source: Source, request: DecisionRequest) -> Decision:
+    def _bounded(
+        self, decision: Decision, spec: RequestSpec, probe: ProbeResult | None
+    ) -> Decision:
+        """The selected ``decision`` as it will run: the client's ``max_tokens`` and (for a
+        strategy that takes it) ``temperature`` on its budget, then cut to the server's
+        token bound for ``n`` runs (``policies.bounds``), with ``probe`` attached."""
+        caps: dict[str, Any] = {}
+        if spec.max_tokens is not None and spec.max_tokens < decision.budget.max_tokens:
+            caps["max_tokens"] = spec.max_tokens
+        if (
+            spec.temperature is not None
+            and strategy_class(decision.strategy).takes_client_temperature
+        ):
+            caps["temperature"] = spec.temperature
+        budget = decision.budget.model_copy(update=caps) if caps else decision.budget
+        bounded = within_request_tokens(
+            decision.strategy,
+            decision.arm,
+            budget,
+            n=spec.n,
+            think=spec.problem.think,
+            probe_tokens=decision.probe_tokens,
+            max_request_tokens=self.max_request_tokens,
+            client_chose=decision.source in ("explicit", "effort"),
+        )
+        update: dict[str, Any] = {
+            "strategy": bounded.strategy,
+            "arm": bounded.arm,
+            "budget": bounded.budget,
+            "probe": probe,
+        }
+        if bounded.cut is not None:
+            update.update(downgraded=True, reason=f"{decision.reason}; {bounded.cut}")
+        return decision.model_copy(update=update)
+
+    def _fast(self, strategy: str, source: Source, spec: RequestSpec) -> Decision:
         return Decision(
             strategy=strategy,
             arm=strategy,
-            budget=self.pricer.budget_of(strategy, None, request.budget),
-            reason=f"deadline {request.deadline_ms:.0f} ms leaves no time to deliberate; "
-            f"{strategy}",
+            budget=self.pricer.budget_of(strategy, None, spec.budget),
+            reason=f"deadline {spec.deadline_ms:.0f} ms leaves no time to deliberate; {strategy}",
             source=source,
             policy_version=self.version,
         )
@@ -257,108 +302,65 @@ class AdaptivePolicy(Policy):
 
     async def _forced(
         self,
-        problem: Problem,
+        spec: RequestSpec,
         strategy: str,
         source: Source,
-        request: DecisionRequest,
         slo: SLO,
         t0: float,
+        load: Load | None,
     ) -> Decision:
         cls = strategy_class(strategy)
-        est = self.estimate(problem)
+        est = self.estimate(spec.problem)
         why_not = cls.unavailable(est)
         if why_not is not None:
             raise StrategyError(why_not)
-        override = self._forced_override(request, source)
+        override = self._forced_override(spec, source)
         budget = self.pricer.budget_of(strategy, None, override)
         name = cls.arm_name(budget)
-        stats = []
+        stats = None
         if name in self._arm_by_name:
             online = await self.store.arm_stats(self._scope(est), [name])
-            stats = self.pricer.arm_stats(est, online, override)
-        st = next((s for s in stats if s.name == name), None)
-        tokens = st.tokens_mean if st else float(budget.max_tokens * budget.samples)
-        lat_ms = st.latency_ms_mean if st else 0.0
-        load = request.load or self.tracker.snapshot(t0)
-        # What the client chose is kept unless its own time limit cannot be met even on an
-        # idle backend: the request's deadline (or the latency budget it set itself), never
-        # the service's SLO, and never a load prediction (strategies are anytime: under load
-        # they return their best answer at the deadline instead).
-        own_limits = [x for x in (request.deadline_ms, request.latency_budget_ms) if x]
-        limit = min(own_limits) if own_limits else slo.latency_budget_ms
-        own = slo.model_copy(update={"latency_budget_ms": limit, "headroom": 1.0})
-        idle = load.model_copy(update={"inflight": 0, "queued_tokens": 0.0, "elapsed_ms": 0.0})
-        parallel = cls.parallel_samples(budget) if est.native_n else 1
-        lat_full = predict_latency_ms(
-            tokens, lat_ms, idle, cls.calls(budget), cls.name, tokens / parallel
-        )
-        budget2, cost, _, shrunk = shrink_budget(
-            cls, budget, tokens, lat_ms, own, idle, est.native_n
-        )
-        parallel = cls.parallel_samples(budget2) if est.native_n else 1
-        lat = predict_latency_ms(
-            cost,
-            lat_ms * cost / tokens if tokens else lat_ms,
-            load,
-            cls.calls(budget2),
-            cls.name,
-            cost / parallel,
-        )
-        why = (
-            "strategy named in request"
-            if source == "explicit"
-            else (f"reasoning_effort={request.effort}")
-        )
-        if shrunk:
-            why += (
-                f"; budget shrunk to samples={budget2.samples} beam={budget2.beam_width} "
-                f"because {budget.samples} samples x {budget.beam_width} beams need about "
-                f"{lat_full:.0f} ms even on an idle backend, past the request's {limit:.0f} ms"
-            )
-        return Decision(
-            strategy=strategy,
-            arm=cls.arm_name(budget2),
-            budget=budget2,
-            reason=why,
+            priced = self.pricer.arm_stats(est, online, override)
+            stats = next((s for s in priced if s.name == name), None)
+        return forced_decision(
+            cls,
+            budget,
+            est,
+            stats,
+            spec=spec,
             source=source,
-            predicted_success=est.probs.get(name),
-            predicted_latency_ms=lat,
-            predicted_cost_tokens=cost,
+            slo=slo,
+            load=load or self.tracker.snapshot(t0),
             policy_version=self.version,
-            difficulty_bin=est.bin,
-            difficulty=est.difficulty,
-            downgraded=shrunk,
-            task=est.kind,
-            features=est.features,
         )
 
     async def _auto(
-        self, problem: Problem, request: DecisionRequest, slo: SLO, t0: float
-    ) -> Decision:
-        key = cache_key(problem, request.tenant)
+        self, spec: RequestSpec, slo: SLO, t0: float, load: Load | None
+    ) -> tuple[Decision, ProbeResult | None]:
+        problem = spec.problem
+        key = cache_key(problem, spec.tenant)
         est = await self.cache.get(key)
         if est is not None:
             est = self._on_this_backend(est)
         source: Source = "cache" if est is not None else "auto"
         probe: ProbeResult | None = None
         if est is None:
-            if request.probe:
-                probe = await self._probe(problem, slo, request.load, t0)
+            if spec.probe:
+                probe = await self._probe(problem, slo, load, t0)
             est = self.estimate(problem, probe)
         now = self.clock()
         elapsed_ms = max(0.0, (now - t0) * 1000)
-        load = (
-            request.load.model_copy(update={"elapsed_ms": elapsed_ms})
-            if request.load
+        live = (
+            load.model_copy(update={"elapsed_ms": elapsed_ms})
+            if load
             else self.tracker.snapshot(now, elapsed_ms)
         )
-        decision = await self.choose(est, slo, load, override=request.budget, source=source)
-        decision.probe = probe
+        decision = await self.choose(est, slo, live, override=spec.budget, source=source)
         # Only a served request's own full probe is kept: /v1/route generates nothing and
         # a probe the client's stop strings may have cut would misjudge the next asker.
-        if source != "cache" and request.serving and probe is not None and not problem.stop:
+        if source != "cache" and spec.serving and probe is not None and not problem.stop:
             await self.cache.put(key, est, decision.arm)
-        return decision
+        return decision, probe
 
     async def choose(
         self,
@@ -376,11 +378,9 @@ class AdaptivePolicy(Policy):
         online = await self.store.arm_stats(self._scope(est), [a.name for a in self.arms])
         stats = self.pricer.arm_stats(est, online, override)
         draws = thompson_draws(stats, self.rng, self.settings.exploration_rate)
-        decision = select(est, stats, slo, load, draws=draws, policy_version=self.version)
-        decision.source = source
-        if source == "cache":
-            decision.reason = "cached difficulty estimate; " + decision.reason
-        return decision
+        return select(
+            est, stats, slo, load, draws=draws, policy_version=self.version, source=source
+        )
 
     def _scope(self, est: DifficultyEstimate) -> str:
         """The online statistics ``est`` is priced with: this backend model, its task, bin."""
@@ -425,110 +425,6 @@ class AdaptivePolicy(Policy):
         self.tracker.observe_call(probe.wall_ms, probe.tokens)
         return probe
 
-    # -- learning -----------------------------------------------------------------------------
-
-    async def record(
-        self,
-        decision: Decision,
-        result: StrategyResult | None,
-        reward: float | None,
-        *,
-        signal: Signal | None = None,
-        now: float | None = None,
-    ) -> None:
-        """Learn from one outcome (``policies.learning.OnlineLearner.record``)."""
-        await self.learner.record(decision, result, reward, signal=signal, now=now)
-
-    async def remember(self, response_id: str, decision: Decision, tenant: str) -> None:
-        """Keep what feedback on the response would update (shared by replicas)."""
-        await self.learner.remember(response_id, decision, tenant)
-
-    async def feedback(
-        self, response_id: str, reward: float, tenant: str
-    ) -> tuple[FeedbackVerdict, float]:
-        """A client's reward for one of its responses, capped per tenant
-        (``policies.learning.OnlineLearner.feedback``)."""
-        return await self.learner.feedback(response_id, reward, tenant)
-
     async def close(self) -> None:
         """Close the store."""
         await self.store.close()
-
-
-def client_capped(decision: Decision, request: DecisionRequest) -> Decision:
-    """``decision`` with the client's own ``max_tokens`` cap and, for a strategy that takes
-    it, its ``temperature`` applied to the budget."""
-    update: dict[str, Any] = {}
-    if request.max_tokens is not None and request.max_tokens < decision.budget.max_tokens:
-        update["max_tokens"] = request.max_tokens
-    if (
-        request.temperature is not None
-        and strategy_class(decision.strategy).takes_client_temperature
-    ):
-        update["temperature"] = request.temperature
-    if update:
-        decision.budget = decision.budget.model_copy(update=update)
-    return decision
-
-
-def probe_length(configured: int | None, model: RouterModel) -> int:
-    """Probe tokens in use: 0 when disabled, else the model's own length (its features were
-    measured at it), else the configured one, else the default."""
-    if configured == 0:
-        return 0
-    if model.card.probe_tokens:
-        return model.card.probe_tokens
-    return configured if configured is not None else DEFAULT_PROBE_TOKENS
-
-
-def cost_weight(configured: float | None, model: RouterModel) -> float:
-    """The cost weight in use: the configured one, else the router model's (chosen on its
-    calibration data), else ``DEFAULT_LAMBDA_PER_1K_TOKENS``."""
-    if configured is not None:
-        return configured
-    if model.card.lambda_per_1k_tokens is not None:
-        return model.card.lambda_per_1k_tokens
-    return DEFAULT_LAMBDA_PER_1K_TOKENS
-
-
-def uninformed_model(probe_tokens: int | None = None) -> RouterModel:
-    """A router model that knows nothing (every arm equally likely to succeed, one bin): a
-    backend no router model was fit for starts at the cheapest arm and moves on evidence."""
-    return RouterModel.uninformed(
-        default_arms(),
-        probe_tokens=probe_tokens if probe_tokens is not None else DEFAULT_PROBE_TOKENS,
-    )
-
-
-def for_backend(model: RouterModel, backend_model: str) -> RouterModel:
-    """``model`` when it was fit for ``backend_model`` (or for no model in particular), else
-    an uninformed model over the same arms: one model's success rates, token counts and
-    latencies never price another's."""
-    fitted = model.card.backend_model
-    if not fitted or fitted == backend_model:
-        return model
-    log.warning(
-        "router model %s was fit for %r, not %r: deciding from priors and online outcomes",
-        model.version,
-        fitted,
-        backend_model,
-    )
-    return RouterModel.uninformed(
-        list(model.card.arms),
-        version=f"{model.version}-unfit",
-        probe_tokens=model.card.probe_tokens,
-    )
-
-
-def load_model(path: str | Path | None) -> RouterModel:
-    """The router model at ``path``, else the bundled one, else an uninformed one.
-
-    A configured ``path`` that cannot be used raises ``RouterModelError``.
-    """
-    try:
-        return RouterModel.load(path or bundled_router_path())
-    except RouterModelError as exc:
-        if path:
-            raise
-        log.warning("no usable bundled router model (%s); using priors only", exc)
-        return uninformed_model()

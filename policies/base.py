@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from backends.base import Backend, ChatMessage, ThinkTags
 from backends.verifiers.base import Verifier
-from difficulty.profiles import OPEN_TASK, Task
 from policies.budget import Budget
+from tasks.task import OPEN_TASK, Task
 
 if TYPE_CHECKING:
     from difficulty.estimate import DifficultyEstimate
@@ -52,7 +52,12 @@ def offset_seed(seed: int | None, offset: int) -> int | None:
 
 
 class StrategyError(ValueError):
-    """A strategy could not be built or run with the given budget/problem."""
+    """A strategy could not be built or run with the given budget/problem; ``field`` names
+    the request field at fault (None: the request's ``acr`` options)."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass

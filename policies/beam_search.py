@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING
 
 from backends.base import Backend, GenerationResult, ThinkTags
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
-from difficulty.profiles import Task
 from policies.base import (
     Budget,
     Candidate,
@@ -38,6 +37,7 @@ from policies.base import (
     offset_seed,
 )
 from policies.common import base_prompt, call_until, finish, mean_logprob, request_for
+from tasks.task import Task
 
 if TYPE_CHECKING:
     from difficulty.estimate import DifficultyEstimate

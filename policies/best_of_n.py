@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING
 
 from backends.base import Backend, ThinkTags
-from difficulty.profiles import Task
 from policies.base import Budget, Candidate, Clock, Problem, Strategy, StrategyResult
 from policies.common import (
     call_until,
@@ -23,6 +22,7 @@ from policies.common import (
     score_all,
     vote,
 )
+from tasks.task import Task
 
 if TYPE_CHECKING:
     from difficulty.estimate import DifficultyEstimate

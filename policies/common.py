@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 from backends.base import Backend, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import VerifierError
-from difficulty.profiles import Task
 from policies.base import (
     Budget,
     Candidate,
@@ -19,6 +18,7 @@ from policies.base import (
     StrategyResult,
     offset_seed,
 )
+from tasks.task import Task
 
 
 def request_for(

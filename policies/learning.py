@@ -17,10 +17,9 @@ Success evidence comes from three places, weighted by how much it can be trusted
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from difficulty.model import RouterModel
-from difficulty.profiles import Task
 from policies.base import StrategyResult
 from policies.common import vote
 from policies.decision import Decision
@@ -29,6 +28,10 @@ from policies.pricing import ArmPricer
 from policies.registry import STRATEGIES
 from policies.settings import PolicySettings
 from policies.store import PolicyStore, stats_scope
+
+if TYPE_CHECKING:
+    from policies.adaptive import AdaptivePolicy
+from tasks.task import Task
 
 SignalSource = Literal["verifier", "agreement", "feedback"]
 #: fewest answered samples whose agreement says anything
@@ -208,3 +211,16 @@ class OnlineLearner:
         self.tracker.observe_call(result.wall_ms, serial, calls)
         if cls.calls_vary() and result.samples > 0:
             self.pricer.observe_calls(cls.name, decision.task, calls)
+
+
+def learner_for(policy: AdaptivePolicy) -> OnlineLearner:
+    """The learner of ``policy``'s outcomes: its shared store, its replica's load tracker and
+    call counts, its router model's arms and its backend model."""
+    return OnlineLearner(
+        policy.store,
+        policy.tracker,
+        policy.pricer,
+        policy.model,
+        policy.backend_model,
+        policy.settings,
+    )

@@ -1,49 +1,32 @@
-"""The ``Policy`` contract the service decides and learns through."""
+"""The ``Policy`` contract the service decides through."""
 
 from __future__ import annotations
 
 import abc
 
-from policies.base import Problem, StrategyResult
-from policies.decision import Decision, DecisionRequest
-from policies.learning import FeedbackVerdict, Signal
+from policies.decision import Decision
+from policies.latency import Load
+from policies.request import RequestSpec
 
 
 class Policy(abc.ABC):
-    """Chooses a strategy and budget per request and learns from outcomes."""
+    """Chooses a strategy and budget per request. What it learns from outcomes is applied
+    by the outcome side (``policies.learning.OnlineLearner``), not through the policy."""
 
     #: the version every decision and every key of the policy's online state carries
     version: str
+    #: tokens of the difficulty probe a decision may run (0: none)
+    probe_tokens: int = 0
 
     @abc.abstractmethod
-    async def decide(self, problem: Problem, request: DecisionRequest) -> Decision:
-        """The decision for ``problem``; must not raise for any problem text.
+    async def decide(
+        self, spec: RequestSpec, *, load: Load | None = None, now: float | None = None
+    ) -> Decision:
+        """The frozen decision for ``spec``; must not raise for any problem text (only
+        ``StrategyError`` for what the request itself asked).
 
-        With ``request.probe`` False it must not call the model (``/v1/route``).
+        With ``spec.probe`` False it must not call the model (``/v1/route``).
         """
-
-    @abc.abstractmethod
-    async def record(
-        self,
-        decision: Decision,
-        result: StrategyResult | None,
-        reward: float | None,
-        *,
-        signal: Signal | None = None,
-    ) -> None:
-        """Learn from one outcome: a finished request (``result`` with its success
-        ``signal``, ``reward`` None), a request that produced nothing (both None), or a
-        trusted ``reward`` for it."""
-
-    async def remember(self, response_id: str, decision: Decision, tenant: str) -> None:  # noqa: B027
-        """Keep what feedback on ``response_id`` would update; the default keeps nothing."""
-
-    async def feedback(
-        self, response_id: str, reward: float, tenant: str
-    ) -> tuple[FeedbackVerdict, float]:
-        """Apply a client's reward for one of its responses: (verdict, observations
-        applied). The default knows no responses."""
-        return "unknown", 0.0
 
     async def close(self) -> None:  # noqa: B027 - optional hook, default does nothing
         """Release the policy's connections; the default does nothing."""

@@ -24,9 +24,8 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from difficulty.estimate import DifficultyEstimate
-from policies.base import Strategy
 from policies.budget import Budget
-from policies.decision import ArmScore, Decision
+from policies.decision import ArmScore, Decision, Source
 from policies.latency import SLO, Load, predict_latency_ms
 
 
@@ -163,6 +162,7 @@ def select(
     *,
     draws: Mapping[str, float] | None = None,
     policy_version: str = "",
+    source: Source = "auto",
 ) -> Decision:
     """The arm maximising P(success) - lambda * cost subject to the latency SLO and cost cap.
 
@@ -206,12 +206,14 @@ def select(
     )
     if explored:
         reason += f"; exploring (greedy choice was {greedy_choice})"
+    if source == "cache":
+        reason = "cached difficulty estimate; " + reason
     return Decision(
         strategy=arm.strategy,
         arm=arm.name,
         budget=arm.budget,
         reason=reason,
-        source="auto",
+        source=source,
         predicted_success=chosen.p_success,
         predicted_latency_ms=chosen.latency_ms,
         predicted_cost_tokens=chosen.cost_tokens + est.probe_tokens,
@@ -227,49 +229,6 @@ def select(
         task=est.kind,
         features=est.features,
     )
-
-
-def _scale(b: Budget) -> int:
-    return max(b.samples, 1) * max(b.beam_width, 1) * max(b.expansions, 1)
-
-
-def shrink_budget(
-    strategy: type[Strategy],
-    budget: Budget,
-    tokens_mean: float,
-    unloaded_ms: float,
-    slo: SLO,
-    load: Load,
-    native_n: bool = True,
-) -> tuple[Budget, float, float, bool]:
-    """A forced strategy's budget shrunk (``strategy.shrink``) until it fits the SLO.
-
-    Returns (budget, predicted cost tokens, predicted latency ms, shrunk?). Used when
-    ``reasoning_effort`` or an explicit strategy forces the arm but the queue would make it
-    miss the SLO: the strategy stays, its size goes down; cost and unloaded latency scale
-    with the samples x beam x expansions it keeps.
-    """
-    remaining = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
-
-    def predict(b: Budget, cost: float, unloaded: float) -> float:
-        serial = cost / (strategy.parallel_samples(b) if native_n else 1)
-        return predict_latency_ms(cost, unloaded, load, strategy.calls(b), strategy.name, serial)
-
-    cost = tokens_mean
-    lat = predict(budget, cost, unloaded_ms)
-    shrunk = False
-    b = budget
-    while lat > remaining:
-        smaller = strategy.shrink(b)
-        if smaller is None:
-            break
-        factor = _scale(smaller) / _scale(b)
-        b = smaller
-        cost *= factor
-        unloaded_ms *= factor
-        lat = predict(b, cost, unloaded_ms)
-        shrunk = True
-    return b, cost, lat, shrunk
 
 
 def beta_prior(success_rate: float, strength: float) -> tuple[float, float]:

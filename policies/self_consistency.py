@@ -25,7 +25,6 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from backends.base import Backend, ThinkTags
-from difficulty.profiles import Task
 from policies.base import (
     Budget,
     Candidate,
@@ -47,6 +46,7 @@ from policies.common import (
     vote,
 )
 from policies.stopping import beta_settled, vote_settled
+from tasks.task import Task
 
 STOP_THRESHOLD = 0.95
 DISPERSED_SHARE = 0.25

@@ -1,5 +1,5 @@
 """``python -m router`` is the ``acr`` command."""
 
-from router.cli import main
+from router.commands.cli import main
 
 main()

@@ -25,8 +25,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from difficulty.profiles import TaskProfileConfig, builtin_profiles
 from policies.settings import PolicySettings, StrategiesSettings
+from tasks.profiles import TaskProfileConfig, builtin_profiles
 
 ENV_PREFIX = "ACR_"
 

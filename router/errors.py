@@ -1,104 +1,79 @@
-"""API errors in OpenAI's envelope, raised by domain code in ``router/`` and rendered once.
+"""What the router's core says when it cannot serve a request: domain errors, no HTTP.
 
-``{"error": {"message", "type", "param", "code"}}`` with a 4xx status for anything the
-client can fix; the service never answers 500 for bad input. Whatever raised it, the message
-a client reads is redacted (``backends.redaction``: no upstream URL, host, file path or
-exception repr); ``detail`` keeps the full text for the server's log.
+The core (``router.core``, ``router.quota``) raises these; the HTTP edge maps each kind to a
+status code and OpenAI's error envelope in one table (``router.http.errors``), and the
+offline commands read them as they are (``acr calibrate`` retries ``BackendUnavailable``).
+Every message is meant for the client; the edge redacts upstream details before sending it.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
-from backends.redaction import redact
+class RouterError(Exception):
+    """A request the router cannot serve as asked. ``field`` names the request field at
+    fault (None: the request as a whole); ``code`` is a short machine-readable reason."""
 
+    code: str = "invalid_value"
 
-class APIError(Exception):
-    """An error the HTTP layer turns into an OpenAI error envelope with ``status``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, message: str, field: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        self.detail = message
-        self.message = redact(message)
-        self.type = type
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def envelope(self) -> dict[str, Any]:
-        """The JSON body: ``{"error": {...}}``."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
 
 
-def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> APIError:
-    """A 400 for a field the client got wrong."""
-    return APIError(400, message, param=param, code=code)
+class InvalidOption(RouterError):
+    """A field the client set is invalid or past the server's bounds."""
 
 
-def validation_error_to_api(errors: list[dict[str, Any]]) -> APIError:
-    """Turn pydantic/FastAPI validation errors into one 400 naming the first bad field."""
-    if not errors:
-        return bad_request("invalid request body")
-    first = _most_telling(errors)
-    if first.get("type") == "json_invalid":
-        ctx = first.get("ctx") or {}
-        detail = ctx.get("error") or first.get("msg", "")
-        return bad_request(f"request body is not valid JSON: {detail}", code="json_invalid")
-    loc = _field_path(first)
-    if not loc and first.get("type") == "model_attributes_type":
-        return bad_request(
-            "request body must be a JSON object (sent as content-type: application/json)",
-            code="json_invalid",
-        )
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    text = f"{param}: {msg}{more}" if param else f"{msg}{more}"
-    return bad_request(text, param=param, code=str(first.get("type", "invalid_value")))
+class UnknownModel(RouterError):
+    """The request names a model this server does not serve."""
+
+    code = "model_not_found"
 
 
-#: where FastAPI says a value came from (not part of the field's name)
-_LOCATIONS = frozenset({"body", "query", "header", "path", "cookie"})
+class NotFound(RouterError):
+    """What the request refers to (a response id) does not exist for this caller."""
+
+    code = "not_found"
 
 
-def _union_tag(part: object) -> bool:
-    """Whether a ``loc`` part names a union member (``str``, ``constrained-str``,
-    ``list[TextPart]``) rather than a field: pydantic adds one per member it tried."""
-    if not isinstance(part, str):
-        return False
-    return "[" in part or part.startswith(("constrained-", "function-")) or part in _SCALARS
+class AlreadyDone(RouterError):
+    """The request repeats something that may happen once (feedback on a response)."""
+
+    code = "duplicate_feedback"
 
 
-_SCALARS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+class RateLimited(RouterError):
+    """The caller's key is past one of its limits (``limit``); retry in ``retry_after_s``."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, limit: str, retry_after_s: int) -> None:
+        super().__init__(f"rate limit reached ({limit}); retry in {retry_after_s} s")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
 
 
-def _field_path(err: dict[str, Any]) -> list[str]:
-    """The error's field path without FastAPI's source and pydantic's union member tags."""
-    return [str(p) for p in err.get("loc", ()) if p not in _LOCATIONS and not _union_tag(p)]
+class DeadlineExceeded(RouterError):
+    """Nothing could be answered before the request's deadline."""
+
+    code = "deadline_exceeded"
 
 
-def _most_telling(errors: list[dict[str, Any]]) -> dict[str, Any]:
-    """The error to report: the first one's field, and for a value that a union field (``stop``:
-    a string or a list) refused, the member whose type matched, which says what was wrong
-    ("at most 4 items"), rather than the others' "should be a valid string"."""
-    first = _field_path(errors[0])
-    same = [e for e in errors if _field_path(e)[: len(first)] == first]
-    mismatches = ("_type", "is_instance_of", "literal_error")
-    return next((e for e in same if not str(e.get("type", "")).endswith(mismatches)), errors[0])
+class BackendRefused(RouterError):
+    """The model backend rejected this request (its own 4xx or a validation failure): the
+    request's fault, never retried and never a reason to stop serving others."""
+
+    code = "backend_refused"
+
+
+class BackendUnavailable(RouterError):
+    """The model backend failed or is not reachable; retry in ``retry_after_s``."""
+
+    code = "backend_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -1,4 +1,11 @@
-"""Shared fixtures: a real redis-server per test session, paths to shared benchmark data."""
+"""Shared fixtures (a real redis-server per test session, paths to shared benchmark data) and
+the two test tiers.
+
+``python -m pytest`` runs the quick tier: unit and in-process tests. ``python -m pytest
+--full`` runs everything, the full tier too: tests marked ``full`` (real Ray Serve,
+llama.cpp servers, schemathesis, Helm and checkov) and every test that uses the real
+redis-server (the ``redis_server`` fixture, which such tests are marked by automatically).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +15,35 @@ from pathlib import Path
 
 import pytest
 
-from router.embedded_redis import EmbeddedRedis
+from router.serving.embedded_redis import EmbeddedRedis
 
 REPO = Path(__file__).resolve().parents[1]
+
+#: fixtures that start a real server (redis-server, a llama.cpp server): a test using one
+#: belongs to the full tier
+FULL_TIER_FIXTURES = frozenset({"redis_server", "llama"})
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--full",
+        action="store_true",
+        help="run the full tier too (real Ray Serve, redis-server, llama.cpp, schemathesis, "
+        "Helm); without it only the quick tier runs",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests that use a real server as ``full``; without ``--full``, deselect them."""
+    for item in items:
+        if FULL_TIER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.full)
+    if config.getoption("--full"):
+        return
+    quick = [i for i in items if i.get_closest_marker("full") is None]
+    if len(quick) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in quick])
+        items[:] = quick
 
 
 @pytest.fixture(scope="session", autouse=True)

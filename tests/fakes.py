@@ -31,9 +31,9 @@ from backends.base import (
     GenerationResult,
 )
 from backends.verifiers.base import Verifier
-from difficulty.answers import get_format
-from difficulty.profiles import Task
 from policies.base import Problem
+from tasks.answers import get_format
+from tasks.task import Task
 
 Script = Callable[[str, int, GenerationRequest], str]
 

@@ -14,9 +14,9 @@ import sys
 
 import uvicorn
 
-from router.bench import load_model
+from router.commands.bench import load_model
 from router.config import load_config
-from router.runtime import build_runtime
+from router.serving.runtime import build_runtime
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from policies.budget import Budget
 from router.config import AppConfig, load_config
-from router.embedded_redis import free_port
+from router.serving.embedded_redis import free_port
 
 #: the bundled model's context is 192 tokens of one character each: a prompt of at most this
 #: many characters leaves room for the chat template and the answer

@@ -1,4 +1,4 @@
-"""Answer formats (difficulty.answers): extraction, voting keys and grading.
+"""Answer formats (tasks.answers): extraction, voting keys and grading.
 
 The reference-data tests read the shared GSM8K / MATH-500 files in place and skip without them.
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from difficulty.answers import (
+from tasks.answers import (
     ANSWER_FORMATS,
     GSM8K_FILE,
     LATEX_DEADLINE_S,

@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from router.config import AppConfig, load_config
+from router.http.request_models import request_models
 from router.metrics import OTHER_ENDPOINT, endpoint_label
-from router.request_models import request_models
-from router.runtime import build_runtime
+from router.serving.runtime import build_runtime
 from tests.fakes import FakeBackend
 
 CHAT = {"messages": [{"role": "user", "content": "What is 2+3?"}]}

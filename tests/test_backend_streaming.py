@@ -187,8 +187,8 @@ def serve_handle() -> Iterator[Any]:
     import ray
     from ray import serve
 
-    from router.app import ModelReplica
     from router.config import ModelConfig
+    from router.serving.app import ModelReplica
 
     if ray.is_initialized():
         pytest.skip("Ray is already running in this process")
@@ -214,9 +214,9 @@ def serve_handle() -> Iterator[Any]:
         ray.shutdown()
 
 
-@pytest.mark.integration
+@pytest.mark.full
 async def test_a_serve_replica_streams_text_deltas_and_the_completion(serve_handle: Any) -> None:
-    from router.serve_handle import ServeHandleBackend
+    from router.serving.handle import ServeHandleBackend
 
     backend = ServeHandleBackend(serve_handle, "acr-bundled")
     chat = [ChatMessage(role="user", content="12+30")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from backends.base import GenerationRequest
-from router.bench import (
+from router.commands.bench import (
     Item,
     grade,
     load_items,
@@ -42,7 +42,7 @@ def test_arms_parse_into_strategy_and_budget_and_bad_ones_say_what_is_valid() ->
 
 
 def test_arms_may_set_a_strategys_own_options_and_only_its_own() -> None:
-    from router.bench import arm_options
+    from router.commands.bench import arm_options
 
     spec = "self_consistency:samples=32,threshold=0.9,adaptive=0"
     _, strategy, budget = parse_arm(spec)
@@ -102,7 +102,7 @@ def test_rows_record_every_item_and_the_frontier_drops_dominated_rows(tmp_path: 
 
 def test_run_bench_writes_per_item_json_groups_extra_rows_and_the_plot(tmp_path: Path) -> None:
     from policies.base import StrategyResult
-    from router.bench import run_bench
+    from router.commands.bench import run_bench
 
     items = [
         Item("a", "4 9 10 13", "game24", numbers=(4, 9, 10, 13), group="rows 900-901"),
@@ -151,10 +151,11 @@ def test_item_seeds_are_stable_across_processes() -> None:
     import subprocess
     import sys
 
-    from router.bench import item_seed
+    from router.commands.bench import item_seed
 
     code = (
-        "from router.bench import Item, item_seed; print(item_seed(Item('g24-5', 'x', 'game24')))"
+        "from router.commands.bench import Item, item_seed; "
+        "print(item_seed(Item('g24-5', 'x', 'game24')))"
     )
     other = subprocess.run(
         [sys.executable, "-c", code],

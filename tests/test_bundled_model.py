@@ -11,9 +11,9 @@ import pytest
 from backends.base import GenerationRequest
 from backends.bundled.paths import bundled_model_path
 from backends.bundled.tasks import arithmetic, game24
-from backends.bundled.tasks.detect import model_prompt
 from backends.transformers_backend import TransformersBackend
-from backends.verifiers.numeric import extract_answer
+from tasks.bundled import model_prompt
+from tasks.numeric_checker import extract_answer
 
 # Rows 0-99 of game24.csv (held out) that the shipped weights solve greedily; a regression
 # check of the weights, not a claim about unseen puzzles (see MODEL_CARD.md for those).

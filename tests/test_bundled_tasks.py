@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backends.bundled.tasks import arithmetic, game24
-from backends.bundled.tasks.detect import model_prompt, parse_task
 from backends.bundled.tokenizer import build_tokenizer
 from lab.bundled.data import HELDOUT_ROWS, Mixture, game24_splits
+from tasks.bundled import model_prompt, parse_task
 
 
 def test_every_solution_of_a_known_puzzle_checks_out_step_by_step() -> None:
@@ -181,7 +181,7 @@ def test_held_out_puzzles_never_appear_in_training(game24_csv: Path) -> None:
 
 
 def test_value_check_rejects_a_right_step_into_a_dead_end_and_keeps_a_live_one() -> None:
-    from backends.verifiers.game24 import Game24Verifier
+    from tasks.game24_checker import Game24Verifier
 
     # 13-9=4 leaves 4 4 10, from which (10-4)*4 = 24; 4+9=13 leaves 10 13 13, a dead end.
     live = ["13-9=4 (left: 4 4 10)"]
@@ -271,7 +271,7 @@ def test_the_bundled_router_was_fit_on_the_calibration_data_disjoint_from_every_
 ) -> None:
     from difficulty.model import RouterModel, bundled_router_path
     from lab.bundled.calibration import write_calibration_data
-    from router.calibration_data import load_items
+    from router.commands.calibration_data import load_items
 
     data = tmp_path / "calibration.jsonl"
     write_calibration_data(game24_csv, data)

@@ -15,10 +15,15 @@ import pytest
 
 from backends.bundled.tasks import arithmetic
 from difficulty.model import RouterModel
-from policies.adaptive import cost_weight
-from router.calibrate import CalibrationPlan, arms_from_specs, calibrate, choose_lambda
-from router.calibration_data import CalibrationDataError, LabelFile, RunManifest, load_items
-from router.calibration_report import wilson
+from policies.router_model import cost_weight
+from router.commands.calibrate import CalibrationPlan, arms_from_specs, calibrate, choose_lambda
+from router.commands.calibration_data import (
+    CalibrationDataError,
+    LabelFile,
+    RunManifest,
+    load_items,
+)
+from router.commands.calibration_report import wilson
 from router.config import AppConfig
 
 ARMS = ["single_pass", "self_consistency:samples=4,batch_size=4"]
@@ -178,8 +183,8 @@ def test_a_killed_calibration_resumes_without_relabelling_what_it_finished(
 async def test_an_item_the_backend_keeps_failing_is_left_out_and_the_run_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import router.calibrate as cal
-    from router.errors import APIError
+    import router.commands.calibrate as cal
+    from router.errors import BackendUnavailable
 
     data = tmp_path / "q.jsonl"
     texts = write_questions(data, 2)
@@ -190,7 +195,7 @@ async def test_an_item_the_backend_keeps_failing_is_left_out_and_the_run_complet
     async def flaky(self: cal.Labeler, item: cal.CalibrationItem) -> dict[str, object]:
         if item.text == bad:
             tries.append(item.id)
-            raise APIError(503, "the model backend is unavailable", code="backend_unavailable")
+            raise BackendUnavailable("the model backend is unavailable")
         return await real_label(self, item)
 
     monkeypatch.setattr(cal.Labeler, "label", flaky)

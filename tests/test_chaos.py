@@ -14,10 +14,10 @@ import redis
 
 from lab.load_test import run_load
 from router.config import AutoscalingConfig, load_config
-from router.embedded_redis import EmbeddedRedis, free_port
-from router.serve_local import APP_NAME, LocalService
+from router.serving.embedded_redis import EmbeddedRedis, free_port
+from router.serving.local import APP_NAME, LocalService
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.full
 
 STREAM = "acr:outcomes:chaos"
 

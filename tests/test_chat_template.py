@@ -63,7 +63,7 @@ def template(gguf_path: Path) -> ChatTemplate:
 
 
 @pytest.fixture(scope="module")
-def server(gguf_path: Path) -> Iterator[LlamaServer]:
+def llama(gguf_path: Path) -> Iterator[LlamaServer]:
     srv = start_llama_server()
     try:
         yield srv
@@ -72,8 +72,8 @@ def server(gguf_path: Path) -> Iterator[LlamaServer]:
 
 
 @pytest.fixture(scope="module")
-def client(server: LlamaServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.root_url, timeout=120) as c:
+def client(llama: LlamaServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=llama.root_url, timeout=120) as c:
         yield c
 
 

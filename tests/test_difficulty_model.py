@@ -10,14 +10,15 @@ import pytest
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import Verifier
-from difficulty.answers import get_format
 from difficulty.features import FEATURE_NAMES, feature_vector, prompt_features
 from difficulty.model import RouterModel, RouterModelError, bundled_router_path
 from difficulty.probe import ProbeSummary, run_probe
-from difficulty.profiles import OPEN_TASK, Task, TaskProfiles
 from difficulty.train import fit_router_model, load_rows, train_router
 from lab.synthetic import synthetic_items
 from policies.registry import default_arms
+from tasks.answers import get_format
+from tasks.profiles import TaskProfiles
+from tasks.task import OPEN_TASK, Task
 
 PROFILES = TaskProfiles()
 

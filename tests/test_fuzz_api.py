@@ -31,9 +31,9 @@ from backends.base import (
     GenerationResult,
 )
 from router.config import load_config
-from router.embedded_redis import EmbeddedRedis
-from router.runtime import build_runtime
-from router.serve_local import LocalService
+from router.serving.embedded_redis import EmbeddedRedis
+from router.serving.local import LocalService
+from router.serving.runtime import build_runtime
 from tests.schema_fuzz import Plan, fuzz
 from tests.service_configs import service_config
 
@@ -333,7 +333,7 @@ def deployment(redis_server: EmbeddedRedis) -> Iterator[LocalService]:
     svc.stop()
 
 
-@pytest.mark.integration
+@pytest.mark.full
 @pytest.mark.timeout(1800)  # ten thousand requests: about 8 minutes on 2 idle cores
 def test_schema_generated_requests_to_the_real_deployment_never_get_a_5xx(
     deployment: LocalService,

@@ -15,7 +15,7 @@ from policies.single_pass import SinglePass
 from tests.llama_server import find_smollm2_gguf, unavailable_reason
 
 pytestmark = [
-    pytest.mark.integration,
+    pytest.mark.full,
     pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
 ]
 

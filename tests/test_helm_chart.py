@@ -13,8 +13,10 @@ import pytest
 import yaml
 from helm_python import Chart, HelmError, lint
 
+from router.commands.helm_schema import render as render_schema
 from router.config import AppConfig, load_config
-from router.helm_schema import render as render_schema
+
+pytestmark = pytest.mark.full
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "adaptive-compute-router"
@@ -173,7 +175,7 @@ def test_serve_config_passes_ray_serves_own_schema() -> None:
     fields = set(getattr(DeploymentSchema, "model_fields", None) or DeploymentSchema.__fields__)
     config = serve_config(render({**GPU_VALUES, "serve": {"model": {"resources": {"a": 1}}}}))
     parsed = ServeDeploySchema(**config)
-    assert parsed.applications[0].import_path == "router.app:app_builder"
+    assert parsed.applications[0].import_path == "router.serving.app:app_builder"
     for deployment in config["applications"][0]["deployments"]:
         # Ray accepts unknown keys here silently; a typo would be ignored in the cluster.
         assert set(deployment) <= fields, deployment["name"]
@@ -186,7 +188,7 @@ def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployme
 
     from ray.serve._private.build_app import build_app
 
-    from router.app import app_builder
+    from router.serving.app import app_builder
 
     for name in [n for n in os.environ if n.startswith("ACR_")]:
         monkeypatch.delenv(name)
@@ -416,7 +418,7 @@ def test_the_service_servicemonitor_and_ingress_point_at_the_serve_port_of_the_h
 
 def test_the_committed_values_schema_is_generated_from_the_config_model() -> None:
     committed = (CHART_DIR / "values.schema.json").read_text()
-    assert committed == render_schema(), "run `python -m router.helm_schema`"
+    assert committed == render_schema(), "run `python -m router.commands.helm_schema`"
 
 
 def test_the_kind_example_values_render_what_the_docs_promise() -> None:

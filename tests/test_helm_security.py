@@ -24,6 +24,8 @@ import pytest
 import yaml
 from helm_python import Chart, HelmError
 
+pytestmark = pytest.mark.full
+
 ROOT = Path(__file__).resolve().parents[1]
 CHART_DIR = ROOT / "helm" / "adaptive-compute-router"
 KIND_VALUES = yaml.safe_load((CHART_DIR / "ci" / "kind-values.yaml").read_text())
@@ -558,7 +560,7 @@ def test_the_schema_refuses_a_malformed_digest() -> None:
 
 def _redis_binaries() -> tuple[str, str] | None:
     try:
-        from router.embedded_redis import redis_server_binary
+        from router.serving.embedded_redis import redis_server_binary
 
         server = redis_server_binary()
     except Exception:  # noqa: BLE001 - no binary: skip

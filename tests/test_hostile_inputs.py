@@ -25,12 +25,12 @@ import httpx
 import pytest
 
 from router.config import AppConfig
-from router.embedded_redis import EmbeddedRedis
-from router.serve_local import LocalService
+from router.serving.embedded_redis import EmbeddedRedis
+from router.serving.local import LocalService
 from tests import leaky_upstream as up
 from tests.service_configs import service_config
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.full
 
 API_KEY = "hostile-table-key"
 MAX_SEED = 2**63 - 1

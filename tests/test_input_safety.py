@@ -13,18 +13,18 @@ import httpx
 import pytest
 from pydantic import BaseModel, Field, ValidationError
 
-from backends.bundled.tasks.detect import model_prompt, parse_task
 from backends.bundled.tokenizer import build_tokenizer
 from backends.redaction import redact
-from backends.verifiers.game24 import Game24Verifier
-from backends.verifiers.numeric import NumericAnswerVerifier, answers_match, normalize_answer
 from difficulty.features import prompt_features
-from difficulty.profiles import MatchRule, TaskProfiles
 from policies.base import SEED_MODULUS, Problem, offset_seed
 from policies.budget import Budget
 from policies.registry import STRATEGY_NAMES, strategy_class
-from router.errors import APIError, validation_error_to_api
-from router.serve_handle import invalid_request, replica_failure
+from router.http.errors import APIError, validation_error_to_api
+from router.serving.handle import invalid_request, replica_failure
+from tasks.bundled import model_prompt, parse_task
+from tasks.game24_checker import Game24Verifier
+from tasks.numeric_checker import NumericAnswerVerifier, answers_match, normalize_answer
+from tasks.profiles import MatchRule, TaskProfiles
 from tests.fakes import FakeBackend
 
 MAX_SEED = 2**63 - 1

@@ -16,10 +16,10 @@ from backends.base import ChatMessage, GenerationRequest
 from backends.openai_http import OpenAIHTTPBackend
 from difficulty.model import RouterModel, bundled_router_path
 from router.config import load_config
-from router.embedded_redis import EmbeddedRedis, free_port
-from router.serve_local import LocalService
+from router.serving.embedded_redis import EmbeddedRedis, free_port
+from router.serving.local import LocalService
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.full
 
 PUZZLE = "4 9 10 13"
 

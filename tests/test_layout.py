@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PRODUCT = ("router", "policies", "difficulty", "backends")
+PRODUCT = ("router", "policies", "difficulty", "backends", "tasks")
 #: what a product module may import inside a function: optional heavy dependencies only
 LAZY_OK = (
     "torch",
@@ -27,9 +27,9 @@ LAZY_OK = (
     "backends.transformers_backend",
     "backends.verifiers.reward_model",
     # the CLI's commands that start Ray or load a model (``acr --help`` stays instant)
-    "router.serve_local",
-    "router.bench",
-    "router.calibrate",
+    "router.serving.local",
+    "router.commands.bench",
+    "router.commands.calibrate",
 )
 
 

@@ -7,18 +7,19 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from backends.base import ChatMessage
-from difficulty.answers import get_format
 from difficulty.model import RouterModel
-from difficulty.profiles import OPEN_TASK, Task
 from policies.adaptive import AdaptivePolicy
 from policies.base import Candidate, Problem, StrategyResult
 from policies.budget import Budget
-from policies.decision import Decision, DecisionRequest
+from policies.decision import Decision
 from policies.decision_cache import cache_key
-from policies.learning import Signal, agreement, outcome_signal
+from policies.learning import Signal, agreement, learner_for, outcome_signal
 from policies.registry import default_arms
+from policies.request import RequestSpec
 from policies.settings import PolicySettings, StrategiesSettings
 from policies.store import RedisPolicyStore, stats_scope
+from tasks.answers import get_format
+from tasks.task import OPEN_TASK, Task
 from tests.test_online_policy import GreedyBackend, policy, settings
 
 MATH = Task("math", None, get_format("math"))
@@ -92,11 +93,11 @@ async def test_feedback_is_taken_once_per_response_and_only_from_the_key_that_ma
 ) -> None:
     policy = redis_policy(redis_url)
     try:
-        await policy.remember("resp-1", decision(), tenant="alice")
-        assert await policy.feedback("resp-1", 0.0, "mallory") == ("unknown", 0.0)
-        assert await policy.feedback("resp-404", 0.0, "alice") == ("unknown", 0.0)
-        assert await policy.feedback("resp-1", 0.0, "alice") == ("applied", 1.0)
-        assert await policy.feedback("resp-1", 0.0, "alice") == ("duplicate", 0.0)
+        await learner_for(policy).remember("resp-1", decision(), tenant="alice")
+        assert await learner_for(policy).feedback("resp-1", 0.0, "mallory") == ("unknown", 0.0)
+        assert await learner_for(policy).feedback("resp-404", 0.0, "alice") == ("unknown", 0.0)
+        assert await learner_for(policy).feedback("resp-1", 0.0, "alice") == ("applied", 1.0)
+        assert await learner_for(policy).feedback("resp-1", 0.0, "alice") == ("duplicate", 0.0)
         assert await shared_fails(policy) == 1.0
     finally:
         await policy.close()
@@ -111,14 +112,19 @@ async def test_one_tenant_replaying_feedback_1000_times_moves_the_shared_estimat
     try:
         verdicts = []
         for i in range(1000):
-            await policy.remember(f"r{i}", decision(), tenant="mallory")
+            await learner_for(policy).remember(f"r{i}", decision(), tenant="mallory")
             replica = policy if i % 2 else other
-            verdicts.append((await replica.feedback(f"r{i}", 0.0, "mallory"))[0])
-            verdicts.append((await replica.feedback(f"r{i}", 0.0, "mallory"))[0])  # a replay
+            verdicts.append((await learner_for(replica).feedback(f"r{i}", 0.0, "mallory"))[0])
+            verdicts.append(
+                (await learner_for(replica).feedback(f"r{i}", 0.0, "mallory"))[0]
+            )  # a replay
         assert await shared_fails(policy) == cap
         assert verdicts.count("applied") == cap and verdicts.count("duplicate") == 1000
-        await policy.remember("a1", decision(), tenant="alice")
-        assert await policy.feedback("a1", 0.0, "alice") == ("applied", 1.0)  # others still count
+        await learner_for(policy).remember("a1", decision(), tenant="alice")
+        assert await learner_for(policy).feedback("a1", 0.0, "alice") == (
+            "applied",
+            1.0,
+        )  # others still count
     finally:
         await policy.close()
         await other.close()
@@ -165,11 +171,11 @@ async def test_route_requests_and_requests_with_stop_strings_never_fill_the_cach
 ) -> None:
     model = RouterModel.uninformed(ARMS)
     pol = policy(model, GreedyBackend(), settings(decision_cache_ttl_s=60))
-    routed = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest(serving=False))
-    again = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest())
+    routed = await pol.decide(RequestSpec(chat(("user", "What is 3+3?")), serving=False))
+    again = await pol.decide(RequestSpec(chat(("user", "What is 3+3?"))))
     assert routed.source == "auto" and again.source == "auto"  # /v1/route kept nothing
     stopped = chat(("user", "What is 5+5?"), stop=["\n"])
-    await pol.decide(stopped, DecisionRequest())
-    assert (await pol.decide(stopped, DecisionRequest())).source == "auto"
-    third = await pol.decide(chat(("user", "What is 3+3?")), DecisionRequest())
+    await pol.decide(RequestSpec(stopped))
+    assert (await pol.decide(RequestSpec(stopped))).source == "auto"
+    third = await pol.decide(RequestSpec(chat(("user", "What is 3+3?"))))
     assert third.source == "cache"  # a served request's own probe is kept

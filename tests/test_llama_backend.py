@@ -35,6 +35,8 @@ from tests.llama_server import (
     unavailable_reason,
 )
 
+pytestmark = pytest.mark.full
+
 FRANCE = [ChatMessage(role="user", content="What is the capital of France?")]
 # llama.cpp's default repeat_penalty (1.1) counts a continued prefix differently from the
 # same tokens generated in a chat call; neutral sampling keeps the two comparable.

@@ -15,12 +15,12 @@ import openai
 import pytest
 
 from router.config import load_config
-from router.embedded_redis import EmbeddedRedis, free_port
-from router.serve_local import LocalService
+from router.serving.embedded_redis import EmbeddedRedis, free_port
+from router.serving.local import LocalService
 from tests.llama_server import LlamaServer, start_llama_server, unavailable_reason
 
 pytestmark = [
-    pytest.mark.integration,
+    pytest.mark.full,
     pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason())),
 ]
 

@@ -1,8 +1,8 @@
-"""The bench's ``auto`` and ``oracle`` rows (router/bench.py) with a scripted backend."""
+"""The bench's ``auto`` and ``oracle`` rows (router/commands/bench.py) with a scripted backend."""
 
 from __future__ import annotations
 
-from router.bench import Item, auto_runner, oracle_records
+from router.commands.bench import Item, auto_runner, oracle_records
 from tests.fakes import FakeBackend
 
 SOLVED = "Answer: 4*6*1*1 = 24"  # shorter than the config's 24-token probe

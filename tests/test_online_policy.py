@@ -14,25 +14,28 @@ from redis.asyncio import Redis
 
 from backends.base import Backend, ChatMessage, Completion, GenerationRequest, GenerationResult
 from backends.verifiers.base import ProcessVerifier
-from difficulty.answers import get_format
 from difficulty.estimate import DifficultyEstimate
 from difficulty.model import RouterModel
 from difficulty.probe import ProbeSummary
-from difficulty.profiles import OPEN_TASK, Task
 from difficulty.train import fit_router_model, rows_from_item
 from lab.synthetic import synthetic_items
-from policies.adaptive import AdaptivePolicy, cost_weight
+from policies.adaptive import AdaptivePolicy
 from policies.base import Problem, StrategyResult
-from policies.decision import Decision, DecisionRequest
+from policies.decision import Decision
 from policies.latency import Load
+from policies.learning import learner_for
 from policies.load import LoadTracker
 from policies.registry import default_arms
+from policies.request import RequestSpec
+from policies.router_model import cost_weight
 from policies.settings import PolicySettings, StrategiesSettings
 from policies.store import InMemoryPolicyStore, RedisPolicyStore, stats_scope
 from router.config import AppConfig
-from router.execution import probe_as_result
-from router.served import ServedResult
-from router.service import RouterService
+from router.core.execution import probe_as_result
+from router.core.served import ServedResult
+from router.core.service import RouterService
+from tasks.answers import get_format
+from tasks.task import OPEN_TASK, Task
 
 
 class GreedyBackend(Backend):
@@ -120,10 +123,8 @@ async def solve(pol: AdaptivePolicy, problem: Problem) -> tuple[Decision, Strate
     """Decide, run and learn through the service: (decision, result, generated tokens with
     the probe's)."""
     assert pol.backend is not None
-    service = RouterService(AppConfig(), pol.backend, pol)
-    served: ServedResult = await service.serve(
-        problem, n=1, effort=None, options=None, max_tokens=None, temperature=None
-    )
+    service = RouterService(AppConfig(), pol.backend, pol, learner=learner_for(pol))
+    served: ServedResult = await service.answer(RequestSpec(problem))
     verifier = sum(r.verifier_tokens for r in served.results)
     return served.decision, served.results[0], served.completion_tokens + verifier
 
@@ -176,7 +177,7 @@ async def test_cache_entries_expire_by_the_injected_clock() -> None:
 async def test_a_verified_probe_is_served_as_the_single_pass_answer(model: RouterModel) -> None:
     backend = GreedyBackend("4*6 = 24")
     pol = policy(model, backend, settings())
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
+    d = await pol.decide(RequestSpec(P("4 6 1 1")))
     probe = d.probe
     assert probe is not None and probe.verifier_score == 1.0
     assert d.strategy == "single_pass" and d.reuse_probe
@@ -222,12 +223,12 @@ async def test_bounded_reasoning_is_priced_by_the_sequential_calls_it_was_seen_t
 
     # A thinking model: bounded reasoning is offered on every task, so both counts show.
     pol = policy(model, GreedyBackend(), settings(), reasoning=True)
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest(strategy="bounded_reasoning"))
+    d = await pol.decide(RequestSpec(P("4 6 1 1"), strategy="bounded_reasoning"))
     bounded = dataclasses.replace(
         result(score=1.0, wall_ms=800.0), strategy="bounded_reasoning", samples=4
     )
     for _ in range(5):
-        await pol.record(d, bounded, None)
+        await learner_for(pol).record(d, bounded, None)
 
     def calls(text: str) -> float:
         probe = ProbeSummary(tokens=12, finish_reason="length", mean_entropy=0.4)
@@ -317,7 +318,7 @@ async def test_single_pass_after_a_cut_probe_continues_it_and_counts_each_token_
 
 async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterModel) -> None:
     pol = policy(model, GreedyBackend("4+6 = 10", entropy=1.4), settings(lambda_per_1k_tokens=0.01))
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
+    d = await pol.decide(RequestSpec(P("4 6 1 1")))
     assert d.strategy in ("self_consistency", "best_of_n", "beam_search")
     assert not d.reuse_probe
     assert d.probe_tokens == 12
@@ -325,9 +326,9 @@ async def test_a_refuted_probe_leads_to_search_on_the_same_item(model: RouterMod
 
 async def test_reasoning_effort_and_a_named_strategy_force_the_choice(model: RouterModel) -> None:
     pol = policy(model, GreedyBackend(), settings())
-    high = await pol.decide(P("4 6 1 1"), DecisionRequest(effort="high"))
+    high = await pol.decide(RequestSpec(P("4 6 1 1"), effort="high"))
     assert (high.strategy, high.source) == ("best_of_n", "effort")
-    named = await pol.decide(P("4 6 1 1"), DecisionRequest(strategy="beam_search"))
+    named = await pol.decide(RequestSpec(P("4 6 1 1"), strategy="beam_search"))
     assert (named.strategy, named.source) == ("beam_search", "explicit")
     assert pol.backend is not None and pol.backend.calls == 0  # type: ignore[attr-defined]
 
@@ -347,7 +348,7 @@ async def test_out_of_distribution_prompts_are_routed_without_error(
     model: RouterModel, text: str
 ) -> None:
     pol = policy(model, GreedyBackend("I think so."), settings())
-    d = await pol.decide(P(text), DecisionRequest())
+    d = await pol.decide(RequestSpec(P(text)))
     assert d.strategy in {a.strategy for a in model.card.arms}
     assert d.reason
     if not text[:1].isdigit() and "+" not in text:
@@ -361,12 +362,10 @@ async def test_a_deep_queue_makes_the_policy_downgrade(model: RouterModel) -> No
         None,
         settings(latency_slo_ms=1500, lambda_per_1k_tokens=0.0, capacity_tokens_per_s=2000),
     )
-    calm = await pol.decide(
-        P("11 12 13 13"), DecisionRequest(load=Load(capacity_tokens_per_s=2000))
-    )
+    calm = await pol.decide(RequestSpec(P("11 12 13 13")), load=Load(capacity_tokens_per_s=2000))
     busy = await pol.decide(
-        P("11 12 13 13"),
-        DecisionRequest(load=Load(inflight=40, queued_tokens=20_000, capacity_tokens_per_s=2000)),
+        RequestSpec(P("11 12 13 13")),
+        load=Load(inflight=40, queued_tokens=20_000, capacity_tokens_per_s=2000),
     )
     assert (calm.predicted_cost_tokens or 0) > (busy.predicted_cost_tokens or 0)
     assert busy.downgraded
@@ -405,7 +404,7 @@ async def test_decision_latency_without_the_probe_is_about_a_millisecond(
     times = []
     for p in prompts:
         t0 = time.perf_counter()
-        await pol.decide(P(p), DecisionRequest(serving=False))
+        await pol.decide(RequestSpec(P(p), serving=False))
         times.append(time.perf_counter() - t0)
     # The target is p99 <= 1 ms (measured by `lab.router_eval evaluate`); on a shared,
     # oversubscribed CI box only the median is stable enough to assert.
@@ -421,11 +420,11 @@ async def test_outcomes_recorded_by_one_replica_steer_the_other(
     a, b = replica(redis_url, model), replica(redis_url, model)
     try:
         text = "11 12 13 13"
-        d = await a.decide(P(text), DecisionRequest(probe=False))
+        d = await a.decide(RequestSpec(P(text), probe=False))
         before = next(c for c in d.candidates if c.arm == d.arm).p_success
         for _ in range(60):
-            await a.record(d, result(score=0.0), None)
-        d_b = await b.decide(P(text + " "), DecisionRequest(probe=False))  # different cache key
+            await learner_for(a).record(d, result(score=0.0), None)
+        d_b = await b.decide(RequestSpec(P(text + " "), probe=False))  # different cache key
         after = next(c for c in d_b.candidates if c.arm == d.arm).p_success
         assert d_b.difficulty_bin == d.difficulty_bin
         assert after < before - 0.3
@@ -440,8 +439,8 @@ async def test_every_key_carries_the_prefix_and_the_policy_version(
 ) -> None:
     a = replica(redis_url, model)
     try:
-        d = await a.decide(P("4 6 1 1"), DecisionRequest())
-        await a.record(d, result(score=1.0), None)
+        d = await a.decide(RequestSpec(P("4 6 1 1")))
+        await learner_for(a).record(d, result(score=1.0), None)
         client = Redis.from_url(redis_url)
         keys = [k.decode() for k in await client.keys("*")]
         await client.aclose()
@@ -457,10 +456,10 @@ async def test_the_decision_cache_is_shared_between_replicas_and_has_a_ttl(
 ) -> None:
     a, b = replica(redis_url, model, decision_cache_ttl_s=60), replica(redis_url, model)
     try:
-        first = await a.decide(P("4 6 1 1"), DecisionRequest())
+        first = await a.decide(RequestSpec(P("4 6 1 1")))
         probe = first.probe
         assert probe is not None and first.source == "auto"
-        second = await b.decide(P("  4 6 1 1 "), DecisionRequest())
+        second = await b.decide(RequestSpec(P("  4 6 1 1 ")))
         probe2 = second.probe
         assert probe2 is None and second.source == "cache"
         assert second.probe_tokens == 0
@@ -480,11 +479,11 @@ async def test_concurrent_updates_from_two_replicas_are_all_counted(
 ) -> None:
     a, b = replica(redis_url, model), replica(redis_url, model)
     try:
-        d = await a.decide(P("3 3 8 8"), DecisionRequest(probe=False))
+        d = await a.decide(RequestSpec(P("3 3 8 8"), probe=False))
         await asyncio.gather(
-            *[a.record(d, result(score=1.0), None) for _ in range(50)],
-            *[b.record(d, result(score=0.0), None) for _ in range(50)],
-            *[b.record(d, None, 0.5) for _ in range(20)],
+            *[learner_for(a).record(d, result(score=1.0), None) for _ in range(50)],
+            *[learner_for(b).record(d, result(score=0.0), None) for _ in range(50)],
+            *[learner_for(b).record(d, None, 0.5) for _ in range(20)],
         )
         assert d.difficulty_bin is not None
         scope = stats_scope("fake", d.task, d.difficulty_bin)
@@ -503,10 +502,10 @@ async def test_outcomes_of_one_task_kind_leave_another_kinds_stats_in_the_same_b
     # one task (beam search on Game of 24) raise its estimate for another task's prompts.
     pol = policy(model, GreedyBackend(), settings())
     store = pol.store
-    d = await pol.decide(P("3 3 8 8"), DecisionRequest(probe=False))
+    d = await pol.decide(RequestSpec(P("3 3 8 8"), probe=False))
     assert d.difficulty_bin is not None and d.task != "arithmetic"
     for _ in range(20):
-        await pol.record(d, result(score=1.0), None)
+        await learner_for(pol).record(d, result(score=1.0), None)
     own = await store.arm_stats(stats_scope("fake", d.task, d.difficulty_bin), [d.arm])
     other = await store.arm_stats(stats_scope("fake", "arithmetic", d.difficulty_bin), [d.arm])
     assert own[d.arm].succ == pytest.approx(20)
@@ -518,8 +517,8 @@ async def test_feedback_moves_only_the_success_posterior(
 ) -> None:
     a = replica(redis_url, model)
     try:
-        d = await a.decide(P("Why is the sky blue?"), DecisionRequest(probe=False))
-        await a.record(d, None, 0.25)
+        d = await a.decide(RequestSpec(P("Why is the sky blue?"), probe=False))
+        await learner_for(a).record(d, None, 0.25)
         assert d.difficulty_bin is not None
         scope = stats_scope("fake", d.task, d.difficulty_bin)
         s = (await a.store.arm_stats(scope, [d.arm]))[d.arm]
@@ -529,7 +528,7 @@ async def test_feedback_moves_only_the_success_posterior(
 
 
 async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: RouterModel) -> None:
-    from router.embedded_redis import free_port
+    from router.serving.embedded_redis import free_port
 
     s = settings()
     store = RedisPolicyStore.from_url(
@@ -538,9 +537,9 @@ async def test_the_policy_keeps_deciding_when_redis_is_unreachable(model: Router
         version=AdaptivePolicy.version_for(s, model),
     )
     pol = policy(model, GreedyBackend(), s, store=store)
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest())
-    await pol.record(d, result(score=1.0), None)
-    d2 = await pol.decide(P("4 6 1 2"), DecisionRequest())
+    d = await pol.decide(RequestSpec(P("4 6 1 1")))
+    await learner_for(pol).record(d, result(score=1.0), None)
+    d2 = await pol.decide(RequestSpec(P("4 6 1 2")))
     assert d.reason and d2.reason
     assert store.fallback.stats  # outcomes kept locally meanwhile
     await pol.close()
@@ -566,9 +565,9 @@ async def test_the_policy_builds_from_the_service_config_with_a_shared_redis(
         == config.strategies.budgets["best_of_n"].samples
     )
     assert pol.version == f"{config.policy.version}.m1"
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest(effort="medium"))
+    d = await pol.decide(RequestSpec(P("4 6 1 1"), effort="medium"))
     assert d.strategy == config.strategies.effort["medium"]
-    await pol.record(d, result(score=1.0), None)
+    await learner_for(pol).record(d, result(score=1.0), None)
     assert await client.keys(f"{config.redis.key_prefix}:{pol.version}:*")
     await pol.close()
 
@@ -652,6 +651,6 @@ async def test_a_deadline_too_short_to_deliberate_takes_single_pass_at_once(
 ) -> None:
     backend = GreedyBackend()
     pol = policy(model, backend, settings())
-    d = await pol.decide(P("4 6 1 1"), DecisionRequest(deadline_ms=1))
+    d = await pol.decide(RequestSpec(P("4 6 1 1"), deadline_ms=1))
     assert d.strategy == "single_pass" and "no time" in d.reason
     assert backend.calls == 0

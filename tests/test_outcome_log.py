@@ -8,15 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
 from router.config import load_config
-from router.embedded_redis import EmbeddedRedis, free_port
 from router.metrics import Metrics
-from router.outcome_log import OutcomeLog
-from router.outcome_spool import OutcomeSpool
-from router.runtime import build_runtime
+from router.outcomes.log import OutcomeLog
+from router.outcomes.spool import OutcomeSpool
+from router.serving.embedded_redis import EmbeddedRedis, free_port
+from router.serving.runtime import build_runtime
 from tests.fakes import FakeBackend
 
 STREAM = "acr:test"
@@ -64,6 +65,7 @@ async def test_an_outcome_lands_in_the_stream_with_nested_fields_as_json(
     await client.aclose()
 
 
+@pytest.mark.full
 async def test_outcomes_survive_a_redis_restart_in_order(tmp_path: Path) -> None:
     server = EmbeddedRedis().start()
     metrics = Metrics()
@@ -127,6 +129,7 @@ async def test_the_stream_is_trimmed_only_when_maxlen_is_set(
         await client.aclose()
 
 
+@pytest.mark.full
 async def test_a_full_redis_keeps_outcomes_in_the_spool_and_readiness_says_why(
     tmp_path: Path,
 ) -> None:

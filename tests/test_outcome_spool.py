@@ -20,11 +20,11 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from policies.adaptive import uninformed_model
-from router.embedded_redis import EmbeddedRedis, free_port
+from policies.router_model import uninformed_model
 from router.metrics import Metrics
-from router.outcome_log import OutcomeLog
-from router.outcome_spool import OutcomeSpool
+from router.outcomes.log import OutcomeLog
+from router.outcomes.spool import OutcomeSpool
+from router.serving.embedded_redis import EmbeddedRedis, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 STREAM = "acr:spool-test"
@@ -57,6 +57,7 @@ async def _close(log: OutcomeLog) -> None:
     await log.client.aclose()
 
 
+@pytest.mark.full
 async def test_outcomes_appended_while_redis_is_down_reach_it_once_in_order_after_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -250,6 +251,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
         proc.wait(timeout=10)
 
 
+@pytest.mark.full
 def test_a_router_killed_with_outcomes_pending_during_a_redis_outage_loses_none(
     tmp_path: Path, processes: list[subprocess.Popen[str]]
 ) -> None:

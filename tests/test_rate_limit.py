@@ -25,10 +25,10 @@ from redis.asyncio import Redis
 from backends.base import Backend, BackendError, GenerationRequest, GenerationResult, StreamDelta
 from backends.batching import MicroBatcher
 from router.config import AppConfig, load_config
-from router.embedded_redis import EmbeddedRedis, free_port
-from router.local_limit import LocalWindows
-from router.rate_limit import WINDOW_S, RateLimiter
-from router.runtime import Runtime, build_runtime
+from router.quota.limiter import WINDOW_S, RateLimiter
+from router.quota.local import LocalWindows
+from router.serving.embedded_redis import EmbeddedRedis, free_port
+from router.serving.runtime import Runtime, build_runtime
 from tests.fakes import FakeBackend
 
 NOW = 7_000_020.0  # 20 s into a window: no test straddles two
@@ -286,7 +286,7 @@ class SlowStreaming(MicroBatcher):
 @pytest.fixture(scope="module")
 def bundled() -> Any:
     """The bundled model loaded once (each test batches it on its own event loop)."""
-    from router.bench import load_model
+    from router.commands.bench import load_model
 
     return load_model(None, "cpu", 1, name="acr-bundled").model  # type: ignore[attr-defined]
 
@@ -298,8 +298,8 @@ def runtime(backend: Backend, redis_url: str, tokens_per_minute: int) -> Runtime
     cfg.auth.api_keys = [KEY]
     cfg.auth.tokens_per_minute = tokens_per_minute
     rt = build_runtime(cfg, backend=backend)
-    assert rt.service.limiter is not None
-    rt.service.limiter.clock = lambda: NOW  # one window for the whole test
+    assert rt.service.quota.limiter is not None
+    rt.service.quota.limiter.clock = lambda: NOW  # one window for the whole test
     return rt
 
 
@@ -348,19 +348,14 @@ async def settled(rt: Runtime, timeout_s: float = 15.0) -> Any:
 def most_one_request_holds(answer: dict[str, Any]) -> int:
     """What a served request held: n=1 run of its strategy at its caps, its probe, and its
     prompt (``request_token_ceiling`` of the decision in its ``router`` object)."""
+    from policies.bounds import request_token_ceiling
     from policies.budget import Budget
-    from policies.decision import Decision
-    from router.limits import request_token_ceiling
 
     r = answer["router"]
-    decision = Decision(
-        strategy=r["strategy"],
-        arm=r["arm"],
-        budget=Budget(**r["budget"]),
-        reason="",
-        probe_tokens=r["probe_tokens"],
+    ceiling = request_token_ceiling(
+        r["strategy"], Budget(**r["budget"]), 1, None, r["probe_tokens"]
     )
-    return request_token_ceiling(decision, 1) + answer["usage"]["prompt_tokens"]
+    return ceiling + answer["usage"]["prompt_tokens"]
 
 
 async def test_sixteen_concurrent_requests_overrun_the_token_limit_by_at_most_one_request(
@@ -463,7 +458,7 @@ async def test_a_stream_the_client_abandons_is_charged_what_was_sent_not_all_it_
     bundled: Any, redis_url: str
 ) -> None:
     rt = runtime(SlowStreaming(CountingModel(bundled)), redis_url, 10_000)
-    lim = rt.service.limiter
+    lim = rt.service.quota.limiter
     assert lim is not None
     endings: list[tuple[int, int | None, str]] = []
     settle = lim.settle
@@ -535,7 +530,7 @@ async def test_with_redis_stopped_the_api_still_refuses_a_key_past_its_limit(
 
 async def test_feedback_counts_against_the_keys_request_limit(bundled: Any, redis_url: str) -> None:
     rt = runtime(MicroBatcher(CountingModel(bundled)), redis_url, 0)
-    rt.service.limiter.rpm = 4  # type: ignore[union-attr]
+    rt.service.quota.limiter.rpm = 4  # type: ignore[union-attr]
     codes: list[int] = []
     with serving(rt) as client:
         reply = await client.chat.completions.create(

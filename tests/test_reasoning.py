@@ -16,7 +16,7 @@ from policies.base import Problem
 from policies.bounded_reasoning import BoundedReasoning
 from policies.budget import Budget
 from router.config import load_config
-from router.runtime import build_runtime
+from router.serving.runtime import build_runtime
 from tests.fakes import FakeBackend
 from tests.llama_server import LlamaServer, start_llama_server, unavailable_reason
 
@@ -92,7 +92,7 @@ def llama() -> Iterator[LlamaServer]:
     server.stop()
 
 
-@pytest.mark.integration
+@pytest.mark.full
 def test_budget_forcing_runs_through_the_real_servers_completions_in_the_models_template(
     llama: LlamaServer,
 ) -> None:

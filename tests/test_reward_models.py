@@ -16,10 +16,10 @@ from fastapi import FastAPI
 
 from backends.verifiers.http_reward import HTTPRewardVerifier
 from backends.verifiers.reward_model import RewardModelVerifier
-from difficulty.profiles import TaskProfiles
 from policies.base import Problem
 from policies.best_of_n import BestOfN
 from policies.budget import Budget
+from tasks.profiles import TaskProfiles
 from tests.fakes import FakeBackend
 from tests.tiny_model import build_tiny_reward_model
 

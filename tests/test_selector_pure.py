@@ -7,12 +7,14 @@ import random
 import pytest
 
 from difficulty.estimate import DifficultyEstimate
+from policies.bounds import shrink_budget
 from policies.budget import Budget
 from policies.decision import Decision
 from policies.latency import SLO, Load, predict_latency_ms
 from policies.registry import strategy_class
-from policies.selector import ArmStats, shrink_budget, thompson_draws
+from policies.selector import ArmStats, thompson_draws
 from policies.selector import select as select_priced
+from router.http.responses import decision_headers, decision_object
 
 
 def arm(
@@ -210,12 +212,12 @@ def test_a_forced_budget_is_halved_until_it_fits_the_slo() -> None:
 
 def test_the_decision_renders_ascii_headers_and_a_public_object() -> None:
     d = select(est(), ladder(0.3, 0.6, 0.9), SLO_LOOSE, IDLE, policy_version="v1.m")
-    h = d.headers()
+    h = decision_headers(d)
     assert h["x-acr-strategy"] == "self_consistency"
     assert h["x-acr-arm"] == "self_consistency@16"
     assert h["x-acr-policy-version"] == "v1.m"
     assert all(v.isascii() for v in h.values())
-    pub = d.public()
+    pub = decision_object(d)
     assert pub["predicted_success"] == pytest.approx(0.9)
     assert {c["arm"] for c in pub["candidates"]} == {a.name for a in ladder(0.3, 0.6, 0.9)}
 

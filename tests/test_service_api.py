@@ -11,10 +11,11 @@ import httpx
 import pytest
 import redis
 
-from backends.base import GenerationRequest
+from backends.base import ChatMessage, GenerationRequest
+from policies.base import Problem
+from policies.request import RequestSpec
 from router.config import AppConfig, load_config
-from router.runtime import Runtime, build_runtime
-from router.schemas import ChatCompletionRequest, InMessage, RouterOptions
+from router.serving.runtime import Runtime, build_runtime
 from tests.fakes import FakeBackend
 
 SOLUTION = (
@@ -290,15 +291,18 @@ async def test_the_prompts_of_one_completions_request_share_one_deadline_and_run
     assert len(r.json()["choices"]) == 3 and elapsed < 1.5
 
 
+def user_spec(text: str, **fields: Any) -> RequestSpec:
+    """One user message as the core's request spec."""
+    problem = Problem(text=text, messages=[ChatMessage(role="user", content=text)])
+    return RequestSpec(problem, **fields)
+
+
 async def test_a_probe_that_outlives_its_share_of_the_deadline_is_abandoned() -> None:
     backend = FakeBackend(lambda prompt, i, req: "Answer: 5", latency_s=5.0)
     rt = make(backend=backend)
-    problem = rt.service.validate.chat_problem(
-        ChatCompletionRequest(messages=[InMessage(role="user", content="What is 2+3?")])
-    )
-    request = rt.service.decision_request(None, RouterOptions(timeout_ms=600))
+    spec = rt.service.validate.check(user_spec("What is 2+3?", deadline_ms=600))
     t0 = asyncio.get_running_loop().time()
-    decision = await rt.service.decide(problem, request)
+    decision = await rt.service.policy.decide(spec)
     assert asyncio.get_running_loop().time() - t0 < 2.0  # the probe alone would take 5 s
     assert decision.probe is None and decision.source == "auto"
 
@@ -310,19 +314,8 @@ async def test_a_request_cancelled_mid_run_still_records_its_outcome_and_ends_it
     cfg.redis.url = redis_url
     backend = FakeBackend(lambda prompt, i, req: "Answer: 5", latency_s=2.0)
     rt = make(cfg, backend)
-    problem = rt.service.validate.chat_problem(
-        ChatCompletionRequest(messages=[InMessage(role="user", content="4 9 10 13")])
-    )
-    adm = await rt.service.admit(
-        problem,
-        n=1,
-        effort="high",
-        options=None,
-        max_tokens=None,
-        temperature=None,
-        api_key_id="k",
-    )
-    task = asyncio.create_task(rt.service.run(adm))
+    spec = rt.service.validate.check(user_spec("4 9 10 13", effort="high", tenant="k"))
+    task = asyncio.create_task(rt.service.answer(spec))
     await asyncio.sleep(0.3)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

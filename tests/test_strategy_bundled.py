@@ -18,9 +18,9 @@ from backends.batching import MicroBatcher
 from backends.bundled.paths import bundled_model_path
 from backends.bundled.tasks.game24 import check_answer, puzzle_text
 from backends.transformers_backend import TransformersBackend
-from backends.verifiers.game24 import Game24Verifier
 from policies.base import Budget, Problem, StrategyResult
 from policies.registry import STRATEGIES, get_strategy
+from tasks.game24_checker import Game24Verifier
 from tests.fakes import CountingBackend, with_verifier
 
 EASY = [(1, 1, 4, 6), (2, 3, 4, 4), (1, 2, 3, 4), (4, 4, 6, 6)]

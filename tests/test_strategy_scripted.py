@@ -7,12 +7,12 @@ import time
 import pytest
 
 from backends.base import ChatMessage, GenerationRequest
-from backends.verifiers.game24 import Game24Verifier
 from policies.base import Problem, StrategyError
 from policies.beam_search import MAX_EXPANSIONS_PER_STATE
 from policies.budget import Budget
 from policies.registry import STRATEGIES, get_strategy
 from policies.stopping import prob_leader_ahead
+from tasks.game24_checker import Game24Verifier
 from tests.fakes import FakeBackend, with_verifier
 
 SOLUTION = (

@@ -24,9 +24,9 @@ from rich.console import Console
 
 from backends.base import GenerationRequest
 from backends.bundled.tasks import arithmetic, game24
-from backends.bundled.tasks.detect import model_prompt
-from backends.verifiers.numeric import extract_answer, normalize_answer
 from lab.bundled.data import game24_splits
+from tasks.bundled import model_prompt
+from tasks.numeric_checker import extract_answer, normalize_answer
 
 TEMPERATURE = 0.8
 

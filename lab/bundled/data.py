@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backends.bundled.tasks import arithmetic, game24
-from backends.bundled.tasks.detect import model_prompt
+from tasks.bundled import model_prompt
 
 HELDOUT_ROWS = (range(0, 100), range(900, 1000))
 HELDOUT_FRACTION = 0.10

@@ -261,7 +261,7 @@ targetOngoingRequests: {{ $target }}
 {{- define "acr.serveConfig" -}}
 applications:
   - name: {{ .Values.serve.appName }}
-    import_path: router.app:app_builder
+    import_path: router.serving.app:app_builder
     route_prefix: /
     args:
       config_path: /etc/acr/config.yaml

@@ -1,0 +1,257 @@
+"""The ``acr`` command line: serve, show the config, benchmark, train the router.
+
+Commands that need Ray or torch import them when they run, so that ``acr --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from difficulty.train import load_stream
+from difficulty.train import train_router as fit_router
+from policies.registry import BENCH_ARMS, default_arms
+from router.commands.calibration_data import CalibrationDataError
+from router.config import ConfigError, config_to_yaml, load_config
+
+app = typer.Typer(
+    name="acr",
+    help="Adaptive compute router: an OpenAI-compatible service that decides how much "
+    "inference-time compute each request gets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DEFAULT_GAME24_CSV = Path("../shared/data/game24.csv")
+
+
+@app.command()
+def serve(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config file.", exists=True)
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (overrides config).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (overrides config).")] = None,
+) -> None:
+    """Start a local Ray instance, Redis (embedded unless configured) and the service."""
+    from router.serving.local import serve_forever
+
+    raise typer.Exit(serve_forever(config, host=host, port=port))
+
+
+@app.command("show-config")
+def show_config(
+    config: Annotated[Path | None, typer.Option("--config", "-c", exists=True)] = None,
+) -> None:
+    """Print the effective configuration (file + ACR_* environment) as YAML."""
+
+    try:
+        typer.echo(config_to_yaml(load_config(config)))
+    except ConfigError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def bench(
+    dataset: Annotated[str, typer.Option(help="game24 | arithmetic | jsonl")] = "game24",
+    data: Annotated[
+        Path | None, typer.Option(help="game24.csv or a JSONL file of question/answer.")
+    ] = None,
+    rows: Annotated[str, typer.Option(help="game24 rows, e.g. 900-999 or 0-99,900-999.")] = (
+        "900-999"
+    ),
+    per_count: Annotated[int, typer.Option(help="arithmetic items per operand count.")] = 10,
+    limit: Annotated[int | None, typer.Option(help="Random subset of this many items.")] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option("--arm", help="strategy[:field=value,...]; repeatable. Default: a sweep."),
+    ] = None,
+    model_dir: Annotated[Path | None, typer.Option(help="Checkpoint; default bundled.")] = None,
+    out_json: Annotated[Path, typer.Option(help="Results JSON (PNG beside it).")] = Path(
+        "bench-out/bench.json"
+    ),
+    concurrency: Annotated[int, typer.Option(help="Items in flight per row.")] = 16,
+    timeout_s: Annotated[
+        float, typer.Option(help="Per-item deadline; strategies return their best so far.")
+    ] = 120.0,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
+    threads: Annotated[
+        int, typer.Option(help="torch intra-op threads (1 is fastest on a shared CPU).")
+    ] = 1,
+    auto: Annotated[bool, typer.Option(help="Add the router's auto row.")] = True,
+    oracle: Annotated[bool, typer.Option(help="Add the oracle row.")] = True,
+    groups: Annotated[bool, typer.Option(help="Also print accuracy per item group.")] = False,
+) -> None:
+    """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot.
+
+    Each --arm is a strategy with budget overrides, e.g. ``best_of_n:samples=16`` or
+    ``beam_search:beam_width=3,expansions=8``; the PNG beside the JSON plots accuracy against
+    mean generated tokens with the Pareto frontier.
+    """
+    from router.commands.bench import load_items, run_bench
+
+    if dataset == "game24" and data is None:
+        data = DEFAULT_GAME24_CSV
+    try:
+        items = load_items(dataset, rows=rows, path=data, per_count=per_count, limit=limit)
+        result = run_bench(
+            items,
+            arm or list(BENCH_ARMS),
+            out_json,
+            model_dir=model_dir,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            device=device,
+            torch_threads=threads,
+            auto=auto,
+            oracle=oracle,
+            title=f"{dataset} {rows if dataset == 'game24' else ''}".strip(),
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for s in result["summary"]:
+        typer.echo(
+            f"{s['row']:<45} acc {s['accuracy']:.3f}  tokens {s['mean_tokens']:8.1f}  "
+            f"samples {s['mean_samples']:5.1f}"
+        )
+    if groups:
+        for s in result["by_group"]:
+            typer.echo(
+                f"{s['row']:<45} {s['group']:<14} acc {s['accuracy']:.3f}  "
+                f"tokens {s['mean_tokens']:8.1f}  samples {s['mean_samples']:5.1f}"
+            )
+    typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
+
+
+@app.command()
+def calibrate(
+    data: Annotated[Path, typer.Option(help="JSONL file of questions and reference answers.")],
+    profile: Annotated[
+        str | None, typer.Option(help="Task profile to calibrate (default: matched per prompt).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="The service's YAML config.", exists=True)
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output directory (resumes a run found there).")] = (
+        Path("calibration")
+    ),
+    question_field: Annotated[str, typer.Option(help="Field holding the question.")] = "question",
+    answer_field: Annotated[
+        str, typer.Option(help="Field holding the reference answer ('' for none).")
+    ] = "answer",
+    answer_marker: Annotated[
+        str, typer.Option(help="The reference answer is what follows its last marker.")
+    ] = "####",
+    eval_percent: Annotated[int, typer.Option(help="Share of questions held out (%).")] = 30,
+    limit: Annotated[int | None, typer.Option(help="Use the first N questions.")] = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arm", help="strategy[:field=value,...]; repeatable. Default: the router's arms."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items in flight.")] = 4,
+    timeout_s: Annotated[float, typer.Option(help="Deadline of one arm on one item.")] = 120.0,
+    device: Annotated[str, typer.Option(help="Local checkpoint: cpu | cuda | auto.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="Local checkpoint: torch threads.")] = 1,
+    restart: Annotated[bool, typer.Option(help="Discard the labels found in --out.")] = False,
+    version: Annotated[
+        str, typer.Option(help="The router model's version (part of its Redis keys).")
+    ] = "router-calibrated",
+) -> None:
+    """Fit the router to the configured backend on your data, and report how it does.
+
+    Runs every arm on every question through the serving code, grades the answers with the
+    profile's checker, fits the router on the fit part, chooses the cost weight there, runs
+    auto live on the held-out part and writes router.skops, report.md, report.json and
+    pareto.png to --out. Interrupted runs resume.
+    """
+    from router.commands.calibrate import CalibrationPlan, arms_from_specs
+    from router.commands.calibrate import calibrate as run_calibration
+
+    try:
+        cfg = load_config(config)
+        plan = CalibrationPlan(
+            data=data,
+            out_dir=out,
+            profile=profile,
+            question_field=question_field,
+            answer_field=answer_field or None,
+            answer_marker=answer_marker or None,
+            eval_percent=eval_percent,
+            limit=limit,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            version=version,
+        )
+        if arm:
+            plan.arms = arms_from_specs(arm, cfg)
+        report = asyncio.run(
+            run_calibration(plan, cfg, device=device, torch_threads=threads, restart=restart)
+        )
+    except (ConfigError, CalibrationDataError, ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for s in report["summary"]:
+        lo, hi = s["ci95"]
+        typer.echo(
+            f"{s['row']:<28} acc {s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]  "
+            f"tokens {s['mean_tokens']:8.1f}"
+        )
+    for line in report["verdict"]:
+        typer.echo(line)
+    typer.echo(f"\nwrote {out}/report.md, report.json, pareto.png and router.skops. Use it:\n")
+    typer.echo("\n".join(report["use"]))
+
+
+@app.command("train-router")
+def train_router(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Item labels (.jsonl from `python -m lab.labels`), outcome-log exports "
+            "(.jsonl) and `acr bench` results (.json).",
+            exists=True,
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Where to write the router model (.skops).")] = Path(
+        "runs/router.skops"
+    ),
+    version: Annotated[str, typer.Option(help="Model version (part of every Redis key).")] = (
+        "router-v1"
+    ),
+    probe_tokens: Annotated[int, typer.Option(help="Probe length the labels were made with.")] = 64,
+    redis_url: Annotated[
+        str | None, typer.Option(help="Also read the outcome stream from this Redis.")
+    ] = None,
+    stream: Annotated[str, typer.Option(help="Outcome stream key.")] = "acr:outcomes",
+) -> None:
+    """Fit the difficulty/router model from logged outcomes; prints AUROC and Brier score."""
+
+    paths = list(sources)
+    if redis_url:
+        records = asyncio.run(load_stream(redis_url, stream))
+        tmp = Path(tempfile.mkdtemp(prefix="acr-stream-")) / "stream.jsonl"
+        tmp.write_text("\n".join(json.dumps(r) for r in records))
+        typer.echo(f"read {len(records)} outcomes from {stream}")
+        paths.append(tmp)
+    metrics = fit_router(
+        paths, out, arms=default_arms(), version=version, probe_tokens=probe_tokens
+    )
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``acr`` console script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

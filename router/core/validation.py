@@ -1,0 +1,165 @@
+"""Request validation against the configured limits: a ``RequestSpec`` as the edge built it
+becomes the spec the policy decides on (its task matched once, here, and its deadline
+resolved), or an ``InvalidOption`` naming the bad field."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from backends.base import ThinkTags
+from policies.request import RequestSpec
+from router.config import AppConfig
+from router.errors import InvalidOption, UnknownModel
+from tasks.profiles import TaskProfiles
+
+
+class RequestValidator:
+    """Checks requests against ``config.limits`` and the served ``model_name``."""
+
+    def __init__(self, config: AppConfig, model_name: str, profiles: TaskProfiles) -> None:
+        self.config = config
+        self.model_name = model_name
+        self.profiles = profiles
+        r = config.model.reasoning
+        self.think = (
+            ThinkTags(r.think_open, r.think_close, r.answer_max_tokens) if r.think_open else None
+        )
+
+    def model(self, name: str | None) -> None:
+        """Refuse a model name this server does not serve ('auto' and empty mean it)."""
+        if name not in (None, "", self.model_name, "auto"):
+            raise UnknownModel(
+                f"model {name!r} does not exist; available: {self.model_name}", "model"
+            )
+
+    def check(self, spec: RequestSpec) -> RequestSpec:
+        """``spec`` within the limits, with its task matched, the model's think tags and its
+        deadline resolved; raises ``InvalidOption`` naming the first field past a bound."""
+        self._choices(spec.n)
+        self._stops(spec.problem.stop)
+        self.model(spec.model)
+        problem = spec.problem
+        if problem.messages is not None:
+            self._messages(spec)
+        elif (
+            problem.prompt is not None and len(problem.prompt) > self.config.limits.max_prompt_chars
+        ):
+            raise InvalidOption(
+                f"prompt has {len(problem.prompt)} characters; the limit is "
+                f"{self.config.limits.max_prompt_chars}",
+                "prompt",
+            )
+        self._max_tokens(spec.max_tokens)
+        self._budget_override(spec.budget)
+        task = (
+            self.profiles.task_named(spec.profile)
+            if spec.profile is not None
+            else self.profiles.match(problem.text)
+        )
+        problem = dataclasses.replace(problem, task=task, think=self.think)
+        return dataclasses.replace(spec, problem=problem, deadline_ms=self._deadline_ms(spec))
+
+    def check_batch(self, specs: Sequence[RequestSpec]) -> list[RequestSpec]:
+        """The prompts of one text completion request, each checked; their choices together
+        (prompts times ``n``) share the bound of ``n``."""
+        lim = self.config.limits
+        if specs:
+            self._choices(specs[0].n)
+            self._stops(specs[0].problem.stop)
+            self.model(specs[0].model)
+        if not specs or len(specs) > lim.max_n:
+            raise InvalidOption(
+                f"prompt must be a string or a list of 1 to {lim.max_n} strings", "prompt"
+            )
+        n = specs[0].n
+        if len(specs) * n > lim.max_n:
+            raise InvalidOption(
+                f"{len(specs)} prompts times n={n} is {len(specs) * n} choices; "
+                f"the limit is {lim.max_n}",
+                "n",
+            )
+        return [self.check(s) for s in specs]
+
+    def _choices(self, n: int) -> None:
+        lim = self.config.limits
+        if n > lim.max_n:
+            raise InvalidOption(f"n must be between 1 and {lim.max_n}, got {n}", "n")
+
+    def _stops(self, stops: list[str]) -> None:
+        lim = self.config.limits
+        if len(stops) > lim.max_stop:
+            raise InvalidOption(
+                f"stop takes at most {lim.max_stop} strings, got {len(stops)}", "stop"
+            )
+        for s in stops:
+            if not s or len(s) > lim.max_stop_chars:
+                raise InvalidOption(
+                    f"each stop string must have 1 to {lim.max_stop_chars} characters", "stop"
+                )
+
+    def _max_tokens(self, value: int | None) -> None:
+        lim = self.config.limits.max_tokens
+        if value is not None and value > lim:
+            raise InvalidOption(
+                f"max_tokens must be between 1 and {lim}, got {value}", "max_tokens"
+            )
+
+    def _messages(self, spec: RequestSpec) -> None:
+        """The chat messages within the size limits, at least one from the user."""
+        lim = self.config.limits
+        messages = spec.problem.messages or []
+        if len(messages) > lim.max_messages:
+            raise InvalidOption(
+                f"at most {lim.max_messages} messages are accepted, got {len(messages)}",
+                "messages",
+            )
+        total = 0
+        for i, m in enumerate(messages):
+            if len(m.content) > lim.max_message_chars:
+                raise InvalidOption(
+                    f"messages[{i}] has {len(m.content)} characters; the limit is "
+                    f"{lim.max_message_chars}",
+                    f"messages.{i}.content",
+                )
+            total += len(m.content)
+        if total > lim.max_prompt_chars:
+            raise InvalidOption(
+                f"messages hold {total} characters; the limit is {lim.max_prompt_chars}",
+                "messages",
+            )
+        if not any(m.role == "user" for m in messages):
+            raise InvalidOption("messages must contain at least one user message", "messages")
+
+    def _budget_override(self, budget: dict[str, Any] | None) -> None:
+        """Refuse ``acr.budget`` fields past the server's bounds."""
+        if not budget:
+            return
+        limits = self.config.limits
+        bounds = {"max_tokens": limits.max_tokens, "samples": limits.max_samples}
+        for field, bound in bounds.items():
+            value = budget.get(field)
+            if value is not None and value > bound:
+                raise InvalidOption(
+                    f"acr.budget.{field} must be at most {bound} on this server, got {value}",
+                    f"acr.budget.{field}",
+                )
+        width = (budget.get("beam_width") or 1) * (budget.get("expansions") or 1)
+        if width > limits.max_search_width:
+            raise InvalidOption(
+                f"acr.budget.beam_width x expansions must be at most {limits.max_search_width} "
+                f"on this server, got {width}",
+                "acr.budget.beam_width",
+            )
+
+    def _deadline_ms(self, spec: RequestSpec) -> float:
+        """The request's time budget: its own ``acr.timeout_ms`` (bounded) or the default."""
+        srv = self.config.server
+        asked = spec.deadline_ms
+        if asked is not None and asked > srv.max_request_timeout_ms:
+            raise InvalidOption(
+                f"acr.timeout_ms must be at most {srv.max_request_timeout_ms}, got {asked:.0f}",
+                "acr.timeout_ms",
+            )
+        return float(asked or srv.request_timeout_ms)

@@ -1,0 +1,177 @@
+"""Wires one ingress replica: backend, Redis, outcome log, policy, service and HTTP app."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+
+from backends.base import Backend
+from backends.chat_template import ChatTemplate
+from backends.openai_http import OpenAIHTTPBackend
+from backends.verifiers.base import Verifier
+from backends.verifiers.http_reward import HTTPRewardVerifier
+from router.config import AppConfig
+from router.core.assembly import make_profiles, make_service
+from router.core.service import RouterService
+from router.http.app import build_http_app
+from router.metrics import Metrics
+from router.outcomes.log import OutcomeLog
+from router.outcomes.spool import OutcomeSpool, default_spool_dir, spool_name
+from router.quota.limiter import RateLimiter
+from router.serving.handle import ServeHandleBackend
+from router.serving.reward_replicas import ServeHandleVerifier
+
+log = logging.getLogger("acr.runtime")
+
+
+@dataclass
+class Runtime:
+    """Everything one ingress replica holds; ``http_app`` is what Serve exposes."""
+
+    config: AppConfig
+    backend: Backend
+    redis: Redis | None
+    outcomes: OutcomeLog | None
+    service: RouterService
+    http_app: FastAPI
+    metrics: Metrics
+
+
+def make_backend(config: AppConfig, model_handle: Any = None) -> Backend:
+    """The model backend for ``config``: replicas through a handle, or an HTTP server
+    (with the model's chat template from ``model.tokenizer_path`` when given)."""
+    m = config.model
+    if m.kind == "openai":
+        key = os.environ.get(m.api_key_env) if m.api_key_env else None
+        template = ChatTemplate.from_path(m.tokenizer_path) if m.tokenizer_path else None
+        return OpenAIHTTPBackend(
+            m.base_url or "",
+            m.name,
+            served_name=m.served_name,
+            api_key=key,
+            timeout_s=m.http_timeout_ms / 1000,
+            declared=dict(m.capabilities),
+            template=template,
+            extra_body=dict(m.extra_body),
+            max_concurrency=m.max_concurrency,
+        )
+    if model_handle is None:
+        raise ValueError("model.kind 'transformers' needs a ModelReplica handle")
+    return ServeHandleBackend(model_handle, m.name)
+
+
+def make_reward_model(config: AppConfig, handle: Any = None) -> Verifier | None:
+    """The configured reward model: a served one over HTTP, the ``RewardModelReplica``
+    deployment through ``handle``, or (in process, without Serve) a local checkpoint."""
+    v = config.verifier
+    if v.url:
+        key = os.environ.get(v.api_key_env) if v.api_key_env else None
+        return HTTPRewardVerifier(v.url, v.model, api_key=key, timeout_s=v.timeout_ms / 1000)
+    if not v.reward_model_path:
+        return None
+    if handle is not None:
+        return ServeHandleVerifier(handle)
+    # torch and transformers load only when a local reward model is configured.
+    from backends.verifiers.reward_model import RewardModelVerifier
+
+    return RewardModelVerifier.from_pretrained(v.reward_model_path, device=v.device)
+
+
+def make_redis(config: AppConfig) -> Redis | None:
+    """An asyncio Redis client for ``config.redis.url`` (None when no URL is set)."""
+    r = config.redis
+    if not r.url:
+        return None
+    timeout = r.socket_timeout_ms / 1000
+    return Redis.from_url(
+        r.url,
+        password=r.password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        decode_responses=True,
+    )
+
+
+def build_runtime(
+    config: AppConfig,
+    model_handle: Any = None,
+    *,
+    backend: Backend | None = None,
+    reward_handle: Any = None,
+) -> Runtime:
+    """Build a replica's runtime; tests pass ``backend`` directly instead of a handle."""
+    metrics = Metrics()
+    be = backend or make_backend(config, model_handle)
+    redis = make_redis(config)
+    outcomes = make_outcome_log(config, redis, metrics) if redis is not None else None
+    limiter = RateLimiter(
+        redis,
+        prefix=config.redis.key_prefix,
+        requests_per_minute=config.auth.requests_per_minute,
+        tokens_per_minute=config.auth.tokens_per_minute,
+        metrics=metrics,
+    )
+    service = make_service(
+        config,
+        be,
+        redis=redis,
+        outcomes=outcomes,
+        metrics=metrics,
+        limiter=limiter,
+        profiles=make_profiles(config, make_reward_model(config, reward_handle)),
+    )
+
+    async def health() -> dict[str, Any]:
+        info: dict[str, Any] = {"model": be.name}
+        if outcomes is not None:
+            info["outcomes_buffered"] = outcomes.pending
+            info["outcomes_dropped"] = outcomes.dropped
+        return info
+
+    app = build_http_app(service, health=health)
+    if outcomes is not None:
+        _run_with_app(app, outcomes)
+    return Runtime(config, be, redis, outcomes, service, app, metrics)
+
+
+def make_outcome_log(config: AppConfig, redis: Redis, metrics: Metrics) -> OutcomeLog:
+    """The outcome log of ``config``, spooling to ``redis.spool_dir`` (or the default)."""
+    r = config.redis
+    directory = Path(r.spool_dir).expanduser() if r.spool_dir else default_spool_dir()
+    return OutcomeLog(
+        redis,
+        stream=r.outcomes_stream,
+        spool=OutcomeSpool(directory, spool_name(r.outcomes_stream)),
+        metrics=metrics,
+        key_prefix=r.key_prefix,
+        maxlen=r.stream_maxlen,
+        dedup_ttl_s=r.outcome_dedup_ttl_s,
+        memory_max=r.buffer_max_outcomes,
+        backoff_max_s=r.reconnect_backoff_max_ms / 1000,
+    )
+
+
+def _run_with_app(app: FastAPI, outcomes: OutcomeLog) -> None:
+    """Start the outcome log (replaying its spool) when the app starts and flush and stop
+    it when the app stops: uvicorn and Ray Serve (a replica's graceful shutdown) run the
+    app's lifespan."""
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Any) -> AsyncIterator[Any]:
+        outcomes.start()
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            await outcomes.stop()
+
+    app.router.lifespan_context = lifespan
