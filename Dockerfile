@@ -34,6 +34,7 @@ COPY router ./router
 COPY policies ./policies
 COPY difficulty ./difficulty
 COPY backends ./backends
+COPY tasks ./tasks
 # The bundled model's weights live in backends/bundled/model and install with the package.
 # Checked from / so that the installed package, not the source tree, answers.
 RUN pip install . \

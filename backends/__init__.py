@@ -1,7 +1,8 @@
 """Model backends and verifiers.
 
 Importing this package is cheap: torch and transformers are imported only by the modules
-that need them (``backends.transformers_backend``, ``backends.verifiers.reward_model``).
+that need them (``backends.transformers_backend``, ``backends.checkpoint_loading``,
+``backends.verifiers.reward_model``).
 """
 
 from backends.base import (

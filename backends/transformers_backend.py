@@ -10,13 +10,13 @@ A checkpoint directory may also be a bundle of experts that share one tokenizer:
 ``bundle.json`` names a default sub-directory and maps task tokens to sub-directories
 (``{"default": "game24", "routes": {"<24>": "game24", "<calc>": "arithmetic"}}``), and each
 prompt goes to the expert its first token names. The bundled model is such a bundle.
+Reading checkpoints and bundles from disk is ``backends.checkpoint_loading``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Future
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from backends.base import (
@@ -36,27 +36,17 @@ from backends.base import (
     GenerationResult,
     StreamDelta,
 )
+from backends.checkpoint_loading import (
+    BUNDLE_FILE,
+    load_bundle,
+    load_directory,
+    load_gguf,
+    resolve_device,
+)
 from backends.continuous_batching import ContinuousBatcher
 from backends.decoding import Decoder, DecodeRow, TextStream, forward, output_cache
 
-BUNDLE_FILE = "bundle.json"
 BATCHING_MODES = ("continuous", "static")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` is CUDA when a GPU is visible, else CPU; explicit ``cuda`` without one fails."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BackendError("model.device is 'cuda' but no CUDA device is visible", retryable=False)
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA (half the memory, tensor cores) and float32 on CPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 class TransformersBackend(Backend):
@@ -114,17 +104,19 @@ class TransformersBackend(Backend):
         dev = resolve_device(device)
         p = Path(path)
         if p.is_file() and p.suffix == ".gguf":
-            backend = cls._from_gguf(p, dev, dtype, name or p.stem)
+            model, tokenizer = load_gguf(p, dev, dtype)
+            backend = cls(model, tokenizer, name=name or p.stem)
         elif not p.is_dir():
             raise BackendError(
                 f"model path {str(p)!r} is neither a checkpoint directory nor a .gguf file",
                 retryable=False,
             )
         elif (p / BUNDLE_FILE).is_file():
-            backend = cls._from_bundle(p, dev, dtype, name or p.name)
+            model, tokenizer, experts = load_bundle(p, dev, dtype)
+            backend = cls(model, tokenizer, name=name or p.name, experts=experts)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True)
-            backend = cls(_load_model(p, dev, dtype), tokenizer, name=name or p.name)
+            model, tokenizer = load_directory(p, dev, dtype)
+            backend = cls(model, tokenizer, name=name or p.name)
         backend.set_batching(batching)
         return backend
 
@@ -139,50 +131,8 @@ class TransformersBackend(Backend):
             batching = "static"
         self.batching = batching
 
-    @classmethod
-    def _from_gguf(cls, p: Path, dev: torch.device, dtype: str, name: str) -> TransformersBackend:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(p.parent, gguf_file=p.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                p.parent, gguf_file=p.name, dtype=resolve_dtype(dtype, dev)
-            )
-        except (ImportError, OSError, ValueError) as exc:
-            raise BackendError(
-                f"cannot load the GGUF checkpoint {p.name!r}: {exc} (it needs the 'gguf' "
-                "package: pip install 'adaptive-compute-router[gguf]')",
-                retryable=False,
-            ) from exc
-        return cls(model.to(dev), tokenizer, name=name)  # type: ignore[arg-type]
-
     def _models(self) -> list[torch.nn.Module]:
         return [self.model, *self.experts.values()]
-
-    @classmethod
-    def _from_bundle(cls, p: Path, dev: torch.device, dtype: str, name: str) -> TransformersBackend:
-        try:
-            spec = json.loads((p / BUNDLE_FILE).read_text())
-            default, routes = str(spec["default"]), dict(spec["routes"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BackendError(
-                f"{p / BUNDLE_FILE} must be JSON with 'default' (a sub-directory) and "
-                f"'routes' (task token -> sub-directory): {exc}",
-                retryable=False,
-            ) from exc
-        tokenizer = AutoTokenizer.from_pretrained(p / default, local_files_only=True)
-        loaded = {default: _load_model(p / default, dev, dtype)}
-        experts: dict[int, torch.nn.Module] = {}
-        for token, sub in routes.items():
-            token_id = tokenizer.convert_tokens_to_ids(token)
-            if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
-                raise BackendError(
-                    f"{p / BUNDLE_FILE} routes {token!r}, which is not one token of the "
-                    "bundle's tokenizer",
-                    retryable=False,
-                )
-            if sub not in loaded:
-                loaded[sub] = _load_model(p / sub, dev, dtype)
-            experts[token_id] = loaded[sub]
-        return cls(loaded[default], tokenizer, name=name, experts=experts)
 
     # -- Backend interface -------------------------------------------------------------------
 
@@ -472,13 +422,6 @@ def _quietly(hand_over: Callable[[int | None], None], item: int | None) -> None:
     """Hand ``item`` over unless the consumer's event loop has closed meanwhile."""
     with contextlib.suppress(RuntimeError):
         hand_over(item)
-
-
-def _load_model(path: Path, dev: torch.device, dtype: str) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=resolve_dtype(dtype, dev)
-    )
-    return model.to(dev)  # type: ignore[arg-type]
 
 
 def _checked_mode(batching: str) -> str:

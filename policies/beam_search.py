@@ -60,6 +60,39 @@ class Beam:
     score: float = 0.0
 
 
+@dataclass
+class _Search:
+    """One search's state across rounds: the frontier, the valid states set aside for
+    backtracking, how often each state was expanded, the finished answers and the tallies
+    ``BeamSearch.run`` reports."""
+
+    beams: list[Beam] = field(default_factory=lambda: [Beam()])
+    pool: list[Beam] = field(default_factory=list)
+    expanded: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    finished: list[Candidate] = field(default_factory=list)
+    prompt_tokens: int = 0
+    generated: int = 0
+    spent: int = 0
+    samples: int = 0
+    rounds: int = 0
+    asked: int = 0
+
+    def record(
+        self, results: list[GenerationResult | None], delimiter: str
+    ) -> list[tuple[Beam, str, int, float]]:
+        """Counts the round's calls into the tallies; returns the distinct proposals of
+        every state whose call finished (``_dedupe``), in frontier order."""
+        proposals: list[tuple[Beam, str, int, float]] = []
+        for beam, res in zip(self.beams, results, strict=True):
+            if res is None:
+                continue
+            self.prompt_tokens = self.prompt_tokens or res.prompt_tokens
+            self.generated += res.completion_tokens
+            self.samples += len(res.completions)
+            proposals += _dedupe(beam, res, delimiter)
+        return proposals
+
+
 class BeamSearch(Strategy):
     """Keep the best ``beam_width`` partial traces, ``expansions`` proposals each."""
 
@@ -80,72 +113,27 @@ class BeamSearch(Strategy):
         exhausted (every state was expanded and nothing is left to backtrack to) or deadline.
         """
         started = clock()
-        verifier = problem.verifier
         base = await base_prompt(problem, backend)
-        token_budget = budget.max_tokens * budget.beam_width * budget.expansions
-        beams = [Beam()]
-        pool: list[Beam] = []  # valid states set aside, for backtracking
-        expanded: Counter[tuple[str, ...]] = Counter()
-        finished: list[Candidate] = []
-        prompt_tokens = generated = spent = samples = rounds = asked = 0
+        search = _Search()
         stop: StopReason = "budget"
-        while rounds < ROUNDS_PER_STEP * budget.max_steps:
-            expanded.update(tuple(b.lines) for b in beams)
-            results = await _expand(problem, backend, budget, base, beams, rounds, deadline, clock)
-            rounds += 1
-            asked += budget.expansions * sum(r is not None for r in results)
-            if any(r is None for r in results):
-                stop = "deadline"
-            proposals: list[tuple[Beam, str, int, float]] = []
-            for beam, res in zip(beams, results, strict=True):
-                if res is None:
-                    continue
-                prompt_tokens = prompt_tokens or res.prompt_tokens
-                generated += res.completion_tokens
-                samples += len(res.completions)
-                proposals += _dedupe(beam, res, problem.task.step_delimiter)
-            next_beams, done, s, verified = await _grow(proposals, verifier, problem)
-            spent += s
-            finished += done
-            if verified:
-                stop = "verified"
-            if stop in ("verified", "deadline"):
+        while search.rounds < ROUNDS_PER_STEP * budget.max_steps:
+            halt = await _round(search, problem, backend, budget, base, deadline, clock)
+            if halt is not None:
+                stop = halt
                 break
-            if generated >= token_budget:
-                stop = "budget"
-                break
-            # A trace that has used its whole token or step budget cannot go on.
-            next_beams = [
-                b
-                for b in next_beams
-                if b.tokens < budget.max_tokens and len(b.lines) < budget.max_steps
-            ]
-            if next_beams:
-                next_beams.sort(key=lambda b: b.score, reverse=True)
-                beams = next_beams[: budget.beam_width]
-                pool += next_beams[budget.beam_width :]
-                continue
-            if finished and not (verifier is not None and verifier.exact):
-                stop = "answered"  # nothing says the answers are wrong: stop here
-                break
-            pool = _backtrack(beams, pool, expanded)
-            if not pool:
-                stop = "exhausted"
-                break
-            beams, pool = pool[-budget.beam_width :][::-1], pool[: -budget.beam_width]
-        chosen = _best(finished, beams, problem.task)
+        chosen = _best(search.finished, search.beams, problem.task)
         return finish(
             self.name,
             chosen=chosen,
-            candidates=finished,
-            prompt_tokens=prompt_tokens,
-            generated_tokens=generated,
-            verifier_tokens=spent,
+            candidates=search.finished,
+            prompt_tokens=search.prompt_tokens,
+            generated_tokens=search.generated,
+            verifier_tokens=search.spent,
             started=started,
             clock=clock,
-            samples=samples,
+            samples=search.samples,
             stop_reason=stop,
-            planned=asked,
+            planned=search.asked,
         )
 
     @classmethod
@@ -196,6 +184,69 @@ class BeamSearch(Strategy):
                 "expansions": max(1, budget.expansions // 2),
             }
         )
+
+
+async def _round(
+    search: _Search,
+    problem: Problem,
+    backend: Backend,
+    budget: Budget,
+    base: str,
+    deadline: float,
+    clock: Clock,
+) -> StopReason | None:
+    """Expands the frontier once and moves ``search`` on; returns why the search stops
+    (verified, deadline, budget, answered, exhausted) or None to run another round."""
+    search.expanded.update(tuple(b.lines) for b in search.beams)
+    results = await _expand(
+        problem, backend, budget, base, search.beams, search.rounds, deadline, clock
+    )
+    search.rounds += 1
+    search.asked += budget.expansions * sum(r is not None for r in results)
+    proposals = search.record(results, problem.task.step_delimiter)
+    # Children are graded even when the deadline cut a call: a verified answer among them
+    # still wins over the deadline.
+    verifier = problem.verifier
+    children, done, spent, verified = await _grow(proposals, verifier, problem)
+    search.spent += spent
+    search.finished += done
+    if verified:
+        return "verified"
+    if any(r is None for r in results):
+        return "deadline"
+    if search.generated >= budget.max_tokens * budget.beam_width * budget.expansions:
+        return "budget"
+    exact = verifier is not None and verifier.exact
+    search.beams, search.pool, stop = _next_frontier(
+        _within_budget(children, budget), search, exact, budget.beam_width
+    )
+    return stop
+
+
+def _within_budget(children: list[Beam], budget: Budget) -> list[Beam]:
+    """The children that may still grow: a trace that has used its whole token or step
+    budget cannot go on."""
+    return [b for b in children if b.tokens < budget.max_tokens and len(b.lines) < budget.max_steps]
+
+
+def _next_frontier(
+    children: list[Beam], search: _Search, exact: bool, width: int
+) -> tuple[list[Beam], list[Beam], StopReason | None]:
+    """(next frontier, next pool, why to stop or None) after a round (pure).
+
+    The best ``width`` children go on and the rest are set aside. With no child left the
+    search stops at its finished answers unless an exact verifier rejected them all;
+    otherwise it backtracks to the best set-aside states, and stops when there are none.
+    """
+    if children:
+        children = sorted(children, key=lambda b: b.score, reverse=True)
+        return children[:width], search.pool + children[width:], None
+    if search.finished and not exact:
+        return search.beams, search.pool, "answered"  # nothing says the answers are wrong
+    pool = _backtrack(search.beams, search.pool, search.expanded)
+    if not pool:
+        return search.beams, pool, "exhausted"
+    return pool[-width:][::-1], pool[:-width], None
 
 
 def _backtrack(

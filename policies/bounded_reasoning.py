@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backends.base import Backend, Completion, ThinkTags
+from backends.base import Backend, Completion, GenerationResult, ThinkTags
 from backends.verifiers.base import ProcessVerifier, VerifierError
 from policies.base import (
     Budget,
@@ -32,8 +32,16 @@ from policies.base import (
     StrategyResult,
     offset_seed,
 )
-from policies.common import base_prompt, call_until, finish, request_for, score_all
+from policies.common import (
+    base_prompt,
+    call_until,
+    finish,
+    out_of_time,
+    request_for,
+    score_all,
+)
 from policies.thinking import think_then_answer
+from tasks.task import Task
 
 if TYPE_CHECKING:
     from difficulty.estimate import DifficultyEstimate
@@ -87,6 +95,39 @@ def _first_rejected(verifier: ProcessVerifier, problem: Problem, lines: list[str
     return None
 
 
+def _exact_checker(problem: Problem) -> ProcessVerifier | None:
+    """The problem's verifier when it is an exact step checker (the chain then corrects
+    itself line by line), else None (the chain is one call)."""
+    verifier = problem.verifier
+    return verifier if isinstance(verifier, ProcessVerifier) and verifier.exact else None
+
+
+def _chain_candidate(segments: list[_Segment], task: Task, finish_reason: str) -> Candidate:
+    """The kept chain as the candidate ``BoundedReasoning.run`` returns: its text, tokens
+    and answer (None when no answer line was kept, which makes it force one)."""
+    text = "".join(s.text for s in segments)
+    return Candidate(
+        text=text,
+        tokens=sum(s.tokens for s in segments),
+        answer=task.answer_of(text),
+        finish_reason=finish_reason,
+    )
+
+
+def _with_forced_answer(
+    cand: Candidate, extra_text: str, extra_tokens: int, task: Task
+) -> Candidate:
+    """``cand`` extended by a forced answer (``BoundedReasoning._force_answer``'s text and
+    tokens), re-parsed for its answer; it ends on the forced line's stop."""
+    text = cand.text + extra_text
+    return Candidate(
+        text=text,
+        tokens=cand.tokens + extra_tokens,
+        answer=task.answer_of(text),
+        finish_reason="stop",
+    )
+
+
 class BoundedReasoning(Strategy):
     """Reason within ``budget.max_tokens``; stop at the first (accepted) answer line."""
 
@@ -118,48 +159,17 @@ class BoundedReasoning(Strategy):
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:
-            return finish(
-                self.name,
-                chosen=None,
-                candidates=[],
-                prompt_tokens=0,
-                generated_tokens=0,
-                verifier_tokens=0,
-                started=started,
-                clock=clock,
-                samples=0,
-                stop_reason="deadline",
-            )
-        comp = res.completions[0]
-        generated = res.completion_tokens
-        segments = [_kept(comp, cut_after_answer(comp.text))]
-        calls = 1
-        stop: StopReason = "answered"
-        verifier = problem.verifier
-        checker = verifier if isinstance(verifier, ProcessVerifier) and verifier.exact else None
-        if checker is not None:
-            segments, generated, calls, stop = await self._correct(
-                problem, backend, checker, budget, deadline, clock, segments, generated
-            )
-        text = "".join(s.text for s in segments)
-        cand = Candidate(
-            text=text,
-            tokens=sum(s.tokens for s in segments),
-            answer=problem.task.answer_of(text),
-            finish_reason=comp.finish_reason,
+            return out_of_time(self.name, started, clock)
+        segments, generated, calls, stop = await self._chain(
+            problem, backend, budget, deadline, clock, res
         )
+        cand = _chain_candidate(segments, problem.task, res.completions[0].finish_reason)
         if cand.answer is None and stop != "deadline":
             stop = "budget"
-            forced = await self._force_answer(problem, backend, text, deadline, clock)
+            forced = await self._force_answer(problem, backend, cand.text, deadline, clock)
             if forced is not None:
-                extra_text, extra_tokens = forced
-                generated += extra_tokens
-                cand = Candidate(
-                    text=text + extra_text,
-                    tokens=cand.tokens + extra_tokens,
-                    answer=problem.task.answer_of(text + extra_text),
-                    finish_reason="stop",
-                )
+                cand = _with_forced_answer(cand, *forced, problem.task)
+                generated += forced[1]
         spent, verified = await score_all(problem, [cand])
         if verified:
             stop = "verified"
@@ -203,6 +213,27 @@ class BoundedReasoning(Strategy):
         if est.reasoning:
             return True
         return est.step_checker and est.continuations
+
+    async def _chain(
+        self,
+        problem: Problem,
+        backend: Backend,
+        budget: Budget,
+        deadline: float,
+        clock: Clock,
+        res: GenerationResult,
+    ) -> tuple[list[_Segment], int, int, StopReason]:
+        """The chain kept from the first call ``res``, cut after its answer line and, with an
+        exact step checker, corrected (``_correct``); returns (kept segments, tokens
+        generated, calls, stop reason)."""
+        comp = res.completions[0]
+        segments = [_kept(comp, cut_after_answer(comp.text))]
+        checker = _exact_checker(problem)
+        if checker is None:
+            return segments, res.completion_tokens, 1, "answered"
+        return await self._correct(
+            problem, backend, checker, budget, deadline, clock, segments, res.completion_tokens
+        )
 
     async def _correct(
         self,

@@ -154,6 +154,71 @@ def _why(
     ), True
 
 
+def _choose(
+    cands: Sequence[ArmScore], slo: SLO, load: Load, est: DifficultyEstimate
+) -> tuple[ArmScore, str, bool]:
+    """(chosen arm's score, why it was chosen, downgraded?) for ``select``.
+
+    The best feasible arm when there is one; otherwise the fastest arm within the cost cap
+    (or the fastest overall), which always counts as a downgrade.
+    """
+    feasible = [c for c in cands if c.feasible]
+    if feasible:
+        chosen = _best(feasible)
+        why, downgraded = _why(chosen, cands, slo, load, est)
+        return chosen, why, downgraded
+    within_cap = [c for c in cands if c.cost_tokens + est.probe_tokens <= slo.cost_cap_tokens]
+    chosen = min(within_cap or cands, key=lambda c: (c.latency_ms, c.cost_tokens))
+    why = (
+        f"no arm fits the latency budget {slo.latency_budget_ms - load.elapsed_ms:.0f} ms "
+        f"(queue {load.inflight} req / {load.queued_tokens:.0f} tok); fastest arm"
+    )
+    return chosen, why, True
+
+
+def _greedy_arm(greedy_cands: Sequence[ArmScore], fallback: str) -> str:
+    """The arm the greedy (draw-free) scores would choose, ``fallback`` when none is
+    feasible; ``select`` compares it with its choice to tell exploration apart."""
+    greedy_feasible = [c for c in greedy_cands if c.feasible]
+    return _best(greedy_feasible).arm if greedy_feasible else fallback
+
+
+def _probe_why(
+    arm: ArmStats,
+    chosen: ArmScore,
+    cands: Sequence[ArmScore],
+    why: str,
+    downgraded: bool,
+    est: DifficultyEstimate,
+) -> str:
+    """``why`` as the reason states it, restated when the choice returns the probe's answer."""
+    if arm.reuses_probe and est.probe_verdict is not None and est.probe_verdict >= 0.5:
+        return "probe answer verified by the exact checker; returned as is"
+    if arm.reuses_probe and chosen.p_success < 0.05 and not downgraded:
+        return f"no arm is worth its cost (P <= {max(c.p_success for c in cands):.2f}); " + why
+    return why
+
+
+def _reason(
+    est: DifficultyEstimate, chosen: ArmScore, why: str, explored_from: str | None, source: Source
+) -> str:
+    """The decision's human-readable reason: where the item falls, the chosen arm's
+    prediction and ``why``; ``explored_from`` is the greedy choice exploration replaced."""
+    where = f"bin {est.bin} ({est.kind}, difficulty {est.difficulty:.2f})"
+    if est.ood:
+        where = f"bin {est.bin} ({est.kind}: task type unseen in training, base rates + online)"
+    reason = (
+        f"{where}: {chosen.arm} "
+        f"P={chosen.p_success:.2f} cost={chosen.cost_tokens:.0f} tok "
+        f"lat={chosen.latency_ms:.0f} ms; {why}"
+    )
+    if explored_from is not None:
+        reason += f"; exploring (greedy choice was {explored_from})"
+    if source == "cache":
+        reason = "cached difficulty estimate; " + reason
+    return reason
+
+
 def select(
     est: DifficultyEstimate,
     arms: Sequence[ArmStats],
@@ -176,43 +241,16 @@ def select(
     by_name = {a.name: a for a in arms}
     cands = score_arms(est, arms, slo, load, draws)
     greedy_cands = cands if draws is None else score_arms(est, arms, slo, load, None)
-    feasible = [c for c in cands if c.feasible]
-    if feasible:
-        chosen = _best(feasible)
-        why, downgraded = _why(chosen, cands, slo, load, est)
-    else:
-        within_cap = [c for c in cands if c.cost_tokens + est.probe_tokens <= slo.cost_cap_tokens]
-        chosen = min(within_cap or cands, key=lambda c: (c.latency_ms, c.cost_tokens))
-        downgraded = True
-        why = (
-            f"no arm fits the latency budget {slo.latency_budget_ms - load.elapsed_ms:.0f} ms "
-            f"(queue {load.inflight} req / {load.queued_tokens:.0f} tok); fastest arm"
-        )
-    greedy_feasible = [c for c in greedy_cands if c.feasible]
-    greedy_choice = _best(greedy_feasible).arm if greedy_feasible else chosen.arm
+    chosen, why, downgraded = _choose(cands, slo, load, est)
+    greedy_choice = _greedy_arm(greedy_cands, chosen.arm)
     explored = draws is not None and greedy_choice != chosen.arm
     arm = by_name[chosen.arm]
-    if arm.reuses_probe and est.probe_verdict is not None and est.probe_verdict >= 0.5:
-        why = "probe answer verified by the exact checker; returned as is"
-    elif arm.reuses_probe and chosen.p_success < 0.05 and not downgraded:
-        why = f"no arm is worth its cost (P <= {max(c.p_success for c in cands):.2f}); " + why
-    where = f"bin {est.bin} ({est.kind}, difficulty {est.difficulty:.2f})"
-    if est.ood:
-        where = f"bin {est.bin} ({est.kind}: task type unseen in training, base rates + online)"
-    reason = (
-        f"{where}: {chosen.arm} "
-        f"P={chosen.p_success:.2f} cost={chosen.cost_tokens:.0f} tok "
-        f"lat={chosen.latency_ms:.0f} ms; {why}"
-    )
-    if explored:
-        reason += f"; exploring (greedy choice was {greedy_choice})"
-    if source == "cache":
-        reason = "cached difficulty estimate; " + reason
+    why = _probe_why(arm, chosen, cands, why, downgraded, est)
     return Decision(
         strategy=arm.strategy,
         arm=arm.name,
         budget=arm.budget,
-        reason=reason,
+        reason=_reason(est, chosen, why, greedy_choice if explored else None, source),
         source=source,
         predicted_success=chosen.p_success,
         predicted_latency_ms=chosen.latency_ms,

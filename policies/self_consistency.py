@@ -24,7 +24,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Literal
 
-from backends.base import Backend, ThinkTags
+from backends.base import Backend, GenerationRequest, ThinkTags
 from policies.base import (
     Budget,
     Candidate,
@@ -93,16 +93,7 @@ class SelfConsistency(Strategy):
         stop: StopReason = "budget"
         batch = 0
         while len(cands) < budget.samples:
-            n = min(budget.batch_size, budget.samples - len(cands))
-            seed = offset_seed(problem.seed, 7919 * batch)
-            req = request_for(
-                problem,
-                n=n,
-                max_tokens=budget.max_tokens,
-                temperature=budget.temperature,
-                seed=seed,
-                logprobs=True,
-            )
+            req = _batch_request(problem, budget, len(cands), batch)
             batch += 1
             res = await call_until(backend, req, deadline, clock)
             if res is None:
@@ -122,12 +113,10 @@ class SelfConsistency(Strategy):
             if verified:
                 stop = "verified"
                 break
-            checked = problem.task.exact and any(c.score is not None for c in new)
-            if self.adaptive and not checked and len(cands) < budget.samples:
-                why = self._stop(cands, problem.task, budget.samples)
-                if why is not None:
-                    stop = why
-                    break
+            why = self._early_stop(cands, new, problem.task, budget.samples)
+            if why is not None:
+                stop = why
+                break
         chosen = self._choose(cands, lp, stop, problem.task)
         return finish(
             self.name,
@@ -189,6 +178,19 @@ class SelfConsistency(Strategy):
             return None
         return expected_samples(p_success, budget.samples, budget.batch_size)
 
+    def _early_stop(
+        self, cands: list[Candidate], new: list[Candidate], task: Task, planned: int
+    ) -> StopReason | None:
+        """Why to stop before ``planned`` samples after the batch ``new`` (None: draw on).
+
+        Only an adaptive sampler stops early, and not on a batch an exact verifier scored:
+        there every unverified answer is known to be wrong, so agreement is not evidence.
+        """
+        checked = task.exact and any(c.score is not None for c in new)
+        if not self.adaptive or checked or len(cands) >= planned:
+            return None
+        return self._stop(cands, task, planned)
+
     def _stop(self, cands: list[Candidate], task: Task, planned: int) -> StopReason | None:
         """Why to stop after these samples (None: draw more), by the configured rule."""
         ranking = vote([c.answer for c in cands], task)
@@ -215,6 +217,19 @@ class SelfConsistency(Strategy):
             return max(cands, key=lambda c: lp[id(c)])
         pool = [c for c in cands if task.vote_key(c.answer) == ranking[0][0]]
         return max(pool, key=lambda c: lp[id(c)])
+
+
+def _batch_request(problem: Problem, budget: Budget, drawn: int, batch: int) -> GenerationRequest:
+    """The request for batch number ``batch`` once ``drawn`` samples are in: at most
+    ``budget.batch_size`` more, never past ``budget.samples``, with the batch's own seed."""
+    return request_for(
+        problem,
+        n=min(budget.batch_size, budget.samples - drawn),
+        max_tokens=budget.max_tokens,
+        temperature=budget.temperature,
+        seed=offset_seed(problem.seed, 7919 * batch),
+        logprobs=True,
+    )
 
 
 def expected_samples(p_success: float, samples: int, batch: int) -> float:

@@ -30,6 +30,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from policies.fail_open import FailOpen
+
 log = logging.getLogger("acr.policy")
 
 _FIELDS = ("succ", "fail", "n", "tokens", "latency_ms")
@@ -240,13 +242,14 @@ class InMemoryPolicyStore(PolicyStore):
 
 
 class RedisPolicyStore(PolicyStore):
-    """The shared store: Redis hashes per (kind, bin, arm), cached locally for ``refresh_s``.
+    """Online state in Redis, shared by all replicas (keys carry prefix and version).
 
     Reads serve a local snapshot refreshed at most every ``refresh_s`` seconds (one pipelined
     round trip for a whole bin), so the decision path rarely waits on Redis. Writes go to
     Redis at once (``HINCRBYFLOAT`` in a MULTI, atomic across replicas) and into the snapshot.
-    Any Redis error switches to an in-memory store for ``retry_s`` seconds (fail-open): the
-    router keeps deciding with training priors plus local outcomes.
+    Any Redis error switches to an in-memory store for ``retry_s`` seconds
+    (``policies.fail_open``): the router keeps deciding with training priors plus local
+    outcomes, and writes what it learned meanwhile to Redis once it answers again.
     """
 
     def __init__(
@@ -263,11 +266,10 @@ class RedisPolicyStore(PolicyStore):
         self.prefix = key_prefix
         self.version = version
         self.refresh_s = refresh_s
-        self.retry_s = retry_s
         self.clock = clock
         self.fallback = InMemoryPolicyStore(version, clock)
+        self.redis_state = FailOpen("policy store", retry_s, clock=clock)
         self._snap: dict[str, tuple[float, dict[str, OnlineStat]]] = {}
-        self._down_until = 0.0
         # Outcomes learned while Redis was down, written once it answers again.
         self.pending: list[tuple[str, OnlineStat]] = []
 
@@ -299,35 +301,27 @@ class RedisPolicyStore(PolicyStore):
         """Redis key of a named entry of this store (cache entries, claims, shares)."""
         return f"{self.prefix}:{self.version}:{name}"
 
-    def _up(self) -> bool:
-        return self.clock() >= self._down_until
-
-    def _mark_down(self, exc: Exception) -> None:
-        if self._up():
-            log.warning("policy store: Redis unavailable (%s); using local state", exc)
-        self._down_until = self.clock() + self.retry_s
-
     async def arm_stats(self, scope: str, arms: Iterable[str]) -> dict[str, OnlineStat]:
         """The scope's stats from the local snapshot, refreshed from Redis when stale."""
         names = list(arms)
         snap = self._snap.get(scope)
         if snap is not None and self.clock() - snap[0] < self.refresh_s:
             return {a: snap[1].get(a, OnlineStat()) for a in names}
-        if not self._up():
-            return await self.fallback.arm_stats(scope, names)
-        if self.pending:
+        if self.redis_state.up and self.pending:
             await self._write_pending()
-        try:
+
+        async def remote() -> dict[str, OnlineStat]:
             async with self.client.pipeline(transaction=False) as pipe:
                 for a in names:
                     pipe.hgetall(self.arm_key(scope, a))
                 rows = await pipe.execute()
-        except Exception as exc:  # noqa: BLE001 - redis/OS errors alike: fail open
-            self._mark_down(exc)
-            return await self.fallback.arm_stats(scope, names)
-        stats = {a: OnlineStat.from_mapping(r or {}) for a, r in zip(names, rows, strict=True)}
-        self._snap[scope] = (self.clock(), stats)
-        return dict(stats)
+            stats = {a: OnlineStat.from_mapping(r or {}) for a, r in zip(names, rows, strict=True)}
+            self._snap[scope] = (self.clock(), stats)
+            return dict(stats)
+
+        return await self.redis_state.call(
+            "arm_stats", remote, lambda: self.fallback.arm_stats(scope, names)
+        )
 
     async def record(
         self,
@@ -345,16 +339,13 @@ class RedisPolicyStore(PolicyStore):
         snap = self._snap.get(scope)
         if snap is not None:
             snap[1].setdefault(arm, OnlineStat()).add(delta)
-        if self._up() and self.pending:
+        if self.redis_state.up and self.pending:
             await self._write_pending()
-        if not self._up():
-            self._keep(scope, arm, delta)
-            return
-        try:
+
+        async def remote() -> None:
             await self._write(self.arm_key(scope, arm), delta)
-        except Exception as exc:  # noqa: BLE001 - redis/OS errors alike: fail open
-            self._mark_down(exc)
-            self._keep(scope, arm, delta)
+
+        await self.redis_state.call("record", remote, lambda: self._keep(scope, arm, delta))
 
     async def _write(self, key: str, delta: OnlineStat) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
@@ -380,65 +371,62 @@ class RedisPolicyStore(PolicyStore):
                 key, delta = self.pending[0]
                 await self._write(key, delta)
                 self.pending.pop(0)
-        except Exception as exc:  # noqa: BLE001
-            self._mark_down(exc)
+        except Exception as exc:  # noqa: BLE001 - Redis failed again: keep the rest
+            self.redis_state.failed("write_pending", exc)
             return
         log.info("policy store: outcomes learned during the outage written to Redis")
         self.fallback.stats.clear()
         self._snap.clear()
 
     async def get_json(self, key: str) -> dict[str, Any] | None:
-        """The stored JSON object (Redis enforces the TTL)."""
-        if not self._up():
-            return await self.fallback.get_json(key)
-        try:
+        """The stored JSON object (Redis enforces the TTL; an entry kept locally during an
+        outage is still found)."""
+
+        async def remote() -> dict[str, Any] | None:
             raw = await self.client.get(self.key(key))
-        except Exception as exc:  # noqa: BLE001
-            self._mark_down(exc)
-            return await self.fallback.get_json(key)
-        if raw is None:
-            return await self.fallback.get_json(key)
-        try:
-            value = json.loads(raw)
-        except (ValueError, TypeError):
-            return None
-        return value if isinstance(value, dict) else None
+            if raw is None:
+                return await self.fallback.get_json(key)
+            try:
+                value = json.loads(raw)
+            except (ValueError, TypeError):
+                return None
+            return value if isinstance(value, dict) else None
+
+        return await self.redis_state.call("get", remote, lambda: self.fallback.get_json(key))
 
     async def put_json(self, key: str, value: dict[str, Any], ttl_s: int) -> None:
         """``SET key json EX ttl``."""
         if ttl_s <= 0:
             return
-        if not self._up():
-            await self.fallback.put_json(key, value, ttl_s)
-            return
-        try:
-            await self.client.set(self.key(key), json.dumps(value, separators=(",", ":")), ex=ttl_s)
-        except Exception as exc:  # noqa: BLE001
-            self._mark_down(exc)
-            await self.fallback.put_json(key, value, ttl_s)
+
+        async def remote() -> None:
+            raw = json.dumps(value, separators=(",", ":"))
+            await self.client.set(self.key(key), raw, ex=ttl_s)
+
+        await self.redis_state.call(
+            "put", remote, lambda: self.fallback.put_json(key, value, ttl_s)
+        )
 
     async def claim(self, key: str, ttl_s: int) -> bool:
         """``SET key 1 NX EX ttl`` (locally while Redis is down)."""
-        if not self._up():
-            return await self.fallback.claim(key, ttl_s)
-        try:
+
+        async def remote() -> bool:
             return bool(await self.client.set(self.key(key), "1", nx=True, ex=max(1, ttl_s)))
-        except Exception as exc:  # noqa: BLE001
-            self._mark_down(exc)
-            return await self.fallback.claim(key, ttl_s)
+
+        return await self.redis_state.call("claim", remote, lambda: self.fallback.claim(key, ttl_s))
 
     async def take_share(self, key: str, member: str, amount: float, cap: float) -> float:
         """A Lua script grants what is left of the member's cap, atomically."""
-        if not self._up():
-            return await self.fallback.take_share(key, member, amount, cap)
-        try:
+
+        async def remote() -> float:
             got = await self.client.eval(
                 _TAKE_SHARE, 1, self.key(key), member, amount, cap, SHARE_TTL_S
             )
-        except Exception as exc:  # noqa: BLE001
-            self._mark_down(exc)
-            return await self.fallback.take_share(key, member, amount, cap)
-        return float(got.decode() if isinstance(got, bytes) else got)
+            return float(got.decode() if isinstance(got, bytes) else got)
+
+        return await self.redis_state.call(
+            "take_share", remote, lambda: self.fallback.take_share(key, member, amount, cap)
+        )
 
     async def close(self) -> None:
         """Close the Redis client."""

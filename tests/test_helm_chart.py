@@ -155,7 +155,7 @@ def test_serve_config_names_import_paths_and_deployments_that_exist() -> None:
     app = serve_config(render())["applications"][0]
     module, attr = app["import_path"].split(":")
     assert callable(getattr(importlib.import_module(module), attr))
-    from router import app as router_app
+    from router.serving import app as router_app
 
     names = {d["name"] for d in app["deployments"]}
     assert names == {"RouterIngress", "ModelReplica"}

@@ -132,3 +132,83 @@ def test_the_wheel_holds_the_product_and_no_lab_module(tmp_path: Path) -> None:
     top = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
     packages = {t for t in top if not t.endswith(".dist-info")}
     assert packages == set(PRODUCT), packages
+
+
+#: third-party packages that speak HTTP: only the edge (``router.http``) may import them
+HTTP_FRAMEWORKS = ("fastapi", "starlette")
+#: where one request's path starts: the Serve application and the HTTP app it exposes
+REQUEST_ENTRY = ("router.serving.app", "router.http.app")
+#: what only offline work needs: commands, training, the lab
+OFFLINE = ("router.commands", "difficulty.train", "lab")
+
+
+def test_only_the_http_edge_imports_http_frameworks_or_the_http_schemas() -> None:
+    wrong = []
+    for name, path in product_modules().items():
+        if name == "router.http" or name.startswith("router.http."):
+            continue
+        for imp, _ in imports(path):
+            if imp.split(".")[0] in HTTP_FRAMEWORKS:
+                wrong.append(f"{name}: {imp}")
+            # Serving wires the edge's app into Ray Serve; nothing else touches the edge.
+            elif imp.startswith("router.http") and not (
+                name.startswith("router.serving.") and imp == "router.http.app"
+            ):
+                wrong.append(f"{name}: {imp}")
+    assert not wrong, wrong
+
+
+def test_no_router_module_outside_the_http_edge_names_a_status_code_or_an_http_error() -> None:
+    # Backends read their upstream servers' statuses; the router's own answers get theirs
+    # from the edge alone (``router.http.errors`` maps the core's domain errors).
+    wrong = []
+    for name, path in product_modules().items():
+        if not name.startswith("router.") or name.startswith("router.http"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            ident = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+            if ident in ("APIError", "HTTPException", "status_code"):
+                wrong.append(f"{name}: {ident}")
+    assert not wrong, wrong
+
+
+def test_the_request_path_imports_no_offline_command() -> None:
+    modules = product_modules()
+    seen: set[str] = set()
+    todo = list(REQUEST_ENTRY)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in modules:
+            continue
+        seen.add(name)
+        for imp, _ in imports(modules[name]):
+            dep = resolve(imp, modules)
+            if dep is not None:
+                todo.append(dep)
+    assert "router.core.service" in seen  # the walk followed the real imports
+    offline = sorted(m for m in seen if m.startswith(OFFLINE))
+    assert not offline, offline
+
+
+#: functions allowed past the length bound: declarations, not logic
+LONG_DECLARATIONS = {"router.metrics:Metrics.__init__"}
+
+
+def test_no_product_file_is_over_500_lines_and_no_function_over_60() -> None:
+    long_files, long_functions = [], []
+    for name, path in product_modules().items():
+        text = path.read_text()
+        if text.count("\n") > 500:
+            long_files.append(f"{name}: {text.count(chr(10))}")
+        tree = ast.parse(text)
+        for cls in [tree, *[n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]]:
+            owner = f"{cls.name}." if isinstance(cls, ast.ClassDef) else ""
+            for node in ast.iter_child_nodes(cls):
+                if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                where = f"{name}:{owner}{node.name}"
+                if length > 60 and where not in LONG_DECLARATIONS:
+                    long_functions.append(f"{where}: {length}")
+    assert not long_files, long_files
+    assert not long_functions, long_functions

@@ -3,13 +3,16 @@ with 95% confidence intervals, as a table (Markdown and JSON) and a Pareto plot 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
-from router.commands.bench import pareto, plot
+from difficulty.model import RouterModel
+from router.commands.bench_summary import pareto, plot
+from router.commands.calibration_plan import CalibrationPlan
 
 #: z of a two-sided 95% interval
 Z95 = 1.959964
@@ -91,6 +94,55 @@ def verdict(summary: list[dict[str, Any]]) -> list[str]:
                 "the best fixed arm)."
             )
     return lines
+
+
+def build_report(
+    plan: CalibrationPlan,
+    backend_name: str,
+    probe_tokens: int,
+    data_hash: str,
+    *,
+    fit: int,
+    eval_recs: list[dict[str, Any]],
+    skipped: int,
+    failed: int,
+    model: RouterModel,
+    model_path: Path,
+    sweep: list[dict[str, Any]],
+    auto_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The calibration report (what ``write_report`` renders): each fixed arm, auto and the
+    oracle on the evaluation part, the chosen lambda and how to use the model."""
+    lam = model.card.lambda_per_1k_tokens or 0.0
+    summary = [
+        *fixed_rows(eval_recs, [a.name for a in plan.arms]),
+        row_summary("auto", auto_runs),
+        oracle_row(eval_recs),
+    ]
+    return {
+        "settings": {
+            **plan.manifest(backend_name, probe_tokens, data_hash),
+            "data": str(plan.data),
+        },
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "items": {"fit": fit, "eval": len(eval_recs), "skipped": skipped, "failed": failed},
+        "profile_coverage": _coverage(auto_runs, plan.profile),
+        "lambda_per_1k_tokens": lam,
+        "lambda_sweep": sweep,
+        "model": str(model_path),
+        "model_metrics": model.card.metrics,
+        "summary": summary,
+        "verdict": verdict(summary),
+        "use": ["policy:", f"  classifier_path: {model_path}   # lambda {lam:g} comes with it"],
+        "auto_runs": auto_runs,
+    }
+
+
+def _coverage(runs: list[dict[str, Any]], profile: str | None) -> float | None:
+    """Share of evaluation prompts the service's rules matched to ``profile``."""
+    if profile is None or not runs:
+        return None
+    return sum(1 for r in runs if r.get("task") == profile) / len(runs)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -9,13 +9,14 @@ import asyncio
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from difficulty.train import load_stream
 from difficulty.train import train_router as fit_router
 from policies.registry import BENCH_ARMS, default_arms
+from router.commands import cli_options as option
 from router.commands.calibration_data import CalibrationDataError
 from router.config import ConfigError, config_to_yaml, load_config
 
@@ -59,34 +60,21 @@ def show_config(
 
 @app.command()
 def bench(
-    dataset: Annotated[str, typer.Option(help="game24 | arithmetic | jsonl")] = "game24",
-    data: Annotated[
-        Path | None, typer.Option(help="game24.csv or a JSONL file of question/answer.")
-    ] = None,
-    rows: Annotated[str, typer.Option(help="game24 rows, e.g. 900-999 or 0-99,900-999.")] = (
-        "900-999"
-    ),
-    per_count: Annotated[int, typer.Option(help="arithmetic items per operand count.")] = 10,
-    limit: Annotated[int | None, typer.Option(help="Random subset of this many items.")] = None,
-    arm: Annotated[
-        list[str] | None,
-        typer.Option("--arm", help="strategy[:field=value,...]; repeatable. Default: a sweep."),
-    ] = None,
-    model_dir: Annotated[Path | None, typer.Option(help="Checkpoint; default bundled.")] = None,
-    out_json: Annotated[Path, typer.Option(help="Results JSON (PNG beside it).")] = Path(
-        "bench-out/bench.json"
-    ),
-    concurrency: Annotated[int, typer.Option(help="Items in flight per row.")] = 16,
-    timeout_s: Annotated[
-        float, typer.Option(help="Per-item deadline; strategies return their best so far.")
-    ] = 120.0,
-    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "cpu",
-    threads: Annotated[
-        int, typer.Option(help="torch intra-op threads (1 is fastest on a shared CPU).")
-    ] = 1,
-    auto: Annotated[bool, typer.Option(help="Add the router's auto row.")] = True,
-    oracle: Annotated[bool, typer.Option(help="Add the oracle row.")] = True,
-    groups: Annotated[bool, typer.Option(help="Also print accuracy per item group.")] = False,
+    dataset: option.BenchDataset = "game24",
+    data: option.BenchData = None,
+    rows: option.BenchRows = "900-999",
+    per_count: option.BenchPerCount = 10,
+    limit: option.BenchLimit = None,
+    arm: option.BenchArms = None,
+    model_dir: option.BenchModelDir = None,
+    out_json: option.BenchOutJson = Path("bench-out/bench.json"),
+    concurrency: option.BenchConcurrency = 16,
+    timeout_s: option.BenchTimeout = 120.0,
+    device: option.BenchDevice = "cpu",
+    threads: option.BenchThreads = 1,
+    auto: option.BenchAuto = True,
+    oracle: option.BenchOracle = True,
+    groups: option.BenchGroups = False,
 ) -> None:
     """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot.
 
@@ -116,6 +104,12 @@ def bench(
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    _echo_bench(result, groups)
+    typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
+
+
+def _echo_bench(result: dict[str, Any], groups: bool) -> None:
+    """Print a bench's summary, one line per row (with ``groups`` also per item group)."""
     for s in result["summary"]:
         typer.echo(
             f"{s['row']:<45} acc {s['accuracy']:.3f}  tokens {s['mean_tokens']:8.1f}  "
@@ -127,44 +121,26 @@ def bench(
                 f"{s['row']:<45} {s['group']:<14} acc {s['accuracy']:.3f}  "
                 f"tokens {s['mean_tokens']:8.1f}  samples {s['mean_samples']:5.1f}"
             )
-    typer.echo(f"wrote {out_json} and {out_json.with_suffix('.png')}")
 
 
 @app.command()
 def calibrate(
-    data: Annotated[Path, typer.Option(help="JSONL file of questions and reference answers.")],
-    profile: Annotated[
-        str | None, typer.Option(help="Task profile to calibrate (default: matched per prompt).")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", "-c", help="The service's YAML config.", exists=True)
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Output directory (resumes a run found there).")] = (
-        Path("calibration")
-    ),
-    question_field: Annotated[str, typer.Option(help="Field holding the question.")] = "question",
-    answer_field: Annotated[
-        str, typer.Option(help="Field holding the reference answer ('' for none).")
-    ] = "answer",
-    answer_marker: Annotated[
-        str, typer.Option(help="The reference answer is what follows its last marker.")
-    ] = "####",
-    eval_percent: Annotated[int, typer.Option(help="Share of questions held out (%).")] = 30,
-    limit: Annotated[int | None, typer.Option(help="Use the first N questions.")] = None,
-    arm: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--arm", help="strategy[:field=value,...]; repeatable. Default: the router's arms."
-        ),
-    ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="Items in flight.")] = 4,
-    timeout_s: Annotated[float, typer.Option(help="Deadline of one arm on one item.")] = 120.0,
-    device: Annotated[str, typer.Option(help="Local checkpoint: cpu | cuda | auto.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="Local checkpoint: torch threads.")] = 1,
-    restart: Annotated[bool, typer.Option(help="Discard the labels found in --out.")] = False,
-    version: Annotated[
-        str, typer.Option(help="The router model's version (part of its Redis keys).")
-    ] = "router-calibrated",
+    data: option.CalibrateData,
+    profile: option.CalibrateProfile = None,
+    config: option.CalibrateConfig = None,
+    out: option.CalibrateOut = Path("calibration"),
+    question_field: option.CalibrateQuestionField = "question",
+    answer_field: option.CalibrateAnswerField = "answer",
+    answer_marker: option.CalibrateAnswerMarker = "####",
+    eval_percent: option.CalibrateEvalPercent = 30,
+    limit: option.CalibrateLimit = None,
+    arm: option.CalibrateArms = None,
+    concurrency: option.CalibrateConcurrency = 4,
+    timeout_s: option.CalibrateTimeout = 120.0,
+    device: option.CalibrateDevice = "cpu",
+    threads: option.CalibrateThreads = 1,
+    restart: option.CalibrateRestart = False,
+    version: option.CalibrateVersion = "router-calibrated",
 ) -> None:
     """Fit the router to the configured backend on your data, and report how it does.
 
@@ -199,6 +175,11 @@ def calibrate(
     except (ConfigError, CalibrationDataError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    _echo_calibration(report, out)
+
+
+def _echo_calibration(report: dict[str, Any], out: Path) -> None:
+    """Print a calibration's summary and verdict, and how to use the model it wrote."""
     for s in report["summary"]:
         lo, hi = s["ci95"]
         typer.echo(

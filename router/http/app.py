@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -42,13 +43,17 @@ def build_http_app(
     service: RouterService,
     *,
     health: HealthCheck | None = None,
+    lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
 ) -> FastAPI:
-    """The FastAPI app serving the OpenAI-compatible API over ``service``."""
+    """The FastAPI app serving the OpenAI-compatible API over ``service``. ``lifespan``
+    runs around the app's life (uvicorn and Ray Serve, at a replica's graceful shutdown
+    too, run it): the outcome log's start and final flush."""
     cfg = service.config
     app = FastAPI(
         title="Adaptive compute router",
         version="0.1.0",
         description="OpenAI-compatible API that decides per request how much compute to spend.",
+        lifespan=(lambda _: lifespan()) if lifespan is not None else None,
     )
 
     if cfg.server.cors_origins:

@@ -26,6 +26,7 @@ import itertools
 import json
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.asyncio import Redis
@@ -147,6 +148,16 @@ class OutcomeLog:
                 log.error("%s; outcomes wait in memory only", error)
             self.spool_error = error
         self._gauge()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The log started for the block (its spool replayed) and stopped after it, its
+        outcomes flushed: what an app's lifespan runs."""
+        self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
 
     async def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Finish spool writes, try to write what waits to Redis, stop the flusher and

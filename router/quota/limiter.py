@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
+from policies.fail_open import FailOpen
 from router.metrics import Metrics
 from router.quota.local import ALLOWED, REFUSED_REQUESTS, LocalWindows, WindowCounts
 
@@ -136,10 +136,13 @@ class RateLimiter:
         self.tpm = tokens_per_minute
         self.metrics = metrics or Metrics()
         self.clock = clock
-        self.retry_redis_s = retry_redis_s
-        self.monotonic = monotonic
         self.local = LocalWindows()
-        self._redis_down_until = -1.0
+        self.redis_state = FailOpen(
+            "rate limits (each replica counts alone meanwhile)",
+            retry_redis_s,
+            clock=monotonic,
+            on_failure=lambda op: self.metrics.rate_limit_degraded.labels(operation=op).inc(),
+        )
         self._pending: set[asyncio.Task[None]] = set()
         self._scripts = (
             {
@@ -168,30 +171,16 @@ class RateLimiter:
         now = self.clock()
         return max(1, int((int(now // WINDOW_S) + 1) * WINDOW_S - now))
 
-    def _use_redis(self) -> bool:
-        return self.client is not None and self.monotonic() >= self._redis_down_until
-
-    def _redis_failed(self, operation: str, exc: Exception) -> None:
-        if self.monotonic() >= self._redis_down_until:
-            log.warning(
-                "rate limits fall back to this replica's own counts: Redis failed on %s (%s)",
-                operation,
-                exc,
-            )
-        self._redis_down_until = self.monotonic() + self.retry_redis_s
-        self.metrics.rate_limit_degraded.labels(operation=operation).inc()
-
     async def _redis(self, operation: str, keys: list[str], args: list[int]) -> int | None:
-        """The script's answer, or None when Redis failed (the caller falls back)."""
-        if not self._use_redis():
-            if self.client is not None:
-                self.metrics.rate_limit_degraded.labels(operation=operation).inc()
+        """The script's answer, or None when Redis is not used or failed (the caller falls
+        back to this replica's own counts)."""
+        if self.client is None:
             return None
-        try:
+
+        async def script() -> int:
             return int(await self._scripts[operation](keys=keys, args=args))
-        except (RedisError, OSError) as exc:
-            self._redis_failed(operation, exc)
-            return None
+
+        return await self.redis_state.call(operation, script, lambda: None)
 
     async def reserve(self, key_id: str, tokens: int) -> LimitVerdict:
         """Count one request for ``key_id`` and hold ``tokens`` for it in this window.
@@ -286,10 +275,16 @@ class RateLimiter:
         """``key_id``'s counts in ``window`` (default: the current one): from Redis, or
         this process's own when Redis is not there or not answering."""
         window = int(self.clock() // WINDOW_S) if window is None else window
-        if self.client is not None:
-            try:
-                req, used, held = await self.client.mget(self._keys(key_id, window))
-                return WindowCounts(int(req or 0), int(used or 0), int(held or 0))
-            except (RedisError, OSError):
-                pass
-        return self.local.windows.get((key_id, window), WindowCounts())
+        local = self.local.windows.get((key_id, window), WindowCounts())
+        if self.client is None:
+            return local
+        client = self.client
+
+        async def remote() -> WindowCounts:
+            req, used, held = await client.mget(self._keys(key_id, window))
+            return WindowCounts(int(req or 0), int(used or 0), int(held or 0))
+
+        try:
+            return await remote()
+        except Exception:  # noqa: BLE001 - a read for reports: this replica's counts will do
+            return local

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from backends.base import Backend
@@ -41,7 +38,8 @@ class Runtime:
     redis: Redis | None
     outcomes: OutcomeLog | None
     service: RouterService
-    http_app: FastAPI
+    #: the ASGI app (FastAPI) Serve exposes
+    http_app: Any
     metrics: Metrics
 
 
@@ -136,9 +134,9 @@ def build_runtime(
             info["outcomes_dropped"] = outcomes.dropped
         return info
 
-    app = build_http_app(service, health=health)
-    if outcomes is not None:
-        _run_with_app(app, outcomes)
+    app = build_http_app(
+        service, health=health, lifespan=outcomes.running if outcomes is not None else None
+    )
     return Runtime(config, be, redis, outcomes, service, app, metrics)
 
 
@@ -157,21 +155,3 @@ def make_outcome_log(config: AppConfig, redis: Redis, metrics: Metrics) -> Outco
         memory_max=r.buffer_max_outcomes,
         backoff_max_s=r.reconnect_backoff_max_ms / 1000,
     )
-
-
-def _run_with_app(app: FastAPI, outcomes: OutcomeLog) -> None:
-    """Start the outcome log (replaying its spool) when the app starts and flush and stop
-    it when the app stops: uvicorn and Ray Serve (a replica's graceful shutdown) run the
-    app's lifespan."""
-    inner = app.router.lifespan_context
-
-    @contextlib.asynccontextmanager
-    async def lifespan(a: Any) -> AsyncIterator[Any]:
-        outcomes.start()
-        try:
-            async with inner(a) as state:
-                yield state
-        finally:
-            await outcomes.stop()
-
-    app.router.lifespan_context = lifespan
