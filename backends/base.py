@@ -10,11 +10,12 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-FinishReason = Literal["stop", "length"]
+#: why a completion ended: end of sequence or a stop string, the token limit, a tool call
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class BackendError(RuntimeError):
@@ -22,14 +23,29 @@ class BackendError(RuntimeError):
 
     ``retryable`` tells the caller whether the same request may succeed on another replica;
     ``retry_after_s`` when it is worth trying again (a circuit breaker's remaining cooldown).
+    ``status`` is the model server's HTTP status when it answered with one: a request it
+    refused (4xx, or a 5xx that says the request failed validation) is the client's error,
+    a 5xx on this request alone the server's.
     """
 
     def __init__(
-        self, message: str, *, retryable: bool = True, retry_after_s: float | None = None
+        self,
+        message: str,
+        *,
+        retryable: bool = True,
+        retry_after_s: float | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after_s = retry_after_s
+        self.status = status
+
+    @property
+    def server_failed(self) -> bool:
+        """The server failed on this request itself (a 5xx that is not a refusal and not
+        overload): neither retried nor the client's fault."""
+        return not self.retryable and self.status is not None and self.status >= 500
 
 
 class Capabilities(BaseModel):
@@ -52,6 +68,23 @@ class Capabilities(BaseModel):
         default=True, description="Token counts from the real tokenizer or the server's usage."
     )
     max_concurrency: int = Field(default=16, ge=1, le=1024, description="Calls in flight.")
+    parallel_slots: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Requests the server decodes side by side (llama.cpp's -np); 1: it "
+        "serialises them, so fanned-out samples are priced one after another.",
+    )
+    free_logprobs: bool = Field(
+        default=True,
+        description="Log-probabilities cost (almost) no decode speed, so samples may carry "
+        "them; else only the difficulty probe asks for them.",
+    )
+    forwards_fields: bool = Field(
+        default=False,
+        description="Request fields the router does not act on (tools, response_format, "
+        "penalties, vendor fields) reach the model; without it they are refused.",
+    )
 
     @property
     def continuations(self) -> bool:
@@ -60,12 +93,26 @@ class Capabilities(BaseModel):
 
 
 class ChatMessage(BaseModel):
-    """One chat turn, as in OpenAI's API."""
+    """One chat turn, as in OpenAI's API: ``content`` as the client sent it (a string, a
+    list of text parts, or None for an assistant turn that only calls tools), and its other
+    fields (``tool_calls``, ``tool_call_id``, ``name``) kept as extras and sent upstream
+    unchanged."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str
+    content: str | list[dict[str, Any]] | None = ""
+
+    @property
+    def text(self) -> str:
+        """The message's text, text parts joined ("" when it has none)."""
+        if isinstance(self.content, list):
+            return "".join(str(p.get("text") or "") for p in self.content)
+        return self.content or ""
+
+    def wire(self) -> dict[str, Any]:
+        """The message as an OpenAI-compatible server takes it."""
+        return self.model_dump()
 
 
 class GenerationRequest(BaseModel):
@@ -88,6 +135,12 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list, max_length=16)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     logprobs: bool = False
+    #: alternatives per token the *client* asked for (None: it asked for no logprobs); the
+    #: completion then carries them in OpenAI's shape (``Completion.logprobs``)
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    #: request fields the router does not act on, sent to the server on this call as given
+    #: (tools, tool_choice, response_format, penalties, logit_bias, vendor fields)
+    params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> GenerationRequest:
@@ -131,6 +184,10 @@ class Completion:
     token_entropies: list[float] | None = None
     #: per token: log-prob of the best alternative minus the runner-up's (nats), when known
     token_margins: list[float] | None = None
+    #: the tool calls the model made (OpenAI's ``tool_calls``), when it made any
+    tool_calls: list[dict[str, Any]] | None = None
+    #: the client's log-probabilities in OpenAI's shape, when it asked for them
+    logprobs: dict[str, Any] | None = None
 
     def mean_entropy(self) -> float | None:
         """Mean per-token entropy in nats, or None when entropies were not requested."""
@@ -141,12 +198,16 @@ class Completion:
 
 @dataclass
 class StreamDelta:
-    """A piece of a streamed completion: new ``text``, and at the end the whole
-    ``completion`` (with its token count and finish reason) and the ``prompt_tokens``."""
+    """A piece of a streamed completion: new ``text`` (and ``tool_calls`` deltas in
+    OpenAI's shape, with ``logprobs`` of the piece when the client asked), and at the end
+    the whole ``completion`` (with its token count and finish reason) and the
+    ``prompt_tokens``."""
 
     text: str = ""
     completion: Completion | None = None
     prompt_tokens: int = 0
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass

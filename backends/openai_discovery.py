@@ -12,6 +12,8 @@ backend that has no local tokenizer.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -22,6 +24,12 @@ from backends.base import Capabilities
 from backends.openai_parse import token_stats, usage_int
 
 PROBE_MESSAGES = [{"role": "user", "content": "Hi"}]
+#: a prompt with a long answer, and the tokens of it timed to measure decode speed
+SPEED_MESSAGES = [{"role": "user", "content": "Count from one to fifty in words."}]
+SPEED_TOKENS = 16
+SPEED_TOP_LOGPROBS = 5
+#: logprobs that slow decoding by at most this factor count as free
+FREE_LOGPROBS_SLOWDOWN = 1.5
 #: how long the reachability check may take before the server counts as down
 CONNECT_CHECK_S = 3.0
 
@@ -105,6 +113,10 @@ class Discovery:
     completions_logprobs: bool | None = None
     usage: bool = False
     template: ServerTemplate | None = None
+    #: decode time with logprobs over without (None: not measured)
+    logprobs_slowdown: float | None = None
+    #: requests the server decodes side by side (None: not known)
+    parallel_slots: int | None = None
 
     def summary(self) -> str:
         """One log-friendly line: ``native_n=no chat_logprobs=yes ...``."""
@@ -118,7 +130,9 @@ class Discovery:
             f"native_n={word(self.native_n)} chat_logprobs={word(self.chat_logprobs)} "
             f"completions={word(self.completions)} "
             f"completions_logprobs={word(self.completions_logprobs)} usage={word(self.usage)} "
-            f"server_template={self.template.kind if self.template else 'none'}"
+            f"server_template={self.template.kind if self.template else 'none'} "
+            f"logprobs_slowdown={self.logprobs_slowdown or 'unmeasured'} "
+            f"parallel_slots={self.parallel_slots or 'unknown'}"
         )
 
 
@@ -138,6 +152,8 @@ def capabilities_from(
         "completions": False,
         "chat_template": local,
         "exact_token_counts": local,
+        "forwards_fields": True,
+        "parallel_slots": concurrency,
     }
     if found is not None and found.reachable:
         completions = bool(found.completions)
@@ -149,6 +165,10 @@ def capabilities_from(
             chat_template=local or found.template is not None,
             exact_token_counts=local or found.usage,
         )
+        if found.logprobs_slowdown is not None:
+            values["free_logprobs"] = found.logprobs_slowdown <= FREE_LOGPROBS_SLOWDOWN
+        if found.parallel_slots is not None:
+            values["parallel_slots"] = min(found.parallel_slots, concurrency)
     values.update(declared)
     values["max_concurrency"] = concurrency
     return Capabilities.model_validate(values)
@@ -183,6 +203,10 @@ async def discover(up: Upstream, *, skip: set[str], want_template: bool) -> Disc
             await _probe_completions(up, found, logprobs="logprobs" not in skip)
         if want_template:
             found.template = await find_server_template(up)
+        if "free_logprobs" not in skip and found.chat_logprobs:
+            found.logprobs_slowdown = await logprobs_slowdown(up)
+        if "parallel_slots" not in skip:
+            found.parallel_slots = await parallel_slots(up)
         return found
     except (Unreachable, httpx.TransportError):
         return Discovery(reachable=False)
@@ -247,6 +271,72 @@ async def _added_bos_id(up: Upstream) -> int | None:
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) + 1 and a[1:] == b:
         return a[0] if isinstance(a[0], int) else None
     return None
+
+
+async def _timed_chat(up: Upstream, extra: dict[str, Any]) -> float | None:
+    """Seconds per generated token of one greedy ``SPEED_TOKENS``-token chat answer (None
+    when the server refused it or generated nothing)."""
+    body = {
+        "model": up.model,
+        "messages": SPEED_MESSAGES,
+        "max_tokens": SPEED_TOKENS,
+        "temperature": 0.0,
+        **extra,
+    }
+    t0 = time.perf_counter()
+    data = await up.post_json(f"{up.base_url}/chat/completions", body)
+    elapsed = time.perf_counter() - t0
+    tokens = usage_int((data or {}).get("usage"), "completion_tokens")
+    if data is None or not tokens:
+        return None
+    return elapsed / tokens
+
+
+async def logprobs_slowdown(up: Upstream) -> float | None:
+    """How much slower the server decodes with ``top_logprobs`` than without: the better of
+    two timed answers each way (llama-cpp-python: about 4.5; llama.cpp's own server: 1)."""
+    plain = [await _timed_chat(up, {}) for _ in range(2)]
+    with_lp = [
+        await _timed_chat(up, {"logprobs": True, "top_logprobs": SPEED_TOP_LOGPROBS})
+        for _ in range(2)
+    ]
+    a = [x for x in plain if x]
+    b = [x for x in with_lp if x]
+    if not a or not b:
+        return None
+    return round(min(b) / min(a), 2)
+
+
+async def parallel_slots(up: Upstream) -> int | None:
+    """Requests the server decodes side by side: llama.cpp's ``/props`` says
+    (``total_slots``); else two concurrent timed answers against one tell whether it
+    serialises them (1) or not (None: no bound known)."""
+    props = await _get_json(up, f"{up.root_url}/props")
+    slots = props.get("total_slots") if props else None
+    if isinstance(slots, int) and slots >= 1:
+        return slots
+    alone = await _timed_chat(up, {})
+    t0 = time.perf_counter()
+    pair = await asyncio.gather(_timed_chat(up, {}), _timed_chat(up, {}))
+    together = time.perf_counter() - t0
+    if alone is None or None in pair:
+        return None
+    # Two answers side by side take about as long as one; one after another, twice as long.
+    return 1 if together > 1.6 * alone * SPEED_TOKENS else None
+
+
+async def _get_json(up: Upstream, url: str) -> dict[str, Any] | None:
+    try:
+        resp = await up.client.get(url, headers=up.headers, timeout=up.timeout_s)
+    except httpx.TransportError as exc:
+        raise Unreachable(type(exc).__name__) from exc
+    if resp.status_code != 200:
+        return None
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _choice_count(data: dict[str, Any] | None) -> int:

@@ -237,7 +237,11 @@ class OpenAIHTTPBackend(Backend):
             data = await self._transport.post(self._endpoint(chat), body)
         elapsed_ms = (time.perf_counter() - started) * 1000
         comps = completions_from(
-            data, chat=chat, want_logprobs=request.logprobs, count_text=self._count_generated
+            data,
+            chat=chat,
+            want_logprobs=request.logprobs,
+            count_text=self._count_generated,
+            client_top=request.top_logprobs,
         )
         if not comps:
             raise BackendError("the model server answered without any completion")
@@ -271,6 +275,7 @@ class OpenAIHTTPBackend(Backend):
                 f"all {len(seeds)} sampling calls failed; first: {first}",
                 retryable=not refused,
                 retry_after_s=first.retry_after_s,
+                status=first.status,
             ) from first
         if backend_errors:
             log.warning(
@@ -303,10 +308,12 @@ class OpenAIHTTPBackend(Backend):
         chat: bool,
         stream: bool = False,
     ) -> dict[str, Any]:
-        """The upstream JSON body: ``extra_body`` first, so the request's own fields (model,
-        n, seed, messages) always win over config."""
+        """The upstream JSON body: ``extra_body`` (config), then the client's fields the
+        router does not act on (``request.params``), then the router's own (model, n, seed,
+        messages), which always win."""
         body: dict[str, Any] = {
             **self.extra_body,
+            **request.params,
             "model": self.served_name,
             "n": n,
             "max_tokens": request.max_tokens,
@@ -317,15 +324,18 @@ class OpenAIHTTPBackend(Backend):
             body["stop"] = request.stop
         if seed is not None:
             body["seed"] = seed
+        # The client's own logprob fields are in ``params`` as it sent them; the router
+        # asks for more alternatives only where it reads them itself (its probe).
         want_logprobs = request.logprobs and self._sends_logprobs(chat)
+        top = max(TOP_LOGPROBS, request.top_logprobs or 0)
         if chat:
-            body["messages"] = [m.model_dump() for m in request.messages or []]
+            body["messages"] = [m.wire() for m in request.messages or []]
             if want_logprobs:  # some servers ignore logprobs=true without top_logprobs
-                body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+                body.update(logprobs=True, top_logprobs=top)
         else:
             body["prompt"] = request.prompt
             if want_logprobs:
-                body["logprobs"] = TOP_LOGPROBS
+                body["logprobs"] = top
         if stream:
             body.update(stream=True, stream_options={"include_usage": True})
         return body
@@ -343,10 +353,12 @@ class OpenAIHTTPBackend(Backend):
             await self._discover()
             chat = request.messages is not None
             body = self._body(request, n=1, seed=request.seed, chat=chat, stream=True)
-            acc = StreamAccumulator(chat=chat, want_logprobs=request.logprobs)
+            acc = StreamAccumulator(
+                chat=chat, want_logprobs=request.logprobs, client_top=request.top_logprobs
+            )
             async with self._slots:
-                async for text in self._transport.stream_texts(self._endpoint(chat), body, acc):
-                    yield StreamDelta(text=text)
+                async for piece in self._transport.stream_deltas(self._endpoint(chat), body, acc):
+                    yield piece
             completion, prompt_tokens = acc.finish(self._count_generated)
             if prompt_tokens is None:
                 prompt_tokens = self._local_prompt_tokens(request) or 0
@@ -360,7 +372,7 @@ class OpenAIHTTPBackend(Backend):
         """The model's prompt text for ``messages`` (generation prompt appended), from the
         local ``template`` or the server's template endpoint found at start. Raises a
         non-retryable ``BackendError`` naming ``model.tokenizer_path`` when there is none."""
-        turns = [{"role": m.role, "content": m.content} for m in messages]
+        turns = [{"role": m.role, "content": m.text} for m in messages]
         if self.template is not None:
             return self._render_locally(self.template, turns)
         await self._discover()
@@ -403,7 +415,7 @@ class OpenAIHTTPBackend(Backend):
             return None
         if request.prompt is not None:
             return self.template.count_tokens(request.prompt)
-        turns = [{"role": m.role, "content": m.content} for m in request.messages or []]
+        turns = [{"role": m.role, "content": m.text} for m in request.messages or []]
         try:
             return self.template.count_tokens(self.template.render(turns))
         except ValueError:

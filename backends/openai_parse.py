@@ -130,9 +130,53 @@ def choice_text(choice: dict[str, Any], *, chat: bool, delta: bool = False) -> s
 
 
 def finish_reason(choice: dict[str, Any]) -> FinishReason:
-    """``length`` when the token limit (or the context) cut the answer, else ``stop``
-    (EOS, a stop string, or a server-specific reason such as ``eos``/``tool_calls``)."""
-    return "length" if choice.get("finish_reason") == "length" else "stop"
+    """``length`` when the token limit (or the context) cut the answer, ``tool_calls`` when
+    the model called tools, else ``stop`` (EOS, a stop string, or a server-specific reason
+    such as ``eos``)."""
+    reason = choice.get("finish_reason")
+    if reason == "length":
+        return "length"
+    if reason in ("tool_calls", "function_call"):
+        return "tool_calls"
+    return "stop"
+
+
+def tool_calls_of(choice: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tool calls of a chat choice's message, as the server sent them (None when it
+    made none)."""
+    message = choice.get("message")
+    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return None
+    return [c for c in calls if isinstance(c, dict)] or None
+
+
+def client_logprobs(logprobs: Any, top: int) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` object for the client, with at most ``top`` alternatives per
+    token (the router may have asked the server for more); None when there was none."""
+    if not isinstance(logprobs, dict):
+        return None
+    out = dict(logprobs)
+    content = out.get("content")
+    if isinstance(content, list):
+        out["content"] = [_trim_top(t, top) for t in content]
+    tops = out.get("top_logprobs")
+    if isinstance(tops, list):
+        out["top_logprobs"] = [_trim_legacy(t, top) for t in tops]
+    return out
+
+
+def _trim_top(token: Any, top: int) -> Any:
+    if isinstance(token, dict) and isinstance(token.get("top_logprobs"), list):
+        return {**token, "top_logprobs": token["top_logprobs"][:top]}
+    return token
+
+
+def _trim_legacy(alternatives: Any, top: int) -> Any:
+    if isinstance(alternatives, dict):
+        best = sorted(alternatives.items(), key=lambda kv: -float(kv[1] or 0.0))[:top]
+        return dict(best)
+    return alternatives
 
 
 def usage_int(usage: Any, key: str) -> int | None:
@@ -166,7 +210,12 @@ def estimate_tokens(text: str) -> int:
 
 
 def completions_from(
-    data: dict[str, Any], *, chat: bool, want_logprobs: bool, count_text: TextCounter
+    data: dict[str, Any],
+    *,
+    chat: bool,
+    want_logprobs: bool,
+    count_text: TextCounter,
+    client_top: int | None = None,
 ) -> list[Completion]:
     """The completions of one non-streaming response, ordered by choice index.
 
@@ -182,7 +231,8 @@ def completions_from(
     )
     comps: list[Completion] = []
     for choice in choices:
-        stats = token_stats(choice.get("logprobs")) if want_logprobs else None
+        raw_logprobs = choice.get("logprobs")
+        stats = token_stats(raw_logprobs) if want_logprobs else None
         comps.append(
             Completion(
                 text=choice_text(choice, chat=chat),
@@ -191,6 +241,10 @@ def completions_from(
                 token_logprobs=stats.logprobs if stats else None,
                 token_entropies=stats.entropies if stats else None,
                 token_margins=stats.margins if stats else None,
+                tool_calls=tool_calls_of(choice) if chat else None,
+                logprobs=(
+                    client_logprobs(raw_logprobs, client_top) if client_top is not None else None
+                ),
             )
         )
     counts = _per_choice_counts(comps, count_text)
@@ -246,11 +300,13 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
     return redact(text, secrets)
 
 
-def refusal_message(status: int, body: str, secrets: Iterable[str]) -> str:
+def refusal_message(
+    status: int, body: str, secrets: Iterable[str], *, refused: bool = False
+) -> str:
     """A client-safe message for an upstream HTTP error: the status and the server's own
     message (truncated to ``MAX_ERROR_CHARS``), with no URL or internals."""
     detail = scrub(server_error_detail(body), secrets)
     if len(detail) > MAX_ERROR_CHARS:
         detail = detail[: MAX_ERROR_CHARS - 3] + "..."
-    what = "refused the request" if status < 500 else "failed"
+    what = "refused the request" if status < 500 or refused else "failed"
     return f"the model server {what} ({status})" + (f": {detail}" if detail else "")

@@ -5,10 +5,14 @@ it maps every failure to a ``BackendError`` whose message never contains the ser
 address (a security requirement: upstream URLs must not reach API clients), and records
 each call's outcome on the circuit breaker:
 
-* no answer (connection refused or dropped, timeout), 5xx, an unreadable body: retryable,
-  and a breaker failure;
+* no answer (connection refused or dropped, timeout), overload (502, 503, 504), an
+  unreadable body: retryable, and a breaker failure;
 * 408/409/429: retryable with the server's ``Retry-After``, not a failure (it is alive);
-* any other 4xx: not retryable (the request itself was refused), not a failure.
+* any other 4xx, and a 5xx whose body says the request failed validation (llama-cpp-python
+  answers some valid OpenAI requests so): not retryable (the request itself was refused),
+  not a failure: one caller's rejected requests never open the breaker for the others;
+* any other 5xx: the server failed on this request (it answered, so it is alive): not
+  retried and not a breaker failure; the client is told the upstream failed.
 """
 
 from __future__ import annotations
@@ -18,13 +22,26 @@ from typing import Any
 
 import httpx
 
-from backends.base import BackendError
+from backends.base import BackendError, StreamDelta
 from backends.breaker import CircuitBreaker
 from backends.openai_parse import MAX_ERROR_CHARS, refusal_message, scrub
 from backends.openai_stream import StreamAccumulator, StreamError, sse_events
 
 #: 4xx statuses that mean "not now" rather than "never"
 RETRYABLE_4XX = frozenset({408, 409, 429})
+#: 5xx statuses that mean the server (or the proxy before it) is down or overloaded
+OVERLOAD_5XX = frozenset({502, 503, 504})
+#: what the body of a 5xx says when the server refused the request itself (lowercased)
+VALIDATION_MARKERS = (
+    "validation",
+    "input should be",
+    "field required",
+    "is not supported",
+    "unsupported",
+    "invalid",
+    "unexpected keyword",
+    "must be",
+)
 #: a successful call this recent proves readiness without asking a busy server again
 RECENT_OK_S = 5.0
 
@@ -75,11 +92,12 @@ class Transport:
         self.record(True)
         return data
 
-    async def stream_texts(
+    async def stream_deltas(
         self, url: str, body: dict[str, Any], acc: StreamAccumulator
-    ) -> AsyncIterator[str]:
-        """POST a streaming request and yield each SSE event's new text as it arrives (every
-        event is fed to ``acc``). A stream cut off midway raises a retryable error."""
+    ) -> AsyncIterator[StreamDelta]:
+        """POST a streaming request and yield what each SSE event adds (text, tool-call
+        deltas, logprobs) as it arrives (every event is fed to ``acc``). A stream cut off
+        midway raises a retryable error."""
         try:
             async with self.client.stream(
                 "POST", url, json=body, headers=self.headers, timeout=self.timeout_s
@@ -88,9 +106,9 @@ class Transport:
                     text = (await resp.aread()).decode(errors="replace")
                     raise self.status_error(resp.status_code, text, resp.headers)
                 async for event in sse_events(resp):
-                    text = acc.feed(event)
-                    if text:
-                        yield text
+                    piece = acc.feed(event)
+                    if piece is not None:
+                        yield piece
         except httpx.TransportError as exc:
             raise self.transport_error(exc) from exc
         except StreamError as exc:
@@ -115,14 +133,18 @@ class Transport:
     def status_error(self, status: int, text: str, headers: httpx.Headers) -> BackendError:
         """The error for an HTTP error ``status`` with body ``text`` (see the module
         docstring for which are retryable and which count as breaker failures)."""
-        message = refusal_message(status, text, self.secrets)
-        if status >= 500:
+        refused = status < 500 or refused_request(text)
+        message = refusal_message(status, text, self.secrets, refused=refused)
+        if status in OVERLOAD_5XX:
             self.record(False)
-            return BackendError(message, retryable=True)
+            return BackendError(message, retryable=True, status=status)
         self.record(True)
         if status in RETRYABLE_4XX:
-            return BackendError(message, retryable=True, retry_after_s=_retry_after(headers))
-        return BackendError(message, retryable=False)
+            return BackendError(
+                message, retryable=True, retry_after_s=_retry_after(headers), status=status
+            )
+        # A refusal is reported as the client's (a 4xx status), a failure as the server's.
+        return BackendError(message, retryable=False, status=400 if refused else status)
 
     async def ready(self, timeout_s: float) -> str | None:
         """None when the server can serve now, else a short reason (never its address).
@@ -160,3 +182,10 @@ def _retry_after(headers: httpx.Headers) -> float | None:
         return max(0.0, float(headers.get("retry-after", "")))
     except ValueError:
         return None
+
+
+def refused_request(body: str) -> bool:
+    """Whether a 5xx body says the request failed the server's validation (a request that
+    will fail again, not a server in trouble)."""
+    low = body.lower()
+    return any(marker in low for marker in VALIDATION_MARKERS)

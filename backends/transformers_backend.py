@@ -201,9 +201,11 @@ class TransformersBackend(Backend):
         """Synchronous ``render_chat``; raises ``BackendError`` if there is no template."""
         if not getattr(self.tokenizer, "chat_template", None):
             # A base model without a template: plain concatenation is the honest fallback.
-            return "\n".join(m.content for m in messages) + "\n"
+            return "\n".join(m.text for m in messages) + "\n"
         rendered = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+            [{"role": m.role, "content": m.text} for m in messages],
+            tokenize=False,
+            add_generation_prompt=True,
         )
         return str(rendered)
 

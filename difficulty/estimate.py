@@ -41,6 +41,9 @@ class DifficultyEstimate(BaseModel):
     selectable: bool = Field(
         default=True, description="Answers to vote on or a verifier: candidates can be told apart."
     )
+    structured: bool = Field(
+        default=False, description="JSON output or tool calls: no partial answer is extended."
+    )
     continuations: bool = Field(
         default=True, description="The backend can extend a partial answer in the model's format."
     )
@@ -50,6 +53,15 @@ class DifficultyEstimate(BaseModel):
     native_n: bool = Field(
         default=True, description="The backend decodes a call's samples side by side."
     )
+    parallel_slots: int = Field(
+        default=16, ge=1, description="Fanned-out calls the backend decodes side by side."
+    )
+
+    def parallel(self, samples: int) -> int:
+        """Of ``samples`` drawn together, how many the backend decodes side by side: all
+        with native ``n``, else as many as it has parallel slots."""
+        return samples if self.native_n else max(1, min(samples, self.parallel_slots))
+
     probe_verdict: float | None = Field(
         default=None, description="Exact verifier's score of the probe answer, if any."
     )
@@ -105,6 +117,7 @@ class Estimator:
             exact_verifier=task.exact,
             step_checker=task.exact and isinstance(task.verifier, ProcessVerifier),
             selectable=task.selectable,
+            structured=task.structured,
             features=as_dict(row),
         )
 

@@ -162,6 +162,14 @@ class RouterModel:
             return rows
         return np.clip(rows, self._lo, self._hi)
 
+    @property
+    def reads_probe(self) -> bool:
+        """Whether any prediction depends on the probe's features (an uninformed model's
+        does not: a probe could not change its decision)."""
+        names = self.card.feature_names
+        cols = [i for i, n in enumerate(names) if n.startswith("probe_")]
+        return bool(cols) and bool(np.any(self.weights[:, cols] != 0))
+
     def predict(self, row: np.ndarray) -> np.ndarray:
         """P(success) of every arm (in ``card.arms`` order) for one feature row."""
         return _sigmoid(self.weights @ self._clip(row) + self.bias)

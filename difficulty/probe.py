@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -128,13 +129,16 @@ async def run_probe(
     task: Task,
     stop: list[str] | None = None,
     reference: str | None = None,
+    params: dict[str, Any] | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ProbeResult:
     """Greedy-decode up to ``max_tokens`` with logprobs and summarise the confidence.
 
-    Returns a ``ProbeResult``; raises what ``backend.generate`` raises (``BackendError``), which
-    the caller treats as "no probe". ``task`` reads the probe's answer; only an exact
-    verifier is consulted: a learned reward model's score is not a verdict.
+    The request is the single-pass answer's own (the client's stop strings and forwarded
+    ``params`` such as penalties), so that its text can be returned or continued. Returns a
+    ``ProbeResult``; raises what ``backend.generate`` raises (``BackendError``), which the
+    caller treats as "no probe". ``task`` reads the probe's answer; only an exact verifier
+    is consulted: a learned reward model's score is not a verdict.
     """
     if messages is None and prompt is None:
         prompt = problem_text
@@ -146,6 +150,7 @@ async def run_probe(
         temperature=0.0,
         stop=list(stop or []),
         logprobs=True,
+        params=dict(params or {}),
     )
     t0 = clock()
     result = await backend.generate(request)

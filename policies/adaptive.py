@@ -276,15 +276,18 @@ class AdaptivePolicy(Policy):
             policy_version=self.version,
         )
 
-    def estimate(self, problem: Problem, probe: ProbeResult | None = None) -> DifficultyEstimate:
+    def estimate(
+        self, problem: Problem, probe: ProbeResult | None = None, max_tokens: int | None = None
+    ) -> DifficultyEstimate:
         """The difficulty estimate of ``problem`` (with its ``probe`` when one ran) on this
-        backend; what ``choose`` prices arms for."""
+        backend; what ``choose`` prices arms for. ``max_tokens`` is the client's own cap."""
+        answer = self.pricer.budget_of(FALLBACK_STRATEGY, None, None).max_tokens
         est = self.estimator.estimate(
             problem.text,
             probe.summary() if probe else None,
             task=problem.task,
             probe_tokens=probe.tokens if probe else 0,
-            answer_tokens=self.pricer.budget_of(FALLBACK_STRATEGY, None, None).max_tokens,
+            answer_tokens=min(answer, max_tokens or answer),
         )
         return self._on_this_backend(est)
 
@@ -296,6 +299,7 @@ class AdaptivePolicy(Policy):
             update={
                 "continuations": caps.continuations if caps is not None else True,
                 "native_n": caps.native_n if caps is not None else True,
+                "parallel_slots": caps.parallel_slots if caps is not None else 16,
                 "reasoning": self.reasoning,
             }
         )
@@ -345,9 +349,9 @@ class AdaptivePolicy(Policy):
         source: Source = "cache" if est is not None else "auto"
         probe: ProbeResult | None = None
         if est is None:
-            if spec.probe:
-                probe = await self._probe(problem, slo, load, t0)
-            est = self.estimate(problem, probe)
+            if spec.probe and self.probe_can_change(spec):
+                probe = await self._probe(spec, slo, load, t0)
+            est = self.estimate(problem, probe, spec.max_tokens)
         now = self.clock()
         elapsed_ms = max(0.0, (now - t0) * 1000)
         live = (
@@ -386,6 +390,14 @@ class AdaptivePolicy(Policy):
         """The online statistics ``est`` is priced with: this backend model, its task, bin."""
         return stats_scope(self.backend_model, est.kind, est.bin)
 
+    def probe_can_change(self, spec: RequestSpec) -> bool:
+        """Whether a probe could change this request's decision or answer it: the router
+        model reads its features, or an exact checker can verify its answer; and the
+        request's answer can be the probe's (plain free text). Otherwise the probe would only
+        spend tokens and time (with log-probabilities, which some servers make slow)."""
+        useful = self.model.reads_probe or spec.problem.task.exact
+        return useful and not spec.problem.task.structured and spec.problem.top_logprobs is None
+
     def should_probe(self, slo: SLO, load: Load) -> bool:
         """Whether a probe is worth running now: enabled, and cheap enough under this load."""
         if self.backend is None or self.probe_tokens <= 0:
@@ -395,8 +407,9 @@ class AdaptivePolicy(Policy):
         return est_ms <= slo.latency_budget_ms * self.settings.probe_share_of_slo
 
     async def _probe(
-        self, problem: Problem, slo: SLO, load: Load | None, t0: float
+        self, spec: RequestSpec, slo: SLO, load: Load | None, t0: float
     ) -> ProbeResult | None:
+        problem = spec.problem
         if self.backend is None or not self.should_probe(slo, load or self.tracker.snapshot(t0)):
             return None
         # The probe may take its share of the request's time, no more: past it the request
@@ -412,9 +425,10 @@ class AdaptivePolicy(Policy):
                     problem_text=problem.text,
                     prompt=problem.prompt,
                     messages=problem.messages,
-                    max_tokens=self.probe_tokens,
+                    max_tokens=min(self.probe_tokens, spec.max_tokens or self.probe_tokens),
                     stop=problem.stop,
                     task=problem.task,
+                    params=problem.params,
                     clock=self.clock,
                 ),
                 timeout=allowed_s,

@@ -15,9 +15,9 @@ import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from backends.base import Backend, ChatMessage, ThinkTags
+from backends.base import Backend, ChatMessage, StreamDelta, ThinkTags
 from backends.verifiers.base import Verifier
 from policies.budget import Budget
 from tasks.task import OPEN_TASK, Task
@@ -51,6 +51,13 @@ def offset_seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else (seed + offset) % SEED_MODULUS
 
 
+#: why a strategy that extends partial answers cannot serve a structured request
+STRUCTURED_REFUSAL = (
+    "{name} extends partial answers as raw prompts, which carry no tools and no JSON "
+    "response_format; a request with either runs single_pass, best_of_n or self_consistency"
+)
+
+
 class StrategyError(ValueError):
     """A strategy could not be built or run with the given budget/problem; ``field`` names
     the request field at fault (None: the request's ``acr`` options)."""
@@ -70,7 +77,9 @@ class Problem:
     the answer already generated greedily (the router's probe, cut at its token limit) and
     ``prefix_tokens`` its length: single pass continues from it instead of generating it
     again. ``think`` marks a reasoning model's thinking (None: the model does not think
-    between tags).
+    between tags). ``params`` are the client's fields the router does not act on (tools,
+    response_format, penalties, vendor fields): every backend call carries them.
+    ``top_logprobs`` is what the client asked of logprobs (None: none).
     """
 
     text: str
@@ -83,6 +92,10 @@ class Problem:
     prefix_tokens: int = 0
     task: Task = OPEN_TASK
     think: ThinkTags | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    top_logprobs: int | None = None
+    #: the client's nucleus sampling bound (1.0: none), on every sampled call
+    top_p: float = 1.0
 
     @property
     def verifier(self) -> Verifier | None:
@@ -107,6 +120,9 @@ class Candidate:
     finish_reason: str = "stop"
     #: mean token log-prob (None when the backend gave none): the tie-breaker of votes
     logprob: float | None = None
+    #: the tool calls it made, and the client's logprobs of it, when there are any
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -136,6 +152,9 @@ class StrategyResult:
     reasoning: str | None = None
     #: completions the strategy asked the backend for, and those it got
     samples_planned: int = 0
+    #: the chosen response's tool calls and the client's logprobs of it, when there are any
+    tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
 
     @property
     def completion_tokens(self) -> int:
@@ -189,10 +208,11 @@ class Strategy(abc.ABC):
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
-    ) -> AsyncIterator[str | StrategyResult]:
-        """The answer as text pieces, then the ``StrategyResult``. The default runs the
-        whole strategy first (search must end before its answer is known); single pass
-        streams the backend's tokens."""
+    ) -> AsyncIterator[str | StreamDelta | StrategyResult]:
+        """The answer as text pieces (or ``StreamDelta`` pieces with tool-call deltas or
+        logprobs), then the ``StrategyResult``. The default runs the whole strategy first
+        (search must end before its answer is known); single pass streams the backend's
+        tokens."""
         result = await self.run(problem, backend, budget, deadline, clock)
         if result.text:
             yield result.text

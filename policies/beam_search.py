@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from backends.base import Backend, GenerationResult, ThinkTags
 from backends.verifiers.base import ProcessVerifier, Verifier, VerifierError
 from policies.base import (
+    STRUCTURED_REFUSAL,
     Budget,
     Candidate,
     Clock,
@@ -140,11 +141,14 @@ class BeamSearch(Strategy):
     def offered(cls, budget: Budget, est: DifficultyEstimate) -> bool:
         """Where steps can be told apart and extended: answers or a verifier, and
         continuations."""
-        return est.selectable and est.continuations
+        return est.selectable and est.continuations and not est.structured
 
     @classmethod
     def unavailable(cls, est: DifficultyEstimate) -> str | None:
-        """It extends partial answers: without continuations it cannot run."""
+        """It extends partial answers: without continuations, or for an answer that must be
+        whole JSON or tool calls, it cannot run."""
+        if est.structured:
+            return STRUCTURED_REFUSAL.format(name=cls.name)
         if est.continuations:
             return None
         return (
@@ -286,7 +290,7 @@ async def _expand(
                         max_tokens=min(step_tokens(problem.task), budget.max_tokens),
                         temperature=budget.temperature,
                         stop=[problem.task.step_delimiter],
-                        logprobs=True,
+                        logprobs=backend.capabilities.free_logprobs,
                         prompt=base + "".join(s + problem.task.step_delimiter for s in b.lines),
                         seed=_seed(problem, round_, i),
                     ),

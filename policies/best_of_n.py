@@ -48,7 +48,7 @@ class BestOfN(Strategy):
             n=budget.samples,
             max_tokens=budget.max_tokens,
             temperature=budget.temperature,
-            logprobs=True,
+            logprobs=backend.capabilities.free_logprobs,
         )
         res = await call_until(backend, req, deadline, clock)
         if res is None:

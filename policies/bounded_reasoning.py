@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from backends.base import Backend, Completion, GenerationResult, ThinkTags
 from backends.verifiers.base import ProcessVerifier, VerifierError
 from policies.base import (
+    STRUCTURED_REFUSAL,
     Budget,
     Candidate,
     Clock,
@@ -210,9 +211,17 @@ class BoundedReasoning(Strategy):
         it could only cost what single pass gets for free: on the bundled arithmetic the two
         agreed on all 112 questions whose probe finished, while the router, reading noise in
         its per-arm models, sent 58 of them here."""
+        if est.structured:
+            return False
         if est.reasoning:
             return True
         return est.step_checker and est.continuations
+
+    @classmethod
+    def unavailable(cls, est: DifficultyEstimate) -> str | None:
+        """It forces answers after a thinking budget and backs up steps as raw prompts:
+        not for an answer that must be whole JSON or tool calls."""
+        return STRUCTURED_REFUSAL.format(name=cls.name) if est.structured else None
 
     async def _chain(
         self,

@@ -45,20 +45,23 @@ def shrink_budget(
     unloaded_ms: float,
     slo: SLO,
     load: Load,
-    native_n: bool = True,
+    parallel: Callable[[int], int] | None = None,
 ) -> tuple[Budget, float, float, bool]:
     """A forced strategy's budget shrunk until its predicted latency fits the SLO.
 
     Returns (budget, predicted cost tokens, predicted latency ms, shrunk?). The strategy
     stays, its size goes down; cost and unloaded latency scale with the samples x beam x
-    expansions it keeps. When even the smallest does not fit, the smallest is returned.
+    expansions it keeps; ``parallel`` says how many of a call's samples the backend decodes
+    side by side (default: all). When even the smallest does not fit, the smallest is
+    returned.
     """
     remaining = (slo.latency_budget_ms - load.elapsed_ms) * slo.headroom
 
     def predicted(b: Budget) -> tuple[float, float]:
         factor = _scale(b) / _scale(budget)
         cost = tokens_mean * factor
-        serial = cost / (strategy.parallel_samples(b) if native_n else 1)
+        side_by_side = strategy.parallel_samples(b)
+        serial = cost / (parallel(side_by_side) if parallel is not None else side_by_side)
         lat = predict_latency_ms(
             cost, unloaded_ms * factor, load, strategy.calls(b), strategy.name, serial
         )

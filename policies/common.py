@@ -44,6 +44,9 @@ def request_for(
         seed=offset_seed(seed if seed is not None else problem.seed, 0),
         stop=list(stop if stop is not None else problem.stop),
         logprobs=logprobs,
+        top_logprobs=problem.top_logprobs,
+        params=problem.params,
+        top_p=problem.top_p,
     )
 
 
@@ -71,13 +74,16 @@ async def call_until(
 
 
 def candidate_of(c: Completion, task: Task) -> Candidate:
-    """A ``Candidate`` with its final answer as ``task``'s answer format extracts it."""
+    """A ``Candidate`` with its final answer as ``task``'s answer format extracts it (from
+    the text, or from the tool calls of a tool-call task)."""
     return Candidate(
         text=c.text,
         tokens=c.tokens,
-        answer=task.answer_of(c.text),
+        answer=task.answer_of(task.response_of(c.text, c.tool_calls)),
         finish_reason=c.finish_reason,
         logprob=mean_logprob(c) if c.token_logprobs else None,
+        tool_calls=c.tool_calls,
+        logprobs=c.logprobs,
     )
 
 
@@ -130,6 +136,8 @@ def finish(
         score=chosen.score if chosen is not None else None,
         finish_reason=chosen.finish_reason if chosen is not None else "stop",
         samples_planned=samples if planned is None else planned,
+        tool_calls=chosen.tool_calls if chosen is not None else None,
+        logprobs=chosen.logprobs if chosen is not None else None,
     )
 
 
@@ -156,9 +164,12 @@ async def score_all(problem: Problem, candidates: list[Candidate]) -> tuple[int,
     verifier = problem.verifier
     if verifier is None or not candidates:
         return 0, False
+    task = problem.task
     try:
         scores = await verifier.score_many(
-            problem.text, [c.text for c in candidates], problem.reference
+            problem.text,
+            [task.response_of(c.text, c.tool_calls) for c in candidates],
+            problem.reference,
         )
     except VerifierError:
         return 0, False

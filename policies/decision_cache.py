@@ -30,7 +30,7 @@ def _fold(text: str) -> str:
 
 def cache_key(problem: Problem, tenant: str) -> str:
     """The decision-cache key of ``problem`` asked by ``tenant`` ("" when keys are off)."""
-    messages = [[m.role, _fold(m.content)] for m in problem.messages or []]
+    messages = [[m.role, _fold(m.text)] for m in problem.messages or []]
     ident = {
         "tenant": tenant,
         "messages": messages,

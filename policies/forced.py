@@ -40,12 +40,12 @@ def forced_decision(
     limit = min(own_limits) if own_limits else slo.latency_budget_ms
     own = slo.model_copy(update={"latency_budget_ms": limit, "headroom": 1.0})
     idle = load.model_copy(update={"inflight": 0, "queued_tokens": 0.0, "elapsed_ms": 0.0})
-    parallel = cls.parallel_samples(budget) if est.native_n else 1
+    parallel = est.parallel(cls.parallel_samples(budget))
     lat_full = predict_latency_ms(
         tokens, lat_ms, idle, cls.calls(budget), cls.name, tokens / parallel
     )
-    kept, cost, _, shrunk = shrink_budget(cls, budget, tokens, lat_ms, own, idle, est.native_n)
-    parallel = cls.parallel_samples(kept) if est.native_n else 1
+    kept, cost, _, shrunk = shrink_budget(cls, budget, tokens, lat_ms, own, idle, est.parallel)
+    parallel = est.parallel(cls.parallel_samples(kept))
     lat = predict_latency_ms(
         cost,
         lat_ms * cost / tokens if tokens else lat_ms,

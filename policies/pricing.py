@@ -114,7 +114,7 @@ class ArmPricer:
         tok_factor = _token_drift(tok0, w0, on)
         lat_seen = _seen_latency(prior.latency_ms_mean, w0, on)
         calls = self._calls(cls, budget, est.kind)
-        parallel = cls.parallel_samples(budget) if est.native_n else 1
+        parallel = est.parallel(cls.parallel_samples(budget))
         drawn = cls.expected_samples(budget, est.probs[arm.name], est.exact_verifier)
         tok_item = _item_tokens(tok0, per_sample, drawn)
         return ArmStats.model_construct(

@@ -49,13 +49,14 @@ class RequestSpec:
 
     @property
     def plain(self) -> bool:
-        """One greedy choice, no stop strings and no token cap of its own: a request the
-        difficulty probe's completion can answer or begin."""
+        """One greedy choice of free text without the client's logprobs: a request the
+        difficulty probe's completion (sent with the same stop strings, token cap and
+        forwarded fields) can answer or begin."""
         return (
             self.n == 1
             and (self.temperature or 0.0) <= 0
-            and not self.problem.stop
-            and self.max_tokens is None
+            and self.problem.top_logprobs is None
+            and not self.problem.task.structured
         )
 
     @property

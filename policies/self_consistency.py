@@ -93,7 +93,7 @@ class SelfConsistency(Strategy):
         stop: StopReason = "budget"
         batch = 0
         while len(cands) < budget.samples:
-            req = _batch_request(problem, budget, len(cands), batch)
+            req = _batch_request(problem, budget, len(cands), batch, backend)
             batch += 1
             res = await call_until(backend, req, deadline, clock)
             if res is None:
@@ -219,16 +219,19 @@ class SelfConsistency(Strategy):
         return max(pool, key=lambda c: lp[id(c)])
 
 
-def _batch_request(problem: Problem, budget: Budget, drawn: int, batch: int) -> GenerationRequest:
+def _batch_request(
+    problem: Problem, budget: Budget, drawn: int, batch: int, backend: Backend
+) -> GenerationRequest:
     """The request for batch number ``batch`` once ``drawn`` samples are in: at most
-    ``budget.batch_size`` more, never past ``budget.samples``, with the batch's own seed."""
+    ``budget.batch_size`` more, never past ``budget.samples``, with the batch's own seed
+    (log-probabilities, the votes' tie-breaker, only where they cost nothing)."""
     return request_for(
         problem,
         n=min(budget.batch_size, budget.samples - drawn),
         max_tokens=budget.max_tokens,
         temperature=budget.temperature,
         seed=offset_seed(problem.seed, 7919 * batch),
-        logprobs=True,
+        logprobs=backend.capabilities.free_logprobs,
     )
 
 

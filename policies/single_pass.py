@@ -57,8 +57,9 @@ class SinglePass(Strategy):
         budget: Budget,
         deadline: float,
         clock: Clock = time.monotonic,
-    ) -> AsyncIterator[str | StrategyResult]:
-        """The completion as the backend produces it: text pieces, then the
+    ) -> AsyncIterator[str | StreamDelta | StrategyResult]:
+        """The completion as the backend produces it: text pieces (a ``StreamDelta`` for a
+        piece that carries tool-call deltas or the client's logprobs), then the
         ``StrategyResult`` (as ``run`` would return it). A cut probe's text comes first.
 
         At the deadline the stream ends with what arrived (``stop_reason`` deadline).
@@ -75,8 +76,12 @@ class SinglePass(Strategy):
                 async for delta in stream:
                     if delta.completion is not None:
                         final = delta
-                    elif delta.text:
+                        continue
+                    if delta.text:
                         pieces.append(delta.text)
+                    if delta.tool_calls is not None or delta.logprobs is not None:
+                        yield delta
+                    elif delta.text:
                         yield delta.text
         except TimeoutError:
             final = None

@@ -69,6 +69,13 @@ class BackendRefused(RouterError):
     code = "backend_refused"
 
 
+class BackendFailed(RouterError):
+    """The model server failed on this request (an internal error), though it is up: not
+    retried, and not the client's fault."""
+
+    code = "upstream_error"
+
+
 class BackendUnavailable(RouterError):
     """The model backend failed or is not reachable; retry in ``retry_after_s``."""
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from backends.verifiers.base import Verifier
 from tasks.answers import AnswerFormat, get_format
+from tasks.canonical import tool_response
 
 #: the fallback profile: prompts with no extractable answer
 OPEN = "open"
@@ -19,6 +21,9 @@ class Task:
     verifier: Verifier | None = None
     answers: AnswerFormat = field(default_factory=lambda: get_format("none"))
     step_delimiter: str = "\n\n"
+    #: JSON output or tool calls (``tasks.structured``): answers are whole messages, so
+    #: nothing may extend a partial answer as a raw prompt
+    structured: bool = False
 
     @property
     def exact(self) -> bool:
@@ -34,6 +39,13 @@ class Task:
     def answer_of(self, text: str) -> str | None:
         """The final answer stated in ``text`` (None when it states none)."""
         return self.answers.extract(text)
+
+    def response_of(self, text: str, tool_calls: list[dict[str, Any]] | None) -> str:
+        """The one string a response is read as by answers and verifiers: its text, or for
+        a tool-call task its text and canonical calls (``tasks.structured``)."""
+        if self.answers.name != "tool_calls":
+            return text
+        return tool_response(text, tool_calls)
 
     def vote_key(self, answer: str | None) -> str | None:
         """The voting key of an extracted answer (equivalent answers share one)."""

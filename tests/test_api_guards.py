@@ -205,7 +205,7 @@ async def test_what_the_schema_bounds_is_refused_with_a_400_naming_the_field(
     assert r.json()["error"]["param"] == param, r.text
 
 
-async def test_a_request_at_every_bound_is_served_and_unknown_fields_are_ignored() -> None:
+async def test_a_request_at_every_bound_is_served() -> None:
     body = {
         "messages": [{"role": "system", "content": "s" * 5}] * 4
         + [{"role": "user", "content": "What is 2+3?" + " " * 58}],
@@ -214,13 +214,31 @@ async def test_a_request_at_every_bound_is_served_and_unknown_fields_are_ignored
         "stop": ["xxxxxx", "y"],
         "seed": 2**63 - 1,
         "acr": {"strategy": "self_consistency", "budget": {"samples": 5}, "timeout_ms": 45_000},
-        "frequency_penalty": 0.5,
-        "logit_bias": {"50256": -100},
     }
     async with _client(_app(_small_limits())) as client:
         r = await client.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text
     assert len(r.json()["choices"]) == 3
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"frequency_penalty": 0.5},
+        {"logit_bias": {"50256": -100}},
+        {"top_k": 5},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+async def test_a_field_the_bundled_backend_cannot_honour_is_refused_by_name(
+    field: dict[str, object],
+) -> None:
+    body = {"messages": [{"role": "user", "content": "What is 2+3?"}], **field}
+    async with _client(_app(_small_limits())) as client:
+        r = await client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == next(iter(field)), r.text
 
 
 async def test_prompts_times_n_share_the_bound_of_n_in_completions() -> None:

@@ -347,10 +347,13 @@ SCHEMA_BOUNDS = [
         status=400,
         code="literal_error",
     ),
+    # The bundled model takes no forwarded field: each is refused by name, never dropped.
     Row(
-        "unknown-fields-ignored",
+        "forwarded-fields-refused-by-the-bundled-backend",
         "schema",
         chat(PUZZLE, frequency_penalty=0.5, logit_bias={"1": 2}, tools=[]),
+        status=400,
+        code="invalid_value",
     ),
 ]
 

@@ -16,6 +16,7 @@ import pytest
 
 from backends.base import BackendError, ChatMessage, GenerationRequest
 from backends.breaker import CircuitBreaker
+from backends.openai_discovery import SPEED_MESSAGES, SPEED_TOKENS
 from backends.openai_http import OpenAIHTTPBackend
 from backends.openai_parse import margin, split_total, token_stats
 
@@ -128,7 +129,12 @@ async def test_discovery_finds_a_server_that_ignores_n_and_its_logprobs_on_both_
     assert (caps.chat_template, caps.exact_token_counts, caps.max_concurrency) == (False, True, 4)
     n_probe = server.calls("/v1/chat/completions")[0]
     assert n_probe["n"] == 2 and n_probe["temperature"] == 1.0 and n_probe["max_tokens"] <= 2
-    assert all(b["max_tokens"] <= 2 for p, b in server.requests if "completions" in p)
+    # Capability probes are a token or two; only the timed speed probes (logprob cost,
+    # parallel slots) generate SPEED_TOKENS, on their own prompt.
+    probes = [b for p, b in server.requests if "completions" in p]
+    speed = [b for b in probes if b.get("messages") == SPEED_MESSAGES]
+    assert all(b["max_tokens"] <= 2 for b in probes if b not in speed)
+    assert speed and all(b["max_tokens"] == SPEED_TOKENS for b in speed)
 
 
 async def test_discovery_finds_native_n_and_a_tokenize_template_and_strips_the_added_bos() -> None:

@@ -22,7 +22,13 @@ from policies.decision import Decision
 from policies.registry import FALLBACK_STRATEGY
 from policies.request import RequestSpec
 from policies.settings import StrategiesSettings
-from router.errors import BackendRefused, BackendUnavailable, DeadlineExceeded, InvalidOption
+from router.errors import (
+    BackendFailed,
+    BackendRefused,
+    BackendUnavailable,
+    DeadlineExceeded,
+    InvalidOption,
+)
 from router.metrics import Metrics
 from tasks.task import Task
 
@@ -149,6 +155,8 @@ class Executor:
             except BackendError as exc:
                 self.metrics.backend_errors.labels(retryable=str(exc.retryable).lower()).inc()
                 last = exc
+                if exc.server_failed:
+                    raise BackendFailed(f"the model server failed on this request: {exc}") from exc
                 if not exc.retryable:
                     raise BackendRefused(f"the model refused the request: {exc}") from exc
                 log.warning("backend failed (attempt %d, %s): %s", i + 1, name, exc)

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from backends.base import Backend, BackendError
+from backends.base import Backend, BackendError, StreamDelta
 from policies.base import StrategyError, StrategyResult
 from policies.decision import Decision
 from policies.learning import OnlineLearner
@@ -46,8 +46,18 @@ from tasks.profiles import TaskProfiles
 #: the outer bound's slack over the deadline, for a strategy to hand back its best so far
 DEADLINE_GRACE_S = 0.5
 
-#: what ``RouterService.serve`` yields: the decision, text pieces, then the result
-Event = Decision | str | ServedResult
+#: what ``RouterService.serve`` yields: the decision, pieces of the answer (text, or a
+#: ``StreamDelta`` with tool-call deltas or logprobs), then the result
+Event = Decision | str | StreamDelta | ServedResult
+
+
+def whole_delta(result: StrategyResult) -> StreamDelta:
+    """A finished result as one stream piece: its text, its tool calls (indexed as stream
+    deltas are) and the client's logprobs."""
+    calls = None
+    if result.tool_calls:
+        calls = [{"index": i, **call} for i, call in enumerate(result.tool_calls)]
+    return StreamDelta(text=result.text, tool_calls=calls, logprobs=result.logprobs)
 
 
 class RouterService:
@@ -86,7 +96,7 @@ class RouterService:
             log_prompts=config.server.log_prompts,
             clock=clock,
         )
-        self.validate = RequestValidator(config, backend.name, profiles or TaskProfiles())
+        self.validate = RequestValidator(config, backend, profiles or TaskProfiles())
         self.executor = Executor(backend, self.metrics, config.strategies, clock)
         self._started = False
         self._start_lock = asyncio.Lock()
@@ -154,16 +164,16 @@ class RouterService:
                 if stream and self._streams(spec, decision):
                     streamed = True
                     async for item in self._stream(spec, decision, hold):
-                        if isinstance(item, str):
-                            yield item
-                        else:
+                        if isinstance(item, Execution):
                             run = item
+                        else:
+                            yield item
                 else:
                     run = await self._run(spec, decision, hold)
                 served = self._complete(spec, decision, run, hold, outcome)
         if stream and not streamed:
             for r in served.results:
-                yield r.text
+                yield whole_delta(r)
         yield served
 
     async def _decide(self, spec: RequestSpec) -> Decision:
@@ -199,7 +209,7 @@ class RouterService:
 
     async def _stream(
         self, spec: RequestSpec, decision: Decision, hold: Hold
-    ) -> AsyncIterator[str | Execution]:
+    ) -> AsyncIterator[str | StreamDelta | Execution]:
         """The single choice's text pieces as the strategy streams them, then its
         ``Execution``. A backend failure before the first piece retries as ``_run`` does;
         after it, the request fails, charged what was sent (a closed stream stops the
@@ -215,17 +225,18 @@ class RouterService:
             async for item in strategy.stream(
                 go_on or problem, self.backend, decision.budget, spec.deadline, self.clock
             ):
-                if isinstance(item, str):
-                    sent.append(item)
-                    yield item
-                else:
+                if isinstance(item, StrategyResult):
                     result = item
+                    continue
+                sent.append(item if isinstance(item, str) else item.text)
+                yield item
         except BackendError:
             if sent:
                 hold.charge = self._streamed_charge(spec, decision, sent, go_on)
                 raise
             run = await self._run(spec, decision, hold)  # nothing sent yet: retry as usual
-            yield run.results[0].text if run.results else ""
+            if run.results:
+                yield whole_delta(run.results[0])
             yield run
             return
         except BaseException:

@@ -1,6 +1,12 @@
-"""Request validation against the configured limits: a ``RequestSpec`` as the edge built it
-becomes the spec the policy decides on (its task matched once, here, and its deadline
-resolved), or an ``InvalidOption`` naming the bad field."""
+"""Request validation against the configured limits and the backend: a ``RequestSpec`` as
+the edge built it becomes the spec the policy decides on (its task matched once, here, and
+its deadline resolved), or an ``InvalidOption`` naming the bad field.
+
+Fields the router does not act on are forwarded to the model (``Problem.params``); a
+backend that cannot take them (the bundled model, a local checkpoint) refuses each by name,
+never drops it. A request that offers tools or asks for JSON is a structured task
+(``tasks.structured``), whatever its text.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +14,24 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from backends.base import ThinkTags
+from backends.base import Backend, ThinkTags
 from policies.request import RequestSpec
 from router.config import AppConfig
 from router.errors import InvalidOption, UnknownModel
 from tasks.profiles import TaskProfiles
+from tasks.structured import structured_task
+
+#: forwarded fields any backend takes (kept in the outcome log where none is sent on)
+ALWAYS_TAKEN = frozenset({"user"})
 
 
 class RequestValidator:
-    """Checks requests against ``config.limits`` and the served ``model_name``."""
+    """Checks requests against ``config.limits`` and what ``backend`` can honour."""
 
-    def __init__(self, config: AppConfig, model_name: str, profiles: TaskProfiles) -> None:
+    def __init__(self, config: AppConfig, backend: Backend, profiles: TaskProfiles) -> None:
         self.config = config
-        self.model_name = model_name
+        self.backend = backend
+        self.model_name = backend.name
         self.profiles = profiles
         r = config.model.reasoning
         self.think = (
@@ -53,11 +64,14 @@ class RequestValidator:
             )
         self._max_tokens(spec.max_tokens)
         self._budget_override(spec.budget)
-        task = (
-            self.profiles.task_named(spec.profile)
-            if spec.profile is not None
-            else self.profiles.match(problem.text)
-        )
+        self._forwarded(spec)
+        task = structured_task(problem.params)
+        if task is None:
+            task = (
+                self.profiles.task_named(spec.profile)
+                if spec.profile is not None
+                else self.profiles.match(problem.text)
+            )
         problem = dataclasses.replace(problem, task=task, think=self.think)
         return dataclasses.replace(spec, problem=problem, deadline_ms=self._deadline_ms(spec))
 
@@ -117,13 +131,13 @@ class RequestValidator:
             )
         total = 0
         for i, m in enumerate(messages):
-            if len(m.content) > lim.max_message_chars:
+            if len(m.text) > lim.max_message_chars:
                 raise InvalidOption(
-                    f"messages[{i}] has {len(m.content)} characters; the limit is "
+                    f"messages[{i}] has {len(m.text)} characters; the limit is "
                     f"{lim.max_message_chars}",
                     f"messages.{i}.content",
                 )
-            total += len(m.content)
+            total += len(m.text)
         if total > lim.max_prompt_chars:
             raise InvalidOption(
                 f"messages hold {total} characters; the limit is {lim.max_prompt_chars}",
@@ -131,6 +145,39 @@ class RequestValidator:
             )
         if not any(m.role == "user" for m in messages):
             raise InvalidOption("messages must contain at least one user message", "messages")
+
+    def _forwarded(self, spec: RequestSpec) -> None:
+        """Refuse what the backend cannot honour: forwarded fields (and tool turns, and the
+        client's logprobs) on a backend that takes none, and ``best_of`` anywhere."""
+        problem = spec.problem
+        if "best_of" in problem.params:
+            raise InvalidOption(
+                "best_of is not taken: the router draws and chooses among samples itself "
+                "(acr.strategy best_of_n with acr.budget.samples)",
+                "best_of",
+            )
+        if self.backend.capabilities.forwards_fields:
+            return
+        backend = f"this model backend ({self.model_name}) takes only the fields the router acts on"
+        for name, value in problem.params.items():
+            if name == "logprobs" and not value:
+                continue  # logprobs: false asks for nothing
+            if name not in ALWAYS_TAKEN:
+                raise InvalidOption(
+                    f"{name} is not supported: {backend}; serve the model with an "
+                    "OpenAI-compatible server (model.kind: openai) to use it",
+                    name,
+                )
+        if problem.top_logprobs is not None:
+            raise InvalidOption(f"logprobs are not supported: {backend}", "logprobs")
+        for i, m in enumerate(problem.messages or []):
+            extra = sorted(m.model_extra or {})
+            if extra or m.role == "tool":
+                what = extra[0] if extra else "role"
+                raise InvalidOption(
+                    f"messages[{i}].{what} is not supported: {backend} (no tool turns)",
+                    f"messages.{i}.{what}",
+                )
 
     def _budget_override(self, budget: dict[str, Any] | None) -> None:
         """Refuse ``acr.budget`` fields past the server's bounds."""

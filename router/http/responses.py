@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from policies.base import StrategyResult
 from policies.decision import Decision
 from router.core.served import ServedResult
 from router.http.schemas import usage_dict
@@ -64,8 +65,21 @@ def _round(v: float | None, nd: int = 4) -> float | None:
 
 
 def finish_reason(reason: str) -> str:
-    """OpenAI's finish reason of a result (``stop`` or ``length``)."""
-    return reason if reason in ("stop", "length") else "stop"
+    """OpenAI's finish reason of a result (``stop``, ``length`` or ``tool_calls``)."""
+    return reason if reason in ("stop", "length", "tool_calls") else "stop"
+
+
+def assistant_message(r: StrategyResult, *, reasoning_content: bool) -> dict[str, Any]:
+    """The chat ``message`` of one result: its text (null when it only calls tools), its
+    tool calls, and a reasoning model's thinking when ``reasoning_content`` is on."""
+    message: dict[str, Any] = {"role": "assistant", "content": r.text}
+    if r.tool_calls:
+        message["tool_calls"] = r.tool_calls
+        if not r.text:
+            message["content"] = None
+    if reasoning_content and r.reasoning is not None:
+        message["reasoning_content"] = r.reasoning
+    return message
 
 
 def router_object(served: ServedResult) -> dict[str, Any]:
@@ -104,19 +118,15 @@ def router_object(served: ServedResult) -> dict[str, Any]:
 def chat_body(served: ServedResult, *, reasoning_content: bool) -> dict[str, Any]:
     """A ``chat.completion`` (``reasoning_content`` beside a reasoning model's answer when
     ``reasoning_content`` is on, as vLLM and DeepSeek return it)."""
-    choices = []
-    for i, r in enumerate(served.results):
-        message: dict[str, Any] = {"role": "assistant", "content": r.text}
-        if reasoning_content and r.reasoning is not None:
-            message["reasoning_content"] = r.reasoning
-        choices.append(
-            {
-                "index": i,
-                "message": message,
-                "finish_reason": finish_reason(r.finish_reason),
-                "logprobs": None,
-            }
-        )
+    choices = [
+        {
+            "index": i,
+            "message": assistant_message(r, reasoning_content=reasoning_content),
+            "finish_reason": finish_reason(r.finish_reason),
+            "logprobs": r.logprobs,
+        }
+        for i, r in enumerate(served.results)
+    ]
     return {
         "id": served.id,
         "object": "chat.completion",
@@ -130,16 +140,20 @@ def chat_body(served: ServedResult, *, reasoning_content: bool) -> dict[str, Any
     }
 
 
-def completions_body(served_list: list[ServedResult]) -> dict[str, Any]:
-    """A ``text_completion`` over one or more prompts (their choices in order)."""
+def completions_body(
+    served_list: list[ServedResult], prompts: list[str] | None = None
+) -> dict[str, Any]:
+    """A ``text_completion`` over one or more prompts (their choices in order); with
+    ``prompts`` (``echo``) each choice's text starts with its prompt."""
     choices: list[dict[str, Any]] = []
-    for served in served_list:
+    for k, served in enumerate(served_list):
+        echo = prompts[k] if prompts is not None else ""
         for r in served.results:
             choices.append(
                 {
                     "index": len(choices),
-                    "text": r.text,
-                    "logprobs": None,
+                    "text": echo + r.text,
+                    "logprobs": r.logprobs,
                     "finish_reason": finish_reason(r.finish_reason),
                 }
             )

@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from policies.decision import Decision
 from router.core.served import ServedResult
 from router.core.service import Event, RouterService
+from router.errors import InvalidOption
 from router.http.auth import key_id, load_api_keys
 from router.http.errors import APIError
 from router.http.openapi import ERROR_RESPONSES, LATENCY_HEADER, LATENCY_HEADER_PARAMETER
@@ -126,6 +127,12 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
     @_body(models.completion)
     async def completions(req: CompletionRequest, request: Request) -> Response:
         options = _with_header_budget(req.acr, request)
+        if req.echo and req.logprobs is not None:
+            raise InvalidOption(
+                "echo with logprobs is not supported: the prompt's own logprobs are not "
+                "computed (ask for either)",
+                "echo",
+            )
         specs = completion_specs(req, options, key_id(request, auth_on), service.clock())
         specs = service.validate.check_batch(specs)
         # The prompts run side by side; the first failure cancels the others and is the
@@ -137,14 +144,15 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
             raise _first_leaf(failed) from None
         served_list = [t.result() for t in tasks]
         headers = decision_headers(served_list[0].decision)
+        echo = [s.problem.text for s in specs] if req.echo else None
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                completion_events(served_list, include_usage=include),
+                completion_events(served_list, include_usage=include, echo=echo),
                 media_type="text/event-stream",
                 headers=headers,
             )
-        return JSONResponse(completions_body(served_list), headers=headers)
+        return JSONResponse(completions_body(served_list, echo), headers=headers)
 
 
 async def _result(events: AsyncIterator[Event]) -> ServedResult:

@@ -1,7 +1,10 @@
 """OpenAI-compatible request and response models, plus the router's own extension field.
 
-Requests accept unknown fields (clients send many) and ignore them; every field we act on is
-bounded here by hard caps and again by the configured ``limits`` in ``router.core.service``.
+Every field of a request is acted on by the router (``ACTED_ON``), or forwarded to the model
+server on every call a strategy makes (the rest, documented ones and unknown vendor fields
+alike: ``forwarded``), or refused with a 400 naming it where the backend or the strategy
+cannot honour it (``router.core.validation``). Fields are bounded here by hard caps and
+again by the configured ``limits`` (``router.http.request_models``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,30 @@ class RouterOptions(BaseModel):
         return v
 
 
+#: request fields the router itself acts on; every other field set is forwarded (also
+#: ``logprobs``/``top_logprobs``, as sent: the router returns them for the answer it
+#: chooses, and asks for more only for its own probe)
+ACTED_ON = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "n",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "seed",
+        "stream",
+        "stream_options",
+        "reasoning_effort",
+        "echo",
+        "acr",
+    }
+)
+
+
 class TextPart(BaseModel):
     """One part of a multi-part message; only text parts are understood."""
 
@@ -52,7 +79,8 @@ class TextPart(BaseModel):
 
 
 class InMessage(BaseModel):
-    """A chat message as clients send it (content may be a string or text parts)."""
+    """A chat message as clients send it (content may be a string, text parts or null);
+    its other fields (``tool_calls``, ``tool_call_id``, ``name``) go to the model as sent."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -76,6 +104,45 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class FunctionSpec(BaseModel):
+    """A function a tool offers: its name, description and JSON Schema parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+
+
+class ToolSpec(BaseModel):
+    """``tools[i]``: a function tool (forwarded; its calls come back as ``tool_calls``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
+class JsonSchemaSpec(BaseModel):
+    """``response_format.json_schema``: the schema answers must follow."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(default="response", max_length=64)
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: text, any JSON object, or JSON under a schema (forwarded;
+    samples are checked against it)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+
 class _Common(_Request):
     model: str | None = Field(default=None, max_length=256)
     n: int = Field(default=1, ge=1, le=256)
@@ -87,8 +154,21 @@ class _Common(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     reasoning_effort: Effort | None = None
-    user: str | None = Field(default=None, max_length=256)
     acr: RouterOptions | None = None
+    # Forwarded to the model server as sent:
+    user: str | None = Field(default=None, max_length=256)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=300)
+
+    def forwarded(self) -> dict[str, Any]:
+        """The fields set (not null) that the router does not act on, as the client sent
+        them: documented ones and unknown vendor fields (``top_k``, ``min_p``, ...)."""
+        sent = self.model_dump(
+            mode="json", exclude_unset=True, by_alias=True, exclude=set(ACTED_ON)
+        )
+        sent.update({k: v for k, v in (self.model_extra or {}).items() if k not in ACTED_ON})
+        return {k: v for k, v in sent.items() if v is not None}
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list (OpenAI accepts a string or a list)."""
@@ -102,8 +182,16 @@ class ChatCompletionRequest(_Common):
 
     messages: list[InMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
-    logprobs: bool = False
+    logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[ToolSpec] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    def client_logprobs(self) -> int | None:
+        """Alternatives per token the client asked for (None: no logprobs)."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Common):
@@ -112,6 +200,8 @@ class CompletionRequest(_Common):
     prompt: str | list[str]
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
+    suffix: str | None = Field(default=None, max_length=64_000)
+    best_of: int | None = Field(default=None, ge=1, le=20)
 
 
 class RouteRequest(_Request):

@@ -36,10 +36,34 @@ def _options(options: RouterOptions | None) -> dict[str, Any]:
     }
 
 
-def _chat_problem(messages: list[InMessage], seed: int | None, stop: list[str]) -> Problem:
-    msgs = [ChatMessage(role=m.role, content=m.text()) for m in messages]
-    text = next((m.content for m in reversed(msgs) if m.role == "user"), "")
-    return Problem(text=text, messages=msgs, seed=seed, stop=stop)
+def chat_message(m: InMessage) -> ChatMessage:
+    """A message as the backend takes it: its content (a string, text parts or null) and
+    its other fields (``tool_calls``, ``tool_call_id``, ``name``) as sent."""
+    content: Any = m.content
+    if isinstance(content, list):
+        content = [p.model_dump(exclude_unset=True) for p in content]
+    return ChatMessage(role=m.role, content=content, **(m.model_extra or {}))
+
+
+def _chat_problem(
+    messages: list[InMessage],
+    seed: int | None,
+    stop: list[str],
+    params: dict[str, Any] | None = None,
+    top_logprobs: int | None = None,
+    top_p: float | None = None,
+) -> Problem:
+    msgs = [chat_message(m) for m in messages]
+    text = next((m.text for m in reversed(msgs) if m.role == "user"), "")
+    return Problem(
+        text=text,
+        messages=msgs,
+        seed=seed,
+        stop=stop,
+        params=params or {},
+        top_logprobs=top_logprobs,
+        top_p=1.0 if top_p is None else top_p,
+    )
 
 
 def first_given(*values: int | None) -> int | None:
@@ -52,8 +76,16 @@ def chat_spec(
 ) -> RequestSpec:
     """A chat completion request as the core's spec (``options``: its ``acr`` field with
     the latency header applied)."""
+    problem = _chat_problem(
+        req.messages,
+        req.seed,
+        req.stop_list(),
+        req.forwarded(),
+        req.client_logprobs(),
+        req.top_p,
+    )
     return RequestSpec(
-        _chat_problem(req.messages, req.seed, req.stop_list()),
+        problem,
         model=req.model,
         n=req.n,
         max_tokens=first_given(req.max_completion_tokens, req.max_tokens),
@@ -72,7 +104,15 @@ def completion_specs(
     prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
     return [
         RequestSpec(
-            Problem(text=p, prompt=p, seed=req.seed, stop=req.stop_list()),
+            Problem(
+                text=p,
+                prompt=p,
+                seed=req.seed,
+                stop=req.stop_list(),
+                params=req.forwarded(),
+                top_logprobs=req.logprobs,
+                top_p=1.0 if req.top_p is None else req.top_p,
+            ),
             model=req.model,
             n=req.n,
             max_tokens=req.max_tokens,

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from backends.base import BackendError
+from backends.base import BackendError, StreamDelta
 from policies.decision import Decision
 from router.core.served import ServedResult
 from router.errors import RouterError
@@ -35,8 +35,37 @@ def event(payload: dict[str, Any]) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
+def _choice(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> Any:
+    return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+
+
+def _chunks(
+    item: str | StreamDelta | ServedResult, base: dict[str, Any], include_usage: bool
+) -> list[dict[str, Any]]:
+    """The chunks one piece of the answer becomes: a text delta, a delta with tool-call
+    pieces and logprobs, or (for the result) the last chunk with the finish reason and the
+    ``router`` object, then usage when asked."""
+    if isinstance(item, str):
+        return [{**base, "choices": [_choice({"content": item})]}] if item else []
+    if isinstance(item, StreamDelta):
+        delta: dict[str, Any] = {"content": item.text} if item.text else {}
+        if item.tool_calls is not None:
+            delta["tool_calls"] = item.tool_calls
+        return [{**base, "choices": [_choice(delta, logprobs=item.logprobs)]}]
+    base["id"] = item.id
+    reason = finish_reason(item.results[0].finish_reason) if item.results else "stop"
+    out = [{**base, "choices": [_choice({}, reason)], "router": router_object(item)}]
+    if include_usage:
+        usage = usage_dict(item.prompt_tokens, item.completion_tokens, item.reasoning_tokens)
+        out.append({**base, "choices": [], "usage": usage})
+    return out
+
+
 async def chat_events(
-    pieces: AsyncIterator[Decision | str | ServedResult], model: str, *, include_usage: bool
+    pieces: AsyncIterator[Decision | str | StreamDelta | ServedResult],
+    model: str,
+    *,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """The chat chunks of one answer streamed from ``pieces`` (text, then the result; the
     request's decision, already sent in the headers, is skipped)."""
@@ -46,28 +75,13 @@ async def chat_events(
         "created": int(time.time()),
         "model": model,
     }
-
-    def choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
-
     try:
-        yield event({**base, "choices": [choice({"role": "assistant", "content": ""})]})
+        yield event({**base, "choices": [_choice({"role": "assistant", "content": ""})]})
         async for item in pieces:
-            if isinstance(item, str):
-                if item:
-                    yield event({**base, "choices": [choice({"content": item})]})
+            if isinstance(item, Decision):
                 continue
-            if not isinstance(item, ServedResult):
-                continue
-            base["id"] = item.id
-            reason = finish_reason(item.results[0].finish_reason) if item.results else "stop"
-            end = {**base, "choices": [choice({}, reason)], "router": router_object(item)}
-            yield event(end)
-            if include_usage:
-                usage = usage_dict(
-                    item.prompt_tokens, item.completion_tokens, item.reasoning_tokens
-                )
-                yield event({**base, "choices": [], "usage": usage})
+            for chunk in _chunks(item, base, include_usage):
+                yield event(chunk)
     except APIError as err:
         yield event(err.envelope())
     except RouterError as err:
@@ -92,9 +106,14 @@ async def chat_events(
 
 
 async def completion_events(
-    served_list: list[ServedResult], *, include_usage: bool, size: int = 16
+    served_list: list[ServedResult],
+    *,
+    include_usage: bool,
+    echo: list[str] | None = None,
+    size: int = 16,
 ) -> AsyncIterator[bytes]:
-    """Finished text completions as ``text_completion`` chunks (pieces of ``size`` chars)."""
+    """Finished text completions as ``text_completion`` chunks (pieces of ``size`` chars;
+    with ``echo``, each choice's prompt first)."""
     first = served_list[0]
     base = {
         "id": first.id.replace("chatcmpl", "cmpl"),
@@ -103,12 +122,13 @@ async def completion_events(
         "model": first.model,
     }
     index = 0
-    for served in served_list:
+    for k, served in enumerate(served_list):
         for r in served.results:
-            for i in range(0, len(r.text), size):
+            text = (echo[k] if echo is not None else "") + r.text
+            for i in range(0, len(text), size):
                 piece = {
                     "index": index,
-                    "text": r.text[i : i + size],
+                    "text": text[i : i + size],
                     "finish_reason": None,
                     "logprobs": None,
                 }
@@ -117,7 +137,7 @@ async def completion_events(
                 "index": index,
                 "text": "",
                 "finish_reason": finish_reason(r.finish_reason),
-                "logprobs": None,
+                "logprobs": r.logprobs,
             }
             yield event({**base, "choices": [end], "router": router_object(served)})
             index += 1

@@ -344,12 +344,7 @@ class OutcomeLog:
         while True:
             self._wake.clear()
             if not self.pending:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
-                # cancellation that arrives as the event fires, and this loop would then
-                # outlive its event loop's shutdown (seen as a hung test teardown).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(1.0):
-                        await self._wake.wait()
+                if await self._woken(1.0):
                     continue
                 adopt = asyncio.get_running_loop().time() >= adopt_at
                 if adopt:
@@ -377,6 +372,19 @@ class OutcomeLog:
                 log.exception("outcome flusher failed; retrying")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max_s)
+
+    async def _woken(self, timeout_s: float) -> bool:
+        """Whether an append woke the flusher within ``timeout_s``.
+
+        ``asyncio.wait`` never swallows a cancellation of this task: on Python 3.11 both
+        ``wait_for`` and ``asyncio.timeout`` can, when it arrives as the timeout fires, and
+        this loop then outlived its event loop's shutdown (hung test teardowns)."""
+        waiter = asyncio.ensure_future(self._wake.wait())
+        try:
+            done, _ = await asyncio.wait({waiter}, timeout=timeout_s)
+        finally:
+            waiter.cancel()
+        return bool(done)
 
     async def _idle_chores(self, adopt: bool) -> None:
         """With nothing to write: retry a spool that failed to open, make the spool's

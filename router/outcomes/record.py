@@ -185,6 +185,8 @@ def outcome_record(
         "verifier_score": max(scores) if scores else None,
         "api_key": spec.tenant,
     }
+    if "user" in spec.problem.params:
+        record["user"] = spec.problem.params["user"]
     if log_prompt:
         record["prompt"] = spec.problem.text
     return record

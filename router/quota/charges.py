@@ -32,7 +32,7 @@ def prompt_allowance(problem: Problem) -> int:
     (byte-level and character tokenizers make at most one token per byte) plus what a chat
     template adds. An upper bound, held only until the probe or the answer counts it."""
     if problem.messages:
-        texts = [m.content for m in problem.messages]
+        texts = [m.text for m in problem.messages]
     else:
         texts = [problem.prompt if problem.prompt is not None else problem.text]
     size = sum(len(t.encode("utf-8", "replace")) for t in texts)

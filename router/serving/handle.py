@@ -143,7 +143,7 @@ class ServeHandleBackend(Backend):
 
     async def render_chat(self, messages: list[ChatMessage]) -> str:
         """Rendered by a replica once per distinct conversation, then cached."""
-        key = "\x00".join(f"{m.role}\x01{m.content}" for m in messages)
+        key = "\x00".join(f"{m.role}\x01{m.text}" for m in messages)
         if key not in self._template_cache:
             try:
                 text = await self.handle.render_chat.remote([m.model_dump() for m in messages])
