@@ -91,7 +91,7 @@ class FakeBackend(Backend):
 
     async def render_chat(self, messages: list[ChatMessage]) -> str:
         """``Q: <last user message>\\n``."""
-        user = [m.content for m in messages if m.role == "user"]
+        user = [m.text for m in messages if m.role == "user"]
         return f"Q: {user[-1] if user else ''}\n"
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
