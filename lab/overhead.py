@@ -8,6 +8,9 @@ router in front of it (``--router``, e.g. ``acr serve`` on Ray Serve) with the o
   ``--max-tokens``: the router on its default path (``auto``); wall time and completion
   tokens, summed over the prompts;
 - ``stream``: the same prompts streamed: time to the first content byte;
+- ``responses`` (``--responses``): the same prompts through the router's Responses API and
+  its chat completions: the decision, the tokens and the time to the first text delta of
+  each, streamed;
 - ``search``: ``best_of_n`` and ``self_consistency`` with ``--samples`` samples of at most
   ``--sample-tokens`` tokens on GSM8K questions through the router, against the same number
   of samples drawn directly as concurrent requests (a server with parallel slots decodes
@@ -107,6 +110,61 @@ async def open_prompts(
     }
 
 
+async def _first_text_delta(client: openai.AsyncOpenAI, model: str, text: str) -> float:
+    """Seconds until the Responses stream's first text delta."""
+    t0 = time.perf_counter()
+    first = None
+    async with client.responses.stream(model=model, input=text, temperature=0) as stream:
+        async for event in stream:
+            if first is None and event.type == "response.output_text.delta":
+                first = time.perf_counter() - t0
+    return first if first is not None else time.perf_counter() - t0
+
+
+async def responses_vs_chat(
+    routed: openai.AsyncOpenAI, model: str, max_tokens: int, n: int
+) -> dict[str, Any]:
+    """Each open prompt through the router's Responses API and its chat completions."""
+    prompts = [json.loads(line)["question"] for line in OPEN_PROMPTS.read_text().splitlines()]
+    rows = []
+    for q in prompts[:n]:
+        chat = await _chat(
+            routed,
+            model,
+            messages=[{"role": "user", "content": q}],
+            temperature=0,
+            max_tokens=max_tokens,
+        )
+        resp = await routed.responses.create(
+            model=model, input=q, temperature=0, max_output_tokens=max_tokens, store=False
+        )
+        router = (resp.model_extra or {}).get("router") or {}
+        chat_first = await _first_byte(
+            routed, model, messages=[{"role": "user", "content": q}], temperature=0
+        )
+        resp_first = await _first_text_delta(routed, model, q)
+        rows.append(
+            {
+                "same_arm": router.get("arm") == (chat["router"] or {}).get("arm"),
+                "same_text": resp.output_text == chat["text"],
+                "chat_tokens": chat["tokens"],
+                "responses_tokens": resp.usage.output_tokens if resp.usage else 0,
+                "first_delta_extra_ms": 1000 * (resp_first - chat_first),
+            }
+        )
+    extra = [r["first_delta_extra_ms"] for r in rows]
+    return {
+        "prompts": len(rows),
+        "same_decision": sum(r["same_arm"] for r in rows),
+        "same_text": sum(r["same_text"] for r in rows),
+        "chat_tokens": sum(r["chat_tokens"] for r in rows),
+        "responses_tokens": sum(r["responses_tokens"] for r in rows),
+        "first_delta_extra_ms_p50": statistics.median(extra),
+        "first_delta_extra_ms_p90": sorted(extra)[int(0.9 * (len(extra) - 1))],
+        "rows": rows,
+    }
+
+
 async def search(
     direct: openai.AsyncOpenAI,
     routed: openai.AsyncOpenAI,
@@ -175,6 +233,7 @@ def main(
     max_tokens: Annotated[int, typer.Option(help="Tokens per open-prompt answer.")] = 64,
     samples: Annotated[int, typer.Option(help="Samples of the search rows.")] = 4,
     sample_tokens: Annotated[int, typer.Option(help="Tokens per search sample.")] = 128,
+    responses: Annotated[bool, typer.Option(help="Also compare Responses with chat.")] = False,
     out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("runs/overhead.json"),
 ) -> None:
     """Measure the router beside its server; print the summary, write every row."""
@@ -184,6 +243,8 @@ def main(
         # Warm both (the router discovers the server at its first request).
         await _chat(r, model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
         result: dict[str, Any] = {"open": await open_prompts(d, r, model, max_tokens, prompts)}
+        if responses:
+            result["responses"] = await responses_vs_chat(r, model, max_tokens, prompts)
         if gsm8k is not None:
             qs = [json.loads(x)["question"] for x in gsm8k.read_text().splitlines()[:questions]]
             result["search"] = await search(d, r, model, qs, samples, sample_tokens)
@@ -194,6 +255,9 @@ def main(
     out.write_text(json.dumps(result, indent=1))
     summary = {k: v for k, v in result["open"].items() if k != "rows"}
     typer.echo(json.dumps(summary, indent=1))
+    if "responses" in result:
+        shown = {k: v for k, v in result["responses"].items() if k != "rows"}
+        typer.echo("responses vs chat: " + json.dumps(shown))
     for name, row in result.get("search", {}).items():
         typer.echo(f"{name}: " + json.dumps({k: v for k, v in row.items() if k != "rows"}))
 

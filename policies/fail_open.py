@@ -11,6 +11,7 @@ of every operation that ran locally while Redis was meant to be used.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -62,6 +63,7 @@ class FailOpen:
             try:
                 return await remote()
             except Exception as exc:  # noqa: BLE001 - Redis, socket and OS errors alike
+                raise_if_cancelled()
                 self.failed(operation, exc)
         if self.on_failure is not None:
             self.on_failure(operation)
@@ -69,3 +71,13 @@ class FailOpen:
         if inspect.isawaitable(got):
             return await got
         return got
+
+
+def raise_if_cancelled() -> None:
+    """Raise ``CancelledError`` when the current task was asked to stop
+    (``Task.cancelling``): a cancellation that a client library turned into an error of
+    its own must still end the task (else a loop that catches such errors outlives its
+    event loop's shutdown)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -46,6 +46,9 @@ class RequestSpec:
     probe: bool = True
     serving: bool = True
     start: float | None = None
+    #: the id the answer is given (None: a fresh ``chatcmpl-`` one); the Responses API
+    #: names its response before it is decided
+    response_id: str | None = None
 
     @property
     def plain(self) -> bool:

@@ -326,6 +326,21 @@ class AuthConfig(_Section):
     )
 
 
+class ResponsesConfig(_Section):
+    """The Responses API's stored responses (``POST /v1/responses`` with ``store``)."""
+
+    store: bool = Field(
+        default=True,
+        description="Keep responses that ask for it (store: true, the default) in Redis, "
+        "readable and deletable by the key that made them and continued by "
+        "previous_response_id; false stores none. Not prompt logging: the logs and the "
+        "outcome stream keep their own setting.",
+    )
+    ttl_s: PositiveInt = Field(
+        default=604_800, le=31_536_000, description="How long a stored response is kept."
+    )
+
+
 class AppConfig(BaseSettings):
     """The whole configuration; see ``config.example.yaml`` for every field documented."""
 
@@ -346,6 +361,7 @@ class AppConfig(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
 
     @classmethod
     def settings_customise_sources(

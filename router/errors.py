@@ -69,6 +69,16 @@ class BackendRefused(RouterError):
     code = "backend_refused"
 
 
+class StateUnavailable(RouterError):
+    """State the request needs (a stored conversation) cannot be read now; retry shortly."""
+
+    code = "state_unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BackendFailed(RouterError):
     """The model server failed on this request (an internal error), though it is up: not
     retried, and not the client's fault."""

@@ -303,8 +303,13 @@ DEPLOYMENT_REQUESTS = int(os.environ.get("ACR_FUZZ_DEPLOYMENT_REQUESTS", "10000"
 CHAT_PATH = "/v1/chat/completions"
 #: each operation's share of the requests, by generation mode (schema-valid or not)
 SHARES: dict[tuple[str, str, str], float] = {
-    ("POST", CHAT_PATH, "positive"): 0.45,
-    ("POST", CHAT_PATH, "negative"): 0.10,
+    ("POST", CHAT_PATH, "positive"): 0.37,
+    ("POST", CHAT_PATH, "negative"): 0.08,
+    ("POST", "/v1/responses", "positive"): 0.07,
+    ("POST", "/v1/responses", "negative"): 0.02,
+    ("GET", "/v1/responses/{response_id}", "positive"): 0.005,
+    ("DELETE", "/v1/responses/{response_id}", "positive"): 0.005,
+    ("GET", "/v1/responses/{response_id}/input_items", "positive"): 0.005,
     ("POST", "/v1/completions", "positive"): 0.15,
     ("POST", "/v1/completions", "negative"): 0.05,
     ("POST", "/v1/route", "positive"): 0.10,
@@ -349,9 +354,9 @@ def test_schema_generated_requests_to_the_real_deployment_never_get_a_5xx(
     chat = report.count(CHAT_PATH, "positive")
     assert chat["2xx"] >= 0.5 * sum(chat.values()), report.summary()
     # Requests the schema forbids are refused, never served.
-    for path in (CHAT_PATH, "/v1/completions", "/v1/route"):
+    for path in (CHAT_PATH, "/v1/completions", "/v1/route", "/v1/responses"):
         refused = report.count(path, "negative")
         assert refused["4xx"] >= 0.9 * sum(refused.values()), report.summary()
     labels = set(re.findall(r'endpoint="([^"]*)"', httpx.get(deployment.url + "/metrics").text))
     assert labels <= {CHAT_PATH, "/v1/completions", "/v1/route", "/v1/feedback", "/v1/models",
-                      "other"}, labels  # fmt: skip
+                      "/v1/responses", "other"}, labels  # fmt: skip

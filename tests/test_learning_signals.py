@@ -170,6 +170,9 @@ async def test_route_requests_and_requests_with_stop_strings_never_fill_the_cach
     redis_url: str,
 ) -> None:
     model = RouterModel.uninformed(ARMS)
+    # A model that reads the probe (else no probe runs and there is nothing to cache).
+    model.weights[:, model.card.feature_names.index("probe_mean_entropy")] = 1e-3
+    assert model.reads_probe
     pol = policy(model, GreedyBackend(), settings(decision_cache_ttl_s=60))
     routed = await pol.decide(RequestSpec(chat(("user", "What is 3+3?")), serving=False))
     again = await pol.decide(RequestSpec(chat(("user", "What is 3+3?"))))

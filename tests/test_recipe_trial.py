@@ -62,7 +62,7 @@ def test_a_trial_trains_with_the_overrides_and_scores_the_expert(
     assert set(split) == set(range(2, 9))
     assert all(set(kinds) <= {"with_product", "sums_only"} for kinds in split.values())
     assert all(sum(d["items"] for d in kinds.values()) == 1 for kinds in split.values())
-    assert result["train_seconds"] > 0
+    assert result["train_seconds"] >= 0  # recorded (3 tiny steps can round to 0.0 s)
     saved = json.loads((tmp_path / "t" / "trial.json").read_text())
     assert saved["overrides"] == {"steps": 3, "arithmetic_uniform_from": None}
 

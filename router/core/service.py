@@ -257,7 +257,7 @@ class RouterService:
         in time (charged all it held: the calls cut at the deadline report no count)."""
         start = spec.start if spec.start is not None else self.clock()
         served = ServedResult(
-            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            id=spec.response_id or f"chatcmpl-{uuid.uuid4().hex[:24]}",
             model=self.backend.name,
             decision=decision,
             results=run.results,

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
+from router.conversations.store import ResponseStore
 from router.core.service import RouterService
 from router.errors import RouterError
 from router.http.auth import bearer, key_accepted, load_api_keys
@@ -26,6 +27,7 @@ from router.http.body_limit import BodyLimit
 from router.http.errors import APIError, api_error, validation_error_to_api
 from router.http.openapi import install_openapi
 from router.http.request_models import request_models
+from router.http.responses_api.routes import install_responses_routes
 from router.http.routes import HealthCheck, install_routes
 from router.metrics import endpoint_label
 
@@ -44,6 +46,7 @@ def build_http_app(
     *,
     health: HealthCheck | None = None,
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    responses_store: ResponseStore | None = None,
 ) -> FastAPI:
     """The FastAPI app serving the OpenAI-compatible API over ``service``. ``lifespan``
     runs around the app's life (uvicorn and Ray Serve, at a replica's graceful shutdown
@@ -71,7 +74,8 @@ def build_http_app(
     _install_error_handlers(app)
     models = request_models(cfg, service.backend.name)
     install_routes(app, service, health, models)
-    install_openapi(app, [models.chat, models.completion, models.route])
+    install_responses_routes(app, service, responses_store, models)
+    install_openapi(app, [models.chat, models.completion, models.route, models.responses])
     return app
 
 

@@ -59,6 +59,7 @@ STATUS: list[tuple[type[domain.RouterError], int, str]] = [
     (domain.DeadlineExceeded, 408, "timeout_error"),
     (domain.BackendUnavailable, 503, "server_error"),
     (domain.BackendFailed, 502, "server_error"),
+    (domain.StateUnavailable, 503, "server_error"),
     (domain.BackendRefused, 400, "invalid_request_error"),
     (domain.InvalidOption, 400, "invalid_request_error"),
 ]

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, StringConstraints, create_model
 from policies.budget import BudgetOverride
 from policies.registry import STRATEGY_NAMES
 from router.config import AppConfig, LimitsConfig
+from router.http.responses_api.schemas import ResponsesRequest
 from router.http.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -48,6 +49,7 @@ class RequestModels:
     chat: type[ChatCompletionRequest]
     completion: type[CompletionRequest]
     route: type[RouteRequest]
+    responses: type[ResponsesRequest]
 
 
 def request_models(config: AppConfig, model_name: str) -> RequestModels:
@@ -89,7 +91,21 @@ def request_models(config: AppConfig, model_name: str) -> RequestModels:
         messages=messages,
         acr=(options | None, Field(default=None, description=RouterOptions.__doc__)),
     )
-    return RequestModels(chat=chat, completion=completion, route=route)
+    responses = _derive(
+        ResponsesRequest,
+        "An OpenAI Responses API request (POST /v1/responses).",
+        max_output_tokens=(
+            int | None,
+            Field(
+                default=None,
+                ge=1,
+                le=lim.max_tokens,
+                description=f"Tokens of the answer, 1 to {lim.max_tokens}.",
+            ),
+        ),
+        acr=(options | None, Field(default=None, description=RouterOptions.__doc__)),
+    )
+    return RequestModels(chat=chat, completion=completion, route=route, responses=responses)
 
 
 def _derive(base: type[BaseModel], doc: str, **fields: Any) -> Any:

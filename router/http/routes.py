@@ -47,7 +47,7 @@ def install_routes(
     _install_decision_routes(app, service, models)
 
 
-def _body(model: type[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def body(model: type[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a route's ``req`` parameter the configured request model: FastAPI validates the
     body with it and publishes its schema (the bounds are only known at runtime)."""
 
@@ -59,7 +59,7 @@ def _body(model: type[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
 
 #: what every POST route of the API documents besides its 200
-_DOCUMENTED: dict[str, Any] = {
+DOCUMENTED: dict[str, Any] = {
     "responses": ERROR_RESPONSES,
     "openapi_extra": {"parameters": [LATENCY_HEADER_PARAMETER]},
 }
@@ -103,10 +103,10 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
     auth = service.config.auth
     auth_on = bool(load_api_keys(auth.api_keys, auth.api_keys_file))
 
-    @app.post("/v1/chat/completions", response_model=None, **_DOCUMENTED)
-    @_body(models.chat)
+    @app.post("/v1/chat/completions", response_model=None, **DOCUMENTED)
+    @body(models.chat)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
-        options = _with_header_budget(req.acr, request)
+        options = with_header_budget(req.acr, request)
         spec = service.validate.check(chat_spec(req, options, key_id(request, auth_on)))
         events = service.serve(spec, stream=req.stream)
         # The decision comes first: a refusal still gets its status line and envelope.
@@ -120,13 +120,13 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
                 media_type="text/event-stream",
                 headers=headers,
             )
-        served = await _result(events)
+        served = await result_of(events)
         return JSONResponse(chat_body(served, reasoning_content=reasoning_content), headers=headers)
 
-    @app.post("/v1/completions", response_model=None, **_DOCUMENTED)
-    @_body(models.completion)
+    @app.post("/v1/completions", response_model=None, **DOCUMENTED)
+    @body(models.completion)
     async def completions(req: CompletionRequest, request: Request) -> Response:
-        options = _with_header_budget(req.acr, request)
+        options = with_header_budget(req.acr, request)
         if req.echo and req.logprobs is not None:
             raise InvalidOption(
                 "echo with logprobs is not supported: the prompt's own logprobs are not "
@@ -155,7 +155,7 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
         return JSONResponse(completions_body(served_list, echo), headers=headers)
 
 
-async def _result(events: AsyncIterator[Event]) -> ServedResult:
+async def result_of(events: AsyncIterator[Event]) -> ServedResult:
     """The ``ServedResult`` that ends a request's events."""
     async for item in events:
         if isinstance(item, ServedResult):
@@ -169,10 +169,10 @@ def _install_decision_routes(app: FastAPI, service: RouterService, models: Reque
     auth = service.config.auth
     auth_on = bool(load_api_keys(auth.api_keys, auth.api_keys_file))
 
-    @app.post("/v1/route", **_DOCUMENTED)
-    @_body(models.route)
+    @app.post("/v1/route", **DOCUMENTED)
+    @body(models.route)
     async def route(req: RouteRequest, request: Request) -> JSONResponse:
-        decision = await service.route(route_spec(req, _with_header_budget(req.acr, request)))
+        decision = await service.route(route_spec(req, with_header_budget(req.acr, request)))
         return JSONResponse(
             {"object": "router.decision", "router": decision_object(decision)},
             headers=decision_headers(decision),
@@ -189,7 +189,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-def _with_header_budget(options: RouterOptions | None, request: Request) -> RouterOptions | None:
+def with_header_budget(options: RouterOptions | None, request: Request) -> RouterOptions | None:
     """Apply the ``x-acr-latency-budget-ms`` header when the body did not set one."""
     raw = request.headers.get(LATENCY_HEADER)
     if raw is None:

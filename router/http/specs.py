@@ -21,7 +21,7 @@ from router.http.schemas import (
 )
 
 
-def _options(options: RouterOptions | None) -> dict[str, Any]:
+def options_fields(options: RouterOptions | None) -> dict[str, Any]:
     """The spec fields of the ``acr`` extension."""
     if options is None:
         return {}
@@ -92,7 +92,7 @@ def chat_spec(
         temperature=req.temperature,
         effort=req.reasoning_effort,
         tenant=tenant,
-        **_options(options),
+        **options_fields(options),
     )
 
 
@@ -120,7 +120,7 @@ def completion_specs(
             effort=req.reasoning_effort,
             tenant=tenant,
             start=start,
-            **_options(options),
+            **options_fields(options),
         )
         for p in prompts
     ]
@@ -133,5 +133,5 @@ def route_spec(req: RouteRequest, options: RouterOptions | None) -> RequestSpec:
         effort=req.reasoning_effort,
         probe=False,
         serving=False,
-        **_options(options),
+        **options_fields(options),
     )

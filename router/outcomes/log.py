@@ -32,6 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from policies.fail_open import raise_if_cancelled
 from router.metrics import Metrics
 from router.outcomes.spool import OutcomeSpool, Spooled
 
@@ -342,6 +343,9 @@ class OutcomeLog:
         delay = 0.05
         adopt_at = asyncio.get_running_loop().time() + ADOPT_EVERY_S
         while True:
+            # A cancellation that a library turned into an error (and the handlers below
+            # caught) still ends the loop: otherwise it outlives its event loop's shutdown.
+            raise_if_cancelled()
             self._wake.clear()
             if not self.pending:
                 if await self._woken(1.0):

@@ -16,6 +16,7 @@ from backends.openai_http import OpenAIHTTPBackend
 from backends.verifiers.base import Verifier
 from backends.verifiers.http_reward import HTTPRewardVerifier
 from router.config import AppConfig
+from router.conversations.store import ResponseStore
 from router.core.assembly import make_profiles, make_service
 from router.core.service import RouterService
 from router.http.app import build_http_app
@@ -41,6 +42,8 @@ class Runtime:
     #: the ASGI app (FastAPI) Serve exposes
     http_app: Any
     metrics: Metrics
+    #: stored responses of the Responses API (None without Redis)
+    responses: ResponseStore | None = None
 
 
 def make_backend(config: AppConfig, model_handle: Any = None) -> Backend:
@@ -134,10 +137,16 @@ def build_runtime(
             info["outcomes_dropped"] = outcomes.dropped
         return info
 
+    store = None
+    if redis is not None:
+        store = ResponseStore(redis, prefix=config.redis.key_prefix, ttl_s=config.responses.ttl_s)
     app = build_http_app(
-        service, health=health, lifespan=outcomes.running if outcomes is not None else None
+        service,
+        health=health,
+        lifespan=outcomes.running if outcomes is not None else None,
+        responses_store=store,
     )
-    return Runtime(config, be, redis, outcomes, service, app, metrics)
+    return Runtime(config, be, redis, outcomes, service, app, metrics, store)
 
 
 def make_outcome_log(config: AppConfig, redis: Redis, metrics: Metrics) -> OutcomeLog:
