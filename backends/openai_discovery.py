@@ -61,13 +61,27 @@ class Upstream:
             )
         except httpx.TransportError as exc:
             raise Unreachable(type(exc).__name__) from exc
-        if resp.status_code != 200:
-            return None
+        return json_object(resp)
+
+    async def get_json(self, url: str) -> dict[str, Any] | None:
+        """GET ``url``: the JSON object of a 200 answer, else None (``Unreachable`` when
+        the server did not answer)."""
         try:
-            data = resp.json()
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+            resp = await self.client.get(url, headers=self.headers, timeout=self.timeout_s)
+        except httpx.TransportError as exc:
+            raise Unreachable(type(exc).__name__) from exc
+        return json_object(resp)
+
+
+def json_object(resp: httpx.Response) -> dict[str, Any] | None:
+    """The JSON object of a 200 answer, None for any other status or body."""
+    if resp.status_code != 200:
+        return None
+    try:
+        data = resp.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass
@@ -311,7 +325,7 @@ async def parallel_slots(up: Upstream) -> int | None:
     """Requests the server decodes side by side: llama.cpp's ``/props`` says
     (``total_slots``); else two concurrent timed answers against one tell whether it
     serialises them (1) or not (None: no bound known)."""
-    props = await _get_json(up, f"{up.root_url}/props")
+    props = await up.get_json(f"{up.root_url}/props")
     slots = props.get("total_slots") if props else None
     if isinstance(slots, int) and slots >= 1:
         return slots
@@ -323,20 +337,6 @@ async def parallel_slots(up: Upstream) -> int | None:
         return None
     # Two answers side by side take about as long as one; one after another, twice as long.
     return 1 if together > 1.6 * alone * SPEED_TOKENS else None
-
-
-async def _get_json(up: Upstream, url: str) -> dict[str, Any] | None:
-    try:
-        resp = await up.client.get(url, headers=up.headers, timeout=up.timeout_s)
-    except httpx.TransportError as exc:
-        raise Unreachable(type(exc).__name__) from exc
-    if resp.status_code != 200:
-        return None
-    try:
-        data = resp.json()
-    except ValueError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _choice_count(data: dict[str, Any] | None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -18,7 +17,6 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from openai import AsyncOpenAI
 from redis.asyncio import Redis
 
@@ -30,6 +28,7 @@ from router.quota.local import LocalWindows
 from router.serving.embedded_redis import EmbeddedRedis, free_port
 from router.serving.runtime import Runtime, build_runtime
 from tests.fakes import FakeBackend
+from tests.router_http import served
 
 NOW = 7_000_020.0  # 20 s into a window: no test straddles two
 
@@ -306,23 +305,8 @@ def runtime(backend: Backend, redis_url: str, tokens_per_minute: int) -> Runtime
 @contextmanager
 def serving(rt: Runtime) -> Iterator[AsyncOpenAI]:
     """``rt``'s API on a free port (uvicorn in a thread) and an official client for it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(rt.http_app, host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield AsyncOpenAI(
-            base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60
-        )
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with served(rt) as url:
+        yield AsyncOpenAI(base_url=url, api_key=KEY, max_retries=0, timeout=60)
 
 
 async def counts_of(rt: Runtime) -> Any:
