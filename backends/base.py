@@ -257,6 +257,11 @@ class Backend(abc.ABC):
         """None when the backend can serve now, else why not (the readiness check)."""
         return None
 
+    def unavailable_for_s(self) -> float:
+        """Seconds before it is worth sending it requests again, known without asking it
+        (0.0: now). A pool skips a backend while this is positive: its breaker is open."""
+        return 0.0
+
     def count_tokens(self, text: str) -> int | None:
         """Tokens ``text`` takes in this model's tokenizer, or None when unknown."""
         return None

@@ -430,6 +430,16 @@ class OpenAIHTTPBackend(Backend):
         """
         return await self._transport.ready(self.ready_timeout_s)
 
+    def unavailable_for_s(self) -> float:
+        """The breaker's remaining cooldown while it is open (the server keeps failing);
+        after discovery found the server unreachable, what is left of
+        ``REDISCOVER_EVERY_S`` (the next call after that rediscovers it)."""
+        wait = self.breaker.remaining_s()
+        found, at = self._discovery, self._discovered_at
+        if found is not None and not found.reachable and at is not None:
+            wait = max(wait, at + REDISCOVER_EVERY_S - self.breaker.clock())
+        return max(0.0, wait)
+
     async def close(self) -> None:
         """Close the HTTP connection pool."""
         await self.client.aclose()

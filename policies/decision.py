@@ -43,6 +43,10 @@ class Decision(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True, frozen=True)
 
     decision_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:16])
+    #: the backend model that serves it ("" until the service that decided names it)
+    model: str = ""
+    #: why a pool chose that model (None: the request named it, or one model serves all)
+    model_reason: str | None = None
     strategy: str
     arm: str
     budget: Budget

@@ -49,6 +49,8 @@ class RequestSpec:
     #: the id the answer is given (None: a fresh ``chatcmpl-`` one); the Responses API
     #: names its response before it is decided
     response_id: str | None = None
+    #: why a pool chose the model that serves it (None: one model, no choice)
+    model_reason: str | None = None
 
     @property
     def plain(self) -> bool:

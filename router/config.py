@@ -15,8 +15,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     NonNegativeInt,
     PositiveInt,
@@ -26,17 +24,34 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from policies.settings import PolicySettings, StrategiesSettings
+from router.config_models import (
+    POOL_FIELDS,
+    AutoscalingConfig,
+    BackendConfig,
+    ModelConfig,
+    PoolConfig,
+    ReasoningConfig,
+)
+from router.config_section import Section as _Section
 from tasks.profiles import TaskProfileConfig, builtin_profiles
+from tasks.task import OPEN
 
 ENV_PREFIX = "ACR_"
+
+__all__ = [
+    "AppConfig",
+    "AutoscalingConfig",
+    "BackendConfig",
+    "ConfigError",
+    "ModelConfig",
+    "PoolConfig",
+    "ReasoningConfig",
+    "load_config",
+]
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names each bad field and what is valid."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ServerConfig(_Section):
@@ -121,113 +136,6 @@ class RedisConfig(_Section):
     )
     socket_timeout_ms: PositiveInt = Field(default=500, le=60_000)
     reconnect_backoff_max_ms: PositiveInt = Field(default=5_000, le=600_000)
-
-
-class AutoscalingConfig(_Section):
-    """Ray Serve autoscaling of a deployment."""
-
-    min_replicas: NonNegativeInt = 1
-    max_replicas: PositiveInt = 1
-    target_ongoing_requests: float = Field(default=8.0, gt=0)
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AutoscalingConfig:
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(
-                f"max_replicas ({self.max_replicas}) must be >= min_replicas ({self.min_replicas})"
-            )
-        return self
-
-
-class ReasoningConfig(_Section):
-    """A reasoning model that thinks between tags before it answers (DeepSeek-R1, Qwen3...).
-
-    With ``think_open`` set, bounded reasoning is a real thinking budget: the model thinks up
-    to the budget's tokens, the router closes the block with ``think_close`` and lets it
-    answer in at most ``answer_max_tokens`` (budget forcing); thinking counts as reasoning
-    tokens and may be returned as ``reasoning_content``.
-    """
-
-    think_open: str | None = Field(
-        default=None, max_length=32, description="Tag that opens thinking, e.g. <think>."
-    )
-    think_close: str = Field(default="</think>", min_length=1, max_length=32)
-    answer_max_tokens: PositiveInt = Field(default=512, le=32768)
-    return_reasoning_content: bool = Field(
-        default=True, description="Return the thinking as message.reasoning_content."
-    )
-
-
-class ModelConfig(_Section):
-    """The model backend the router forwards to."""
-
-    name: str = Field(default="acr-bundled", min_length=1, description="Model id in the API.")
-    kind: Literal["transformers", "openai"] = Field(
-        default="transformers",
-        description="'transformers': a local causal LM run by Ray Serve replicas; "
-        "'openai': an OpenAI-compatible server (vLLM, SGLang, TGI, llama.cpp).",
-    )
-    path: str | None = Field(
-        default=None, description="Local checkpoint directory; empty uses the bundled model."
-    )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="'auto' is bfloat16 on CUDA and float32 on CPU."
-    )
-    num_cpus: float = Field(default=1.0, ge=0)
-    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per replica (0 = CPU).")
-    torch_threads: NonNegativeInt = Field(
-        default=0,
-        description="0 uses the replica's num_cpus (at least 1). Decoding runs in a worker "
-        "thread, where a small model ran 2.5x slower on 2 OpenMP threads than on 1 (2-core "
-        "CPU): scale CPU models out with replicas rather than threads.",
-    )
-    batching: Literal["continuous", "static"] = Field(
-        default="continuous",
-        description="'continuous': requests join and leave the running batch between decode "
-        "steps; 'static': Ray Serve's @serve.batch collects requests and each batch decodes "
-        "until its longest row ends (max_batch_size, batch_wait_timeout_ms).",
-    )
-    max_batch_size: PositiveInt = Field(
-        default=8, le=256, description="Requests per batch (static batching)."
-    )
-    batch_wait_timeout_ms: float = Field(
-        default=5.0, ge=0, le=1000, description="Wait to fill a batch (static batching)."
-    )
-    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig)
-    base_url: str | None = Field(default=None, description="For kind 'openai': server URL.")
-    api_key_env: str | None = Field(
-        default=None, description="For kind 'openai': env var holding the server's API key."
-    )
-    http_timeout_ms: PositiveInt = Field(default=60_000, le=600_000)
-    served_name: str | None = Field(
-        default=None, description="For kind 'openai': the model id sent upstream (else name)."
-    )
-    tokenizer_path: str | None = Field(
-        default=None,
-        description="For kind 'openai': the model's tokenizer (a local directory or its .gguf) "
-        "for its real chat template and token counts; else the server's own template "
-        "endpoint is used where it has one.",
-    )
-    capabilities: dict[str, bool | int] = Field(
-        default_factory=dict,
-        description="Capabilities to take as given instead of discovering them at startup: "
-        "native_n, logprobs, completions, chat_template, exact_token_counts.",
-    )
-    max_concurrency: PositiveInt = Field(
-        default=4, le=1024, description="For kind 'openai': calls in flight when n fans out."
-    )
-    extra_body: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Fields added to every upstream request, e.g. {repeat_penalty: 1.0}.",
-    )
-    reasoning: ReasoningConfig = Field(default_factory=ReasoningConfig)
-
-    @model_validator(mode="after")
-    def _openai_needs_url(self) -> ModelConfig:
-        if self.kind == "openai" and not self.base_url:
-            raise ValueError("model.kind 'openai' needs model.base_url (e.g. http://vllm:8000/v1)")
-        return self
 
 
 class VerifierConfig(_Section):
@@ -362,6 +270,45 @@ class AppConfig(BaseSettings):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    backends: list[BackendConfig] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Several backends behind one endpoint (a pool); empty: `model` alone.",
+    )
+    pool: PoolConfig = Field(default_factory=PoolConfig)
+
+    @model_validator(mode="after")
+    def _pool_names(self) -> AppConfig:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError(f"backends need distinct names, got {names}")
+        if self.pool.id in names:
+            raise ValueError(f"pool.id {self.pool.id!r} is also a backend's name")
+        known = {OPEN, *(p.name for p in self.tasks.all_profiles())}
+        for b in self.backends:
+            if unknown := sorted(set(b.profiles) - known):
+                raise ValueError(
+                    f"backend {b.name!r} names unknown task profiles {unknown}; "
+                    f"known: {sorted(known)}"
+                )
+        return self
+
+    def pool_backends(self) -> list[BackendConfig]:
+        """The backends of the pool: ``backends``, or ``model`` alone."""
+        if self.backends:
+            return list(self.backends)
+        return [BackendConfig(**self.model.model_dump())]
+
+    def for_backend(self, backend: BackendConfig) -> AppConfig:
+        """This config as one backend's service sees it: ``model`` is that backend (and its
+        router model, when it has its own, the policy's)."""
+        model = ModelConfig(**backend.model_dump(exclude=set(POOL_FIELDS)))
+        update: dict[str, Any] = {"model": model, "backends": []}
+        if backend.router_model_path is not None:
+            update["policy"] = self.policy.model_copy(
+                update={"classifier_path": backend.router_model_path}
+            )
+        return self.model_copy(update=update)
 
     @classmethod
     def settings_customise_sources(

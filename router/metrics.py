@@ -63,6 +63,20 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # keys are the configured API keys' ids (or "anonymous"), so the labels stay few
+        self.model_tokens = Counter(
+            "acr_model_tokens_total",
+            "Tokens by backend model, API key and kind (prompt, completion, reasoning).",
+            ["model", "key", "kind"],
+            registry=r,
+        )
+        self.model_cost = Counter(
+            "acr_model_cost_total",
+            "Cost by backend model and API key, in the pool's price units "
+            "(backends[].price_per_1k_*).",
+            ["model", "key"],
+            registry=r,
+        )
         self.backend_errors = Counter(
             "acr_backend_errors_total", "Backend calls that failed.", ["retryable"], registry=r
         )

@@ -195,7 +195,7 @@ async def test_the_published_schema_states_the_configured_bounds() -> None:
 async def test_what_the_schema_bounds_is_refused_with_a_400_naming_the_field(
     field: str, value: Any, param: str
 ) -> None:
-    models = request_models(_small_limits(), "acr-bundled")
+    models = request_models(_small_limits(), ["acr-bundled"])
     body = {**CHAT, field: value}
     with pytest.raises(ValueError):
         models.chat(**body)

@@ -165,3 +165,32 @@ def test_item_seeds_are_stable_across_processes() -> None:
         cwd=Path(__file__).resolve().parents[1],
     )
     assert int(other.stdout) == item_seed(Item("g24-5", "x", "game24"))
+
+
+def test_the_pool_row_serves_each_item_on_the_backend_its_profile_allows(tmp_path: Path) -> None:
+    from router.commands.bench import run_bench
+    from router.config import BackendConfig, load_config
+
+    pool = load_config(env={})
+    pool.backends = [
+        BackendConfig(name="acr-bundled", profiles=["game24"]),
+        # a server nobody runs: were an item sent there, the row would fail
+        BackendConfig(
+            name="elsewhere", kind="openai", base_url="http://127.0.0.1:9/v1", profiles=["open"]
+        ),
+    ]
+    items = [Item(f"g{i}", "4 9 10 13", "game24", numbers=(4, 9, 10, 13)) for i in range(3)]
+    result = run_bench(
+        items,
+        ["single_pass"],
+        tmp_path / "b.json",
+        backend=FakeBackend.canned([SOLUTION]),
+        pool=pool,
+        auto=False,
+        oracle=False,
+        progress=False,
+    )
+    rows = {s["row"]: s for s in result["summary"]}
+    assert rows["pool"]["accuracy"] == 1.0 and rows["pool"]["items"] == 3
+    labels = {r["strategy"] for r in result["records"] if r["row"] == "pool"}
+    assert labels and all(label.startswith("pool:acr-bundled:") for label in labels)

@@ -215,3 +215,36 @@ async def test_an_item_the_backend_keeps_failing_is_left_out_and_the_run_complet
     labels = (tmp_path / "out" / "labels.jsonl").read_text()
     assert bad not in labels, "a failed item is not recorded, so a resumed run tries it again"
     assert "1 left out" in (tmp_path / "out" / "report.md").read_text()
+
+
+def pool_yaml(path: Path) -> Path:
+    """A pool of the bundled model and an OpenAI-compatible server nobody runs."""
+    path.write_text(
+        "backends:\n"
+        "  - {name: acr-bundled, kind: transformers, profiles: [arithmetic, game24]}\n"
+        "  - {name: remote, kind: openai, base_url: 'http://127.0.0.1:9/v1'}\n"
+    )
+    return path
+
+
+def test_calibrating_one_backend_of_a_pool_fits_a_router_for_that_backend(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from router.commands.cli import app
+
+    data = tmp_path / "q.jsonl"
+    write_questions(data, 1)
+    out = tmp_path / "out"
+    args = ["calibrate", "--config", str(pool_yaml(tmp_path / "pool.yaml")), "--data", str(data)]
+    run = CliRunner().invoke(
+        app, [*args, "--backend", "acr-bundled", "--out", str(out), "--arm", "single_pass"]
+    )
+    assert run.exit_code == 0, run.output
+    assert RouterModel.load(out / "router.skops").card.backend_model == "acr-bundled"
+    report = (out / "report.md").read_text()
+    assert "- name: acr-bundled" in report and "router_model_path:" in report
+    unknown = CliRunner().invoke(app, [*args, "--backend", "gpt-9", "--out", str(out)])
+    assert unknown.exit_code == 2
+    assert "'gpt-9' is not in the config; its backends: acr-bundled, remote" in unknown.output

@@ -24,6 +24,18 @@ KIND_VALUES = CHART_DIR / "ci" / "kind-values.yaml"
 # The oldest Kubernetes the chart claims (Chart.yaml kubeVersion) that kubernetes-validate
 # ships strict schemas for, and the newest it ships.
 K8S_VERSIONS = ("1.30.0", "1.37.0")
+#: a pool: the bundled model in the cluster (its own replicas) and an external server
+POOL_VALUES: dict[str, Any] = {
+    "router": {
+        "backends": [
+            {"name": "acr-bundled", "profiles": ["game24", "arithmetic"], "num_cpus": 2},
+            {"name": "big", "kind": "openai", "base_url": "http://vllm.llm:8000/v1"},
+        ]
+    }
+}
+OPENAI_VALUES: dict[str, Any] = {
+    "router": {"model": {"name": "big", "kind": "openai", "base_url": "http://vllm.llm:8000/v1"}}
+}
 GPU_VALUES: dict[str, Any] = {
     "workers": {"gpu": {"enabled": True, "gpusPerWorker": 2}},
     "serve": {"model": {"numGpus": 1}},
@@ -64,10 +76,11 @@ def serve_config(objs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return yaml.safe_load(objs["RayService"][0]["spec"]["serveConfigV2"])
 
 
-@pytest.mark.parametrize("name", ["defaults", "kind", "gpu", "external-redis"])
+@pytest.mark.parametrize("name", ["defaults", "kind", "gpu", "external-redis", "pool"])
 def test_the_chart_lints_clean(name: str) -> None:
     values = {
         "defaults": None,
+        "pool": POOL_VALUES,
         "kind": yaml.safe_load(KIND_VALUES.read_text()),
         "gpu": GPU_VALUES,
         "external-redis": {"redis": {"external": {"enabled": True, "host": "r"}}},
@@ -181,8 +194,9 @@ def test_serve_config_passes_ray_serves_own_schema() -> None:
         assert set(deployment) <= fields, deployment["name"]
 
 
+@pytest.mark.parametrize("values", [None, POOL_VALUES, OPENAI_VALUES], ids=["one", "pool", "url"])
 def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any] | None
 ) -> None:
     import os
 
@@ -192,13 +206,28 @@ def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployme
 
     for name in [n for n in os.environ if n.startswith("ACR_")]:
         monkeypatch.delenv(name)
-    objs = render()
+    objs = render(values)
     path = tmp_path / "config.yaml"
     path.write_text(objs["ConfigMap"][0]["data"]["config.yaml"])
     app = serve_config(objs)["applications"][0]
     built = build_app(app_builder(app["args"] | {"config_path": str(path)}), name=app["name"])
     # Serve refuses a config that overrides a deployment the application does not define.
     assert {d.name for d in built.deployments} == {d["name"] for d in app["deployments"]}
+
+
+def test_a_pool_gets_replicas_for_its_in_cluster_model_and_none_for_its_external_url() -> None:
+    objs = render(POOL_VALUES)
+    deployments = {d["name"]: d for d in serve_config(objs)["applications"][0]["deployments"]}
+    assert set(deployments) == {"RouterIngress", "ModelReplica-acr-bundled"}
+    bundled = deployments["ModelReplica-acr-bundled"]
+    assert bundled["ray_actor_options"] == {"num_cpus": 2, "num_gpus": 0}
+    assert bundled["autoscaling_config"]["max_replicas"] == 2
+    cfg = AppConfig(**config_of(objs))
+    assert [b.name for b in cfg.backends] == ["acr-bundled", "big"]
+    assert cfg.backends[0].num_cpus == 2 and cfg.backends[0].profiles == ["game24", "arithmetic"]
+    assert cfg.backends[1].base_url == "http://vllm.llm:8000/v1"
+    gpu_pool = {"router": {"backends": [{"name": "g", "num_gpus": 1}]}}
+    assert "model replicas of g ask for 1 GPU" in render_error(gpu_pool)
 
 
 def test_gpu_values_add_a_gpu_worker_group_and_gpu_replicas() -> None:

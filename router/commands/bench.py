@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from backends.bundled.paths import bundled_model_path
 from policies.budget import Budget
 from router.commands.bench_arms import arm_options, parse_arm
 from router.commands.bench_items import Item, grade, item_seed, load_items
+from router.commands.bench_pool import pool_backends, pool_runner
 from router.commands.bench_rows import (
     ItemRun,
     Runner,
@@ -39,6 +41,7 @@ from router.commands.bench_rows import (
     user_spec,
 )
 from router.commands.bench_summary import oracle_records, pareto, plot, summarise
+from router.config import AppConfig
 from tasks.profiles import BUNDLED_MODEL
 
 #: the bench's names as tests, ``lab/`` and ``acr calibrate`` import them from here; each is
@@ -83,6 +86,15 @@ def load_model(
     return MicroBatcher(model)
 
 
+def _loader(device: str, torch_threads: int) -> Callable[[Path, str], Backend]:
+    """``(path, name) -> Backend``: a pool member's own checkpoint, loaded as the bench's."""
+
+    def load(path: Path, name: str) -> Backend:
+        return load_model(path, device, torch_threads, name=name)
+
+    return load
+
+
 async def _run_rows(
     rows: list[tuple[str, Runner]], items: list[Item], concurrency: int, progress: bool
 ) -> list[dict[str, Any]]:
@@ -121,6 +133,7 @@ def run_bench(
     device: str = "cpu",
     torch_threads: int = 1,
     backend: Backend | None = None,
+    pool: AppConfig | None = None,
 ) -> dict[str, Any]:
     """Run every arm (and ``extra_rows``) over ``items``; writes JSON and a PNG beside it.
 
@@ -132,11 +145,13 @@ def run_bench(
     ``extra_rows`` maps a row name to an async callable ``item -> StrategyResult`` (a later
     policy's row); ``auto`` adds the router's row (``router_model``, default the bundled
     one); ``oracle`` adds the cheapest fixed arm that solved each item, known after the fact.
-    ``backend`` replaces the model (tests); otherwise ``model_dir`` (default: the bundled
-    model) is loaded on ``device`` with ``torch_threads`` intra-op threads (0: torch's
-    default). One thread is the default because on a CPU shared with other work torch's
-    spinning thread pool made decoding 10-100x slower (measured: 56 tokens in 3 s with two
-    threads on a busy 2-core machine, 0.2 s with one).
+    ``pool`` (a config with ``backends``) adds the ``pool`` row, each item served by the
+    pool (``router.commands.bench_pool``). ``backend`` replaces the model (tests); otherwise
+    ``model_dir`` (default: the bundled model) is loaded on ``device`` with
+    ``torch_threads`` intra-op threads (0: torch's default). One thread is the default
+    because on a CPU shared with other work torch's spinning thread pool made decoding
+    10-100x slower (measured: 56 tokens in 3 s with two threads on a busy 2-core machine,
+    0.2 s with one).
     """
     specs = [parse_arm(a) for a in arms]
     records: list[dict[str, Any]] = []
@@ -144,8 +159,13 @@ def run_bench(
     async def main() -> None:
         be = backend or load_model(model_dir, device, torch_threads)
         rows = _rows(be, specs, timeout_s, extra_rows, auto=auto, router_model=router_model)
+        members: dict[str, Backend] = {}
+        if pool is not None:
+            members = pool_backends(pool, be, _loader(device, torch_threads))
+            rows.append(("pool", pool_runner(pool, members, timeout_s)))
         records.extend(await _run_rows(rows, items, concurrency, progress))
-        await be.close()
+        for member in {id(m): m for m in [be, *members.values()]}.values():
+            await member.close()
 
     t0 = time.time()
     asyncio.run(main())

@@ -139,6 +139,23 @@ async def label_all(
     return done
 
 
+def pool_members(config: AppConfig, backend: str | None) -> list[tuple[str, AppConfig]]:
+    """What ``acr calibrate`` fits: (model id, config as that backend's service sees it)
+    for ``backend``, else for every backend of a pool, else for the one model. Raises
+    ``ValueError`` naming the choices for an unknown ``backend``."""
+    members = {b.name: b for b in config.backends}
+    if backend is None:
+        return [(n, config.for_backend(b)) for n, b in members.items()] or [
+            (config.model.name, config)
+        ]
+    if backend in members:
+        return [(backend, config.for_backend(members[backend]))]
+    if not members and backend == config.model.name:
+        return [(backend, config)]
+    known = ", ".join(members or [config.model.name])
+    raise ValueError(f"--backend {backend!r} is not in the config; its backends: {known}")
+
+
 def local_backend(config: AppConfig, device: str, torch_threads: int) -> Backend:
     """The configured backend in this process: the OpenAI-compatible server, or the local
     checkpoint (``model.path``, else the bundled model) micro-batched."""

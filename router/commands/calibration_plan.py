@@ -30,6 +30,8 @@ class CalibrationPlan:
     timeout_s: float = 120.0
     version: str = "router-calibrated"
     progress: bool = True
+    #: the pool backend fitted (None: the config's one model): how the report says to use it
+    pool_backend: str | None = None
 
     def manifest(self, backend_model: str, probe_tokens: int, data_hash: str) -> dict[str, Any]:
         """The settings that make labels comparable; a resumed run must have the same."""

@@ -133,7 +133,7 @@ def build_report(
         "model_metrics": model.card.metrics,
         "summary": summary,
         "verdict": verdict(summary),
-        "use": ["policy:", f"  classifier_path: {model_path}   # lambda {lam:g} comes with it"],
+        "use": use_lines(plan.pool_backend, str(model_path), lam),
         "auto_runs": auto_runs,
     }
 
@@ -182,3 +182,15 @@ def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path, Pat
     title = f"{report['settings']['backend_model']}: evaluation part ({report['items']['eval']})"
     plot(summary, png, title)
     return js, md, png
+
+
+def use_lines(pool_backend: str | None, model_path: str, lam: float) -> list[str]:
+    """The config lines that put the router model at ``model_path`` to use: the policy's,
+    or the pool backend's of that name."""
+    if pool_backend is None:
+        return ["policy:", f"  classifier_path: {model_path}   # lambda {lam:g} comes with it"]
+    return [
+        "backends:",
+        f"  - name: {pool_backend}",
+        f"    router_model_path: {model_path}   # lambda {lam:g} comes with it",
+    ]

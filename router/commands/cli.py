@@ -75,6 +75,7 @@ def bench(
     auto: option.BenchAuto = True,
     oracle: option.BenchOracle = True,
     groups: option.BenchGroups = False,
+    pool: option.BenchPool = None,
 ) -> None:
     """Run strategies over a dataset slice: JSON per item and an accuracy/tokens plot.
 
@@ -88,6 +89,9 @@ def bench(
         data = DEFAULT_GAME24_CSV
     try:
         items = load_items(dataset, rows=rows, path=data, per_count=per_count, limit=limit)
+        pool_config = load_config(pool) if pool is not None else None
+        if pool_config is not None and not pool_config.backends:
+            raise ValueError(f"--pool {pool} has no backends: it is not a pool")
         result = run_bench(
             items,
             arm or list(BENCH_ARMS),
@@ -99,9 +103,10 @@ def bench(
             torch_threads=threads,
             auto=auto,
             oracle=oracle,
+            pool=pool_config,
             title=f"{dataset} {rows if dataset == 'game24' else ''}".strip(),
         )
-    except (ValueError, FileNotFoundError) as exc:
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     _echo_bench(result, groups)
@@ -141,41 +146,47 @@ def calibrate(
     threads: option.CalibrateThreads = 1,
     restart: option.CalibrateRestart = False,
     version: option.CalibrateVersion = "router-calibrated",
+    backend: option.CalibrateBackend = None,
 ) -> None:
-    """Fit the router to the configured backend on your data, and report how it does.
+    """Fit the router to the configured backend (each backend of a pool) on your data, and
+    report how it does.
 
     Runs every arm on every question through the serving code, grades the answers with the
     profile's checker, fits the router on the fit part, chooses the cost weight there, runs
     auto live on the held-out part and writes router.skops, report.md, report.json and
     pareto.png to --out. Interrupted runs resume.
     """
-    from router.commands.calibrate import CalibrationPlan, arms_from_specs
+    from router.commands.calibrate import CalibrationPlan, arms_from_specs, pool_members
     from router.commands.calibrate import calibrate as run_calibration
 
     try:
         cfg = load_config(config)
-        plan = CalibrationPlan(
-            data=data,
-            out_dir=out,
-            profile=profile,
-            question_field=question_field,
-            answer_field=answer_field or None,
-            answer_marker=answer_marker or None,
-            eval_percent=eval_percent,
-            limit=limit,
-            concurrency=concurrency,
-            timeout_s=timeout_s,
-            version=version,
-        )
-        if arm:
-            plan.arms = arms_from_specs(arm, cfg)
-        report = asyncio.run(
-            run_calibration(plan, cfg, device=device, torch_threads=threads, restart=restart)
-        )
+        members = pool_members(cfg, backend)
+        for name, member in members:
+            where = out / name if len(members) > 1 else out
+            plan = CalibrationPlan(
+                data=data,
+                out_dir=where,
+                profile=profile,
+                question_field=question_field,
+                answer_field=answer_field or None,
+                answer_marker=answer_marker or None,
+                eval_percent=eval_percent,
+                limit=limit,
+                concurrency=concurrency,
+                timeout_s=timeout_s,
+                version=version,
+                pool_backend=name if cfg.backends else None,
+            )
+            if arm:
+                plan.arms = arms_from_specs(arm, member)
+            report = asyncio.run(
+                run_calibration(plan, member, device=device, torch_threads=threads, restart=restart)
+            )
+            _echo_calibration(report, where)
     except (ConfigError, CalibrationDataError, ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    _echo_calibration(report, out)
 
 
 def _echo_calibration(report: dict[str, Any], out: Path) -> None:

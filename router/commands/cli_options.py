@@ -39,6 +39,14 @@ BenchThreads = Annotated[
 ]
 BenchAuto = Annotated[bool, typer.Option(help="Add the router's auto row.")]
 BenchOracle = Annotated[bool, typer.Option(help="Add the oracle row.")]
+BenchPool = Annotated[
+    Path | None,
+    typer.Option(
+        "--pool",
+        help="A config with backends: adds the pool row (each item served by the pool).",
+        exists=True,
+    ),
+]
 BenchGroups = Annotated[bool, typer.Option(help="Also print accuracy per item group.")]
 
 # -- acr calibrate ---------------------------------------------------------------------------
@@ -71,6 +79,13 @@ CalibrateTimeout = Annotated[float, typer.Option(help="Deadline of one arm on on
 CalibrateDevice = Annotated[str, typer.Option(help="Local checkpoint: cpu | cuda | auto.")]
 CalibrateThreads = Annotated[int, typer.Option(help="Local checkpoint: torch threads.")]
 CalibrateRestart = Annotated[bool, typer.Option(help="Discard the labels found in --out.")]
+CalibrateBackend = Annotated[
+    str | None,
+    typer.Option(
+        help="The pool backend to fit (by name); unset: every backend of a pool, each "
+        "into --out/<name>."
+    ),
+]
 CalibrateVersion = Annotated[
     str, typer.Option(help="The router model's version (part of its Redis keys).")
 ]

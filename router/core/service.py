@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from backends.base import Backend, BackendError, StreamDelta
@@ -125,6 +125,23 @@ class RouterService:
             problems.update(await self.outcomes.problems())
         return problems
 
+    @property
+    def model_name(self) -> str:
+        """The model id this service answers to."""
+        return self.backend.name
+
+    def models(self) -> list[str]:
+        """The model ids a request may name."""
+        return [self.backend.name]
+
+    def check(self, spec: RequestSpec) -> RequestSpec:
+        """``spec`` within the limits, its task matched (``RequestValidator.check``)."""
+        return self.validate.check(spec)
+
+    def check_batch(self, specs: Sequence[RequestSpec]) -> list[RequestSpec]:
+        """The prompts of one text completion request (``RequestValidator.check_batch``)."""
+        return self.validate.check_batch(specs)
+
     async def route(self, spec: RequestSpec) -> Decision:
         """The decision for ``spec`` without generating anything (``/v1/route``)."""
         spec = dataclasses.replace(self.validate.check(spec), probe=False, serving=False)
@@ -177,11 +194,15 @@ class RouterService:
         yield served
 
     async def _decide(self, spec: RequestSpec) -> Decision:
-        """The policy's decision; a request's invalid strategy or budget is its error."""
+        """The policy's decision, naming this backend's model; a request's invalid strategy
+        or budget is its error."""
         try:
-            return await self.policy.decide(spec)
+            decision = await self.policy.decide(spec)
         except (StrategyError, ValueError) as exc:
             raise InvalidOption(str(exc), getattr(exc, "field", None) or "acr") from exc
+        return decision.model_copy(
+            update={"model": self.backend.name, "model_reason": spec.model_reason}
+        )
 
     def _streams(self, spec: RequestSpec, decision: Decision) -> bool:
         """Whether the answer can stream as the backend produces it: one choice, a model
@@ -275,13 +296,13 @@ class RouterService:
                 f"no answer within the deadline of {spec.deadline_ms:.0f} ms; "
                 "raise acr.timeout_ms or lower the budget"
             )
-        self._count(served)
+        self._count(served, spec.tenant)
         hold.charge = spent
         outcome.response_id = served.id
         outcome.probe_hidden = served.probe_hidden
         return served
 
-    def _count(self, served: ServedResult) -> None:
+    def _count(self, served: ServedResult, key: str) -> None:
         m = self.metrics
         for r in served.results:
             m.strategy.labels(strategy=r.strategy, stop_reason=r.stop_reason).inc()
@@ -290,6 +311,12 @@ class RouterService:
             m.tokens.labels(kind="verifier").inc(r.verifier_tokens)
         m.tokens.labels(kind="prompt").inc(served.prompt_tokens)
         m.tokens.labels(kind="hidden").inc(served.probe_hidden)
+        by = {"model": self.backend.name, "key": key}
+        m.model_tokens.labels(**by, kind="prompt").inc(served.prompt_tokens)
+        m.model_tokens.labels(**by, kind="completion").inc(served.completion_tokens)
+        m.model_tokens.labels(**by, kind="reasoning").inc(served.reasoning_tokens)
+        cost = self.config.model.price(served.prompt_tokens, served.completion_tokens)
+        m.model_cost.labels(**by).inc(cost)
         decision = served.decision
         if decision.predicted_latency_ms is not None:
             labels = {"strategy": decision.strategy}

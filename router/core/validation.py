@@ -78,11 +78,18 @@ class RequestValidator:
     def check_batch(self, specs: Sequence[RequestSpec]) -> list[RequestSpec]:
         """The prompts of one text completion request, each checked; their choices together
         (prompts times ``n``) share the bound of ``n``."""
+        if specs:
+            self.model(specs[0].model)
+        self.batch_bounds(specs)
+        return [self.check(s) for s in specs]
+
+    def batch_bounds(self, specs: Sequence[RequestSpec]) -> None:
+        """Refuse a text completion request whose prompts, ``n`` or stops are out of
+        bounds, whichever model serves each prompt."""
         lim = self.config.limits
         if specs:
             self._choices(specs[0].n)
             self._stops(specs[0].problem.stop)
-            self.model(specs[0].model)
         if not specs or len(specs) > lim.max_n:
             raise InvalidOption(
                 f"prompt must be a string or a list of 1 to {lim.max_n} strings", "prompt"
@@ -94,7 +101,6 @@ class RequestValidator:
                 f"the limit is {lim.max_n}",
                 "n",
             )
-        return [self.check(s) for s in specs]
 
     def _choices(self, n: int) -> None:
         lim = self.config.limits

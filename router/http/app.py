@@ -1,4 +1,4 @@
-"""The OpenAI-compatible HTTP API as a FastAPI app around a ``RouterService``.
+"""The OpenAI-compatible HTTP API as a FastAPI app around a ``Service`` (one model or a pool).
 
 Routes stay thin: parse, call the service, serialise. Request bodies are validated by models
 bounded by the configured limits (``router.http.request_models``), which the published OpenAPI
@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from router.conversations.store import ResponseStore
-from router.core.service import RouterService
+from router.core.contract import Service
 from router.errors import RouterError
 from router.http.auth import bearer, key_accepted, load_api_keys
 from router.http.body_limit import BodyLimit
@@ -42,7 +42,7 @@ def _error_response(err: APIError) -> JSONResponse:
 
 
 def build_http_app(
-    service: RouterService,
+    service: Service,
     *,
     health: HealthCheck | None = None,
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
@@ -72,14 +72,14 @@ def build_http_app(
     app.add_middleware(BodyLimit, max_bytes=cfg.server.max_body_bytes)
     _install_guard(app, service)
     _install_error_handlers(app)
-    models = request_models(cfg, service.backend.name)
+    models = request_models(cfg, service.models())
     install_routes(app, service, health, models)
     install_responses_routes(app, service, responses_store, models)
     install_openapi(app, [models.chat, models.completion, models.route, models.responses])
     return app
 
 
-def _install_guard(app: FastAPI, service: RouterService) -> None:
+def _install_guard(app: FastAPI, service: Service) -> None:
     """API keys, metrics and the last-resort error envelope."""
     cfg = service.config
     api_keys = [k.encode() for k in load_api_keys(cfg.auth.api_keys, cfg.auth.api_keys_file)]

@@ -2,7 +2,7 @@
 what the published OpenAPI schema states, from one definition.
 
 ``router.http.schemas`` holds the OpenAI-compatible models with hard caps (what any server
-accepts at most); ``request_models(config, model_name)`` derives subclasses whose fields carry
+accepts at most); ``request_models(config, model_names)`` derives subclasses whose fields carry
 this server's ``limits`` (``maxItems``, ``maxLength``, ``maximum``, the strategy names), so a
 generated client sends only what the service accepts and the service refuses the rest with a
 400 naming the field. Bounds JSON Schema cannot state (totals across messages, at least one
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, cast
 
-from pydantic import BaseModel, Field, StringConstraints, create_model
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from policies.budget import BudgetOverride
 from policies.registry import STRATEGY_NAMES
@@ -39,6 +39,24 @@ _USER_MESSAGE: dict[str, Any] = {
 }
 #: the most a request's ``acr.latency_budget_ms`` (and its header) may ask for
 MAX_LATENCY_BUDGET_MS = 3_600_000
+#: documented fields only a backend that forwards fields takes (``router.core.validation``
+#: refuses them elsewhere, and ``best_of`` everywhere): a deployment without one does not
+#: publish them
+FORWARDED_ONLY = frozenset(
+    {
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "suffix",
+        "best_of",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -52,18 +70,26 @@ class RequestModels:
     responses: type[ResponsesRequest]
 
 
-def request_models(config: AppConfig, model_name: str) -> RequestModels:
+def request_models(config: AppConfig, model_names: list[str]) -> RequestModels:
     """The request models bounded by ``config`` (limits, timeouts, strategies) for a server
-    that serves ``model_name``; the routes validate with them and the OpenAPI schema is
-    generated from them."""
+    that serves ``model_names`` (``Service.models``); the routes validate with them and the
+    OpenAPI schema is generated from them. Where no backend is an OpenAI-compatible server,
+    none takes forwarded fields: the published chat and completion schemas leave them out
+    and allow no others (the service refuses them with a 400 naming the field)."""
     lim = config.limits
+    forwards = any(b.kind == "openai" for b in config.pool_backends())
+    others = (
+        "fields not listed go to the model server as sent"
+        if forwards
+        else "other fields are refused (the model takes only the fields the router acts on)"
+    )
     options = _router_options(config)
-    messages = _messages_field(lim)
-    common = _common_fields(config, model_name, options)
+    messages = _messages_field(lim, closed=not forwards)
+    common = _common_fields(config, model_names, options)
     chat = _derive(
         ChatCompletionRequest,
         f"An OpenAI chat completion request. The JSON body may be at most "
-        f"{config.server.max_body_bytes} bytes; unknown fields are accepted and ignored.",
+        f"{config.server.max_body_bytes} bytes; {others}.",
         messages=messages,
         max_completion_tokens=(
             int | None,
@@ -75,7 +101,7 @@ def request_models(config: AppConfig, model_name: str) -> RequestModels:
     completion = _derive(
         CompletionRequest,
         f"An OpenAI text completion request. The JSON body may be at most "
-        f"{config.server.max_body_bytes} bytes; unknown fields are accepted and ignored.",
+        f"{config.server.max_body_bytes} bytes; {others}.",
         prompt=(
             prompt_text | Annotated[list[prompt_text], Field(min_length=1, max_length=lim.max_n)],
             Field(
@@ -91,7 +117,15 @@ def request_models(config: AppConfig, model_name: str) -> RequestModels:
         messages=messages,
         acr=(options | None, Field(default=None, description=RouterOptions.__doc__)),
     )
-    responses = _derive(
+    responses = _responses_model(lim, options)
+    if not forwards:
+        chat, completion = _closed(chat, FORWARDED_ONLY), _closed(completion, FORWARDED_ONLY)
+    return RequestModels(chat=chat, completion=completion, route=route, responses=responses)
+
+
+def _responses_model(lim: LimitsConfig, options: type) -> Any:
+    """``POST /v1/responses``' body with this server's token bound and router options."""
+    return _derive(
         ResponsesRequest,
         "An OpenAI Responses API request (POST /v1/responses).",
         max_output_tokens=(
@@ -105,7 +139,6 @@ def request_models(config: AppConfig, model_name: str) -> RequestModels:
         ),
         acr=(options | None, Field(default=None, description=RouterOptions.__doc__)),
     )
-    return RequestModels(chat=chat, completion=completion, route=route, responses=responses)
 
 
 def _derive(base: type[BaseModel], doc: str, **fields: Any) -> Any:
@@ -113,8 +146,30 @@ def _derive(base: type[BaseModel], doc: str, **fields: Any) -> Any:
     return create_model(base.__name__, __base__=base, __doc__=doc, **fields)
 
 
-def _messages_field(lim: LimitsConfig) -> tuple[Any, Any]:
-    """``messages``: count, per-message and per-part characters; the total in words."""
+def _closed(
+    model: type[BaseModel], drop: frozenset[str] = frozenset(), roles: list[str] | None = None
+) -> Any:
+    """``model`` publishing a closed schema: without the properties ``drop`` names, with
+    no others allowed (and, for a message, only ``roles``). It validates as ``model`` does:
+    what the schema leaves out reaches ``router.core.validation``, whose 400 names the field
+    and why."""
+
+    def close(schema: dict[str, Any]) -> None:
+        properties = schema.get("properties", {})
+        for name in drop:
+            properties.pop(name, None)
+        if roles is not None:
+            properties["role"] = {"enum": roles, "type": "string", "title": "Role"}
+        schema["additionalProperties"] = False
+
+    config = ConfigDict(**{**model.model_config, "json_schema_extra": close})  # type: ignore[typeddict-item]
+    return type(model.__name__, (model,), {"__doc__": model.__doc__, "model_config": config})
+
+
+def _messages_field(lim: LimitsConfig, *, closed: bool = False) -> tuple[Any, Any]:
+    """``messages``: count, per-message and per-part characters; the total in words.
+    ``closed``: messages as a model that takes no tool turns accepts them (no ``tool`` role,
+    no fields beyond role and content)."""
     chars = lim.max_message_chars
     part = _derive(
         TextPart,
@@ -133,6 +188,8 @@ def _messages_field(lim: LimitsConfig) -> tuple[Any, Any]:
             ),
         ),
     )
+    if closed:
+        message = _closed(message, roles=["system", "user", "assistant", "developer"])
     return (
         list[message],  # type: ignore[valid-type]
         Field(
@@ -146,19 +203,20 @@ def _messages_field(lim: LimitsConfig) -> tuple[Any, Any]:
     )
 
 
-def _common_fields(config: AppConfig, model_name: str, options: type) -> dict[str, Any]:
+def _common_fields(config: AppConfig, model_names: list[str], options: type) -> dict[str, Any]:
     """The fields chat and text completions share, bounded by ``config``."""
     lim = config.limits
     stop_text = Annotated[str, StringConstraints(min_length=1, max_length=lim.max_stop_chars)]
-    served = [model_name, "auto", ""]
+    served = list(dict.fromkeys([*model_names, "auto", ""]))
+    listed = ", ".join(model_names)
     return {
         "model": (
             str | None,
             Field(
                 default=None,
                 max_length=256,
-                description=f"The served model ({model_name}); 'auto' or empty mean it too. "
-                "Any other name is a 404.",
+                description=f"A served model ({listed}); empty or 'auto' let the router "
+                f"choose (the pool's id, {config.pool.id!r}, too). Any other name is a 404.",
                 json_schema_extra={"enum": [*served, None]},
             ),
         ),

@@ -14,6 +14,8 @@ from router.http.schemas import usage_dict
 def decision_object(decision: Decision) -> dict[str, Any]:
     """The JSON ``router`` object of responses and of ``/v1/route``."""
     return {
+        "model": decision.model,
+        "model_reason": decision.model_reason,
         "strategy": decision.strategy,
         "arm": decision.arm,
         "budget": decision.budget.model_dump(),
@@ -39,6 +41,7 @@ def decision_object(decision: Decision) -> dict[str, Any]:
 def decision_headers(decision: Decision) -> dict[str, str]:
     """``x-acr-*`` response headers (ASCII only, short)."""
     h = {
+        "x-acr-model": decision.model.encode("ascii", "replace").decode()[:200],
         "x-acr-strategy": decision.strategy,
         "x-acr-arm": decision.arm,
         "x-acr-budget-tokens": str(decision.budget.max_tokens),

@@ -13,8 +13,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from policies.decision import Decision
+from router.core.contract import Service
 from router.core.served import ServedResult
-from router.core.service import Event, RouterService
+from router.core.service import Event
 from router.errors import InvalidOption
 from router.http.auth import key_id, load_api_keys
 from router.http.errors import APIError
@@ -39,7 +40,7 @@ _BUDGET_DIGITS = re.compile(r"[0-9]{1,7}")
 
 
 def install_routes(
-    app: FastAPI, service: RouterService, health: HealthCheck | None, models: RequestModels
+    app: FastAPI, service: Service, health: HealthCheck | None, models: RequestModels
 ) -> None:
     """The API's endpoints; each parses, calls the service and serialises."""
     _install_info_routes(app, service, health)
@@ -65,7 +66,7 @@ DOCUMENTED: dict[str, Any] = {
 }
 
 
-def _install_info_routes(app: FastAPI, service: RouterService, health: HealthCheck | None) -> None:
+def _install_info_routes(app: FastAPI, service: Service, health: HealthCheck | None) -> None:
     """Liveness, Prometheus metrics and the model list."""
     metrics = service.metrics
 
@@ -91,12 +92,13 @@ def _install_info_routes(app: FastAPI, service: RouterService, health: HealthChe
         return {
             "object": "list",
             "data": [
-                {"id": service.backend.name, "object": "model", "created": 0, "owned_by": "acr"}
+                {"id": name, "object": "model", "created": 0, "owned_by": "acr"}
+                for name in service.models()
             ],
         }
 
 
-def _install_completion_routes(app: FastAPI, service: RouterService, models: RequestModels) -> None:
+def _install_completion_routes(app: FastAPI, service: Service, models: RequestModels) -> None:
     """Chat and text completions."""
 
     reasoning_content = service.config.model.reasoning.return_reasoning_content
@@ -107,7 +109,7 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
     @body(models.chat)
     async def chat(req: ChatCompletionRequest, request: Request) -> Response:
         options = with_header_budget(req.acr, request)
-        spec = service.validate.check(chat_spec(req, options, key_id(request, auth_on)))
+        spec = service.check(chat_spec(req, options, key_id(request, auth_on)))
         events = service.serve(spec, stream=req.stream)
         # The decision comes first: a refusal still gets its status line and envelope.
         decision = await anext(events)
@@ -116,11 +118,13 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
         if req.stream:
             include = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
-                chat_events(events, service.backend.name, include_usage=include),
+                chat_events(events, decision.model, include_usage=include),
                 media_type="text/event-stream",
                 headers=headers,
             )
         served = await result_of(events)
+        # a pool that failed over served with another decision than the first one
+        headers = decision_headers(served.decision)
         return JSONResponse(chat_body(served, reasoning_content=reasoning_content), headers=headers)
 
     @app.post("/v1/completions", response_model=None, **DOCUMENTED)
@@ -134,7 +138,7 @@ def _install_completion_routes(app: FastAPI, service: RouterService, models: Req
                 "echo",
             )
         specs = completion_specs(req, options, key_id(request, auth_on), service.clock())
-        specs = service.validate.check_batch(specs)
+        specs = service.check_batch(specs)
         # The prompts run side by side; the first failure cancels the others and is the
         # request's error.
         try:
@@ -163,7 +167,7 @@ async def result_of(events: AsyncIterator[Event]) -> ServedResult:
     raise RuntimeError("the request ended without a result")
 
 
-def _install_decision_routes(app: FastAPI, service: RouterService, models: RequestModels) -> None:
+def _install_decision_routes(app: FastAPI, service: Service, models: RequestModels) -> None:
     """The decision alone, and feedback on a past response."""
 
     auth = service.config.auth

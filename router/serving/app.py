@@ -3,7 +3,8 @@
 ``app_builder({"config_path": ...})`` is the import path the CLI, ``serve run`` and the Helm
 chart's ``serveConfigV2`` use (``router.serving.app:app_builder``). It binds:
 
-- ``ModelReplica``: the transformers model, one per replica (``num_cpus``/``num_gpus`` from
+- ``ModelReplica``: the transformers model (a pool's: one deployment per transformers
+  backend), one per replica (``num_cpus``/``num_gpus`` from
   config), batching concurrent requests continuously (rows join and leave between decode
   steps, ``model.batching: continuous``) or with ``@serve.batch`` (``static``);
 - ``RouterIngress``: the FastAPI ingress running the router's strategies, which call the
@@ -125,7 +126,7 @@ class RouterIngress:
 
     def __init__(
         self,
-        model: DeploymentHandle | None,
+        model: DeploymentHandle | dict[str, DeploymentHandle] | None,
         config: dict[str, Any],
         reward_model: DeploymentHandle | None = None,
     ) -> None:
@@ -159,24 +160,38 @@ _EMBEDDED: list[Any] = []
 
 
 def bind_app(config: AppConfig) -> serve.Application:
-    """Bind the deployments for ``config`` (Redis URL already resolved)."""
-    m = config.model
-    model_app = None
-    if m.kind == "transformers":
-        opts: dict[str, Any] = {
-            "ray_actor_options": {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus}
+    """Bind the deployments for ``config`` (Redis URL already resolved): ``ModelReplica``
+    for a transformers model (one deployment per transformers backend of a pool, named
+    ``ModelReplica-<name>``), the ingress in front."""
+    handles: Any = None
+    if config.backends:
+        handles = {
+            b.name: _replicas(b, f"ModelReplica-{b.name}")
+            for b in config.backends
+            if b.kind == "transformers"
         }
-        if m.autoscaling.max_replicas > m.autoscaling.min_replicas:
-            opts["autoscaling_config"] = m.autoscaling.model_dump()
-        else:
-            opts["num_replicas"] = max(1, m.autoscaling.min_replicas)
-        replica: Any = ModelReplica
-        model_app = replica.options(**opts).bind(m.model_dump())
-    ingress_cpus = 0.5 if m.kind == "transformers" else 1.0
+    elif config.model.kind == "transformers":
+        handles = _replicas(config.model, "ModelReplica")
+    local = any(b.kind == "transformers" for b in config.pool_backends())
     ingress: Any = RouterIngress
-    return ingress.options(ray_actor_options={"num_cpus": ingress_cpus}).bind(
-        model_app, config.model_dump(mode="json"), _reward_app(config)
+    return ingress.options(ray_actor_options={"num_cpus": 0.5 if local else 1.0}).bind(
+        handles, config.model_dump(mode="json"), _reward_app(config)
     )
+
+
+def _replicas(m: ModelConfig, name: str) -> Any:
+    """The ``ModelReplica`` deployment of the transformers model ``m``, bound."""
+    opts: dict[str, Any] = {
+        "name": name,
+        "ray_actor_options": {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+    }
+    if m.autoscaling.max_replicas > m.autoscaling.min_replicas:
+        opts["autoscaling_config"] = m.autoscaling.model_dump()
+    else:
+        opts["num_replicas"] = max(1, m.autoscaling.min_replicas)
+    replica: Any = ModelReplica
+    model = ModelConfig(**m.model_dump(include=set(ModelConfig.model_fields)))
+    return replica.options(**opts).bind(model.model_dump())
 
 
 def _reward_app(config: AppConfig) -> Any:

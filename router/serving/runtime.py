@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,8 @@ from backends.verifiers.http_reward import HTTPRewardVerifier
 from router.config import AppConfig
 from router.conversations.store import ResponseStore
 from router.core.assembly import make_profiles, make_service
-from router.core.service import RouterService
+from router.core.contract import Service
+from router.core.pool import Member, PoolService
 from router.http.app import build_http_app
 from router.metrics import Metrics
 from router.outcomes.log import OutcomeLog
@@ -35,15 +37,22 @@ class Runtime:
     """Everything one ingress replica holds; ``http_app`` is what Serve exposes."""
 
     config: AppConfig
-    backend: Backend
+    #: every backend by its model id (one without a pool)
+    backends: dict[str, Backend]
     redis: Redis | None
     outcomes: OutcomeLog | None
-    service: RouterService
+    #: a ``RouterService``, or a ``PoolService`` over one per backend
+    service: Service
     #: the ASGI app (FastAPI) Serve exposes
     http_app: Any
     metrics: Metrics
     #: stored responses of the Responses API (None without Redis)
     responses: ResponseStore | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend (the first one of a pool)."""
+        return next(iter(self.backends.values()))
 
 
 def make_backend(config: AppConfig, model_handle: Any = None) -> Backend:
@@ -106,11 +115,13 @@ def build_runtime(
     model_handle: Any = None,
     *,
     backend: Backend | None = None,
+    backends: Mapping[str, Backend] | None = None,
     reward_handle: Any = None,
 ) -> Runtime:
-    """Build a replica's runtime; tests pass ``backend`` directly instead of a handle."""
+    """Build a replica's runtime. ``model_handle`` is the ``ModelReplica`` handle of a
+    transformers model (for a pool: a dict of them by backend name); tests pass ``backend``
+    (or, for a pool, ``backends`` by name) directly instead."""
     metrics = Metrics()
-    be = backend or make_backend(config, model_handle)
     redis = make_redis(config)
     outcomes = make_outcome_log(config, redis, metrics) if redis is not None else None
     limiter = RateLimiter(
@@ -120,18 +131,13 @@ def build_runtime(
         tokens_per_minute=config.auth.tokens_per_minute,
         metrics=metrics,
     )
-    service = make_service(
-        config,
-        be,
-        redis=redis,
-        outcomes=outcomes,
-        metrics=metrics,
-        limiter=limiter,
-        profiles=make_profiles(config, make_reward_model(config, reward_handle)),
-    )
+    shared = {"redis": redis, "outcomes": outcomes, "metrics": metrics, "limiter": limiter}
+    members = _members(config, model_handle, backend, backends, reward_handle, shared)
+    served: Service = PoolService(config, members) if config.backends else members[0].service
+    by_name = {m.name: m.service.backend for m in members}
 
     async def health() -> dict[str, Any]:
-        info: dict[str, Any] = {"model": be.name}
+        info: dict[str, Any] = {"model": served.model_name}
         if outcomes is not None:
             info["outcomes_buffered"] = outcomes.pending
             info["outcomes_dropped"] = outcomes.dropped
@@ -141,12 +147,37 @@ def build_runtime(
     if redis is not None:
         store = ResponseStore(redis, prefix=config.redis.key_prefix, ttl_s=config.responses.ttl_s)
     app = build_http_app(
-        service,
+        served,
         health=health,
         lifespan=outcomes.running if outcomes is not None else None,
         responses_store=store,
     )
-    return Runtime(config, be, redis, outcomes, service, app, metrics, store)
+    return Runtime(config, by_name, redis, outcomes, served, app, metrics, store)
+
+
+def _members(
+    config: AppConfig,
+    model_handle: Any,
+    backend: Backend | None,
+    backends: Mapping[str, Backend] | None,
+    reward_handle: Any,
+    shared: dict[str, Any],
+) -> list[Member]:
+    """A service per backend of the pool (``config.pool_backends``), sharing ``shared``
+    (Redis, outcome log, metrics, limiter) and the reward model."""
+    reward = make_reward_model(config, reward_handle)
+    given = dict(backends or {})
+    if backend is not None:
+        given[config.model.name] = backend
+    handles = model_handle if isinstance(model_handle, Mapping) else None
+    members: list[Member] = []
+    for b in config.pool_backends():
+        cfg = config.for_backend(b)
+        handle = handles.get(b.name) if handles is not None else model_handle
+        be = given.get(b.name) or make_backend(cfg, handle)
+        service = make_service(cfg, be, profiles=make_profiles(cfg, reward), **shared)
+        members.append(Member(b, service))
+    return members
 
 
 def make_outcome_log(config: AppConfig, redis: Redis, metrics: Metrics) -> OutcomeLog:

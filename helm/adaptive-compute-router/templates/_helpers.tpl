@@ -125,12 +125,19 @@ key: {{ .Values.redis.auth.passwordKey }}
 {{- $_ := set $server "host" "0.0.0.0" -}}
 {{- $_ := set $server "port" 8000 -}}
 {{- $_ := set $cfg "server" $server -}}
-{{- $plan := include "acr.modelPlan" . | fromYaml -}}
 {{- $model := dict -}}
 {{- if hasKey $cfg "model" -}}{{- $model = get $cfg "model" -}}{{- end -}}
-{{- $_ := set $model "num_cpus" $plan.numCpus -}}
-{{- $_ := set $model "num_gpus" $plan.numGpus -}}
-{{- $_ := set $model "autoscaling" (dict "min_replicas" $plan.minReplicas "max_replicas" $plan.maxReplicas "target_ongoing_requests" $plan.targetOngoingRequests) -}}
+{{- $backends := get $cfg "backends" | default list -}}
+{{- /* Each transformers model (the one model, or each such backend of a pool) gets the
+     resources and autoscaling its Serve deployment runs with. */ -}}
+{{- range (ternary $backends (list $model) (gt (len $backends) 0)) -}}
+{{- if eq (get . "kind" | default "transformers") "transformers" -}}
+{{- $plan := include "acr.modelPlan" (dict "model" . "Values" $.Values) | fromYaml -}}
+{{- $_ := set . "num_cpus" $plan.numCpus -}}
+{{- $_ := set . "num_gpus" $plan.numGpus -}}
+{{- $_ := set . "autoscaling" (dict "min_replicas" $plan.minReplicas "max_replicas" $plan.maxReplicas "target_ongoing_requests" $plan.targetOngoingRequests) -}}
+{{- end -}}
+{{- end -}}
 {{- $_ := set $cfg "model" $model -}}
 {{- if or .Values.apiKeys.keys .Values.apiKeys.existingSecret -}}
 {{- $auth := dict -}}
@@ -209,12 +216,13 @@ container (a killed process) replays them; a deleted pod loses what it could not
 {{- end -}}
 
 {{/*
-The model replicas' resources and autoscaling, one answer for serveConfigV2 and the
-ConfigMap: a field set in values.router.model (the config file tuned locally) wins over
-values.serve.model. Fails on settings that cannot deploy.
+A transformers model's replicas: resources and autoscaling, one answer for serveConfigV2 and
+the ConfigMap. Called with (dict "model" <its config: router.model or one of
+router.backends> "Values" .Values); a field set in that config (the file tuned locally) wins
+over values.serve.model. Fails on settings that cannot deploy.
 */}}
 {{- define "acr.modelPlan" -}}
-{{- $r := .Values.router.model | default dict -}}
+{{- $r := .model | default dict -}}
 {{- $a := get $r "autoscaling" | default dict -}}
 {{- $s := .Values.serve.model -}}
 {{- $numCpus := ternary (get $r "num_cpus") $s.numCpus (hasKey $r "num_cpus") -}}
@@ -223,10 +231,10 @@ values.serve.model. Fails on settings that cannot deploy.
 {{- $max := ternary (get $a "max_replicas") $s.maxReplicas (hasKey $a "max_replicas") -}}
 {{- $target := ternary (get $a "target_ongoing_requests") $s.targetOngoingRequests (hasKey $a "target_ongoing_requests") -}}
 {{- if lt (int $max) (int $min) -}}
-{{- fail (printf "model replicas: maxReplicas (%v) must be >= minReplicas (%v)" $max $min) -}}
+{{- fail (printf "model replicas of %v: maxReplicas (%v) must be >= minReplicas (%v)" ($r.name | default "the model") $max $min) -}}
 {{- end -}}
 {{- if and (gt (float64 $numGpus) 0.0) (not .Values.workers.gpu.enabled) -}}
-{{- fail (printf "model replicas ask for %v GPU each: set workers.gpu.enabled=true (or numGpus 0)" $numGpus) -}}
+{{- fail (printf "model replicas of %v ask for %v GPU each: set workers.gpu.enabled=true (or numGpus 0)" ($r.name | default "the model") $numGpus) -}}
 {{- end -}}
 numCpus: {{ $numCpus }}
 numGpus: {{ $numGpus }}
@@ -270,24 +278,16 @@ applications:
         num_replicas: {{ .Values.serve.ingress.replicas }}
         ray_actor_options:
           num_cpus: {{ .Values.serve.ingress.numCpus }}
-      {{- $plan := include "acr.modelPlan" . | fromYaml }}
-      - name: ModelReplica
-        max_ongoing_requests: {{ .Values.serve.model.maxOngoingRequests }}
-        {{- if gt (int $plan.maxReplicas) (int $plan.minReplicas) }}
-        autoscaling_config:
-          min_replicas: {{ $plan.minReplicas }}
-          max_replicas: {{ $plan.maxReplicas }}
-          target_ongoing_requests: {{ $plan.targetOngoingRequests }}
-        {{- else }}
-        num_replicas: {{ max 1 (int $plan.minReplicas) }}
-        {{- end }}
-        ray_actor_options:
-          num_cpus: {{ $plan.numCpus }}
-          num_gpus: {{ $plan.numGpus }}
-          {{- with .Values.serve.model.resources }}
-          resources:
-            {{- toYaml . | nindent 12 }}
-          {{- end }}
+      {{- $backends := get (.Values.router | default dict) "backends" | default list }}
+      {{- range $backends }}
+      {{- if eq (get . "kind" | default "transformers") "transformers" }}
+      {{- include "acr.replicaDeployment" (dict "name" (printf "ModelReplica-%s" .name) "model" . "Values" $.Values) | nindent 6 }}
+      {{- end }}
+      {{- end }}
+      {{- $model := .Values.router.model | default dict }}
+      {{- if and (not $backends) (eq (get $model "kind" | default "transformers") "transformers") }}
+      {{- include "acr.replicaDeployment" (dict "name" "ModelReplica" "model" $model "Values" .Values) | nindent 6 }}
+      {{- end }}
       {{- if .Values.serve.verifier.enabled }}
       - name: RewardModelReplica
         num_replicas: {{ .Values.serve.verifier.replicas }}
@@ -295,6 +295,28 @@ applications:
           num_cpus: {{ .Values.serve.verifier.numCpus }}
           num_gpus: {{ .Values.serve.verifier.numGpus }}
       {{- end }}
+{{- end -}}
+
+{{/* One transformers model's Serve deployment: (dict "name" "model" "Values"). */}}
+{{- define "acr.replicaDeployment" -}}
+{{- $plan := include "acr.modelPlan" (dict "model" .model "Values" .Values) | fromYaml -}}
+- name: {{ .name }}
+  max_ongoing_requests: {{ .Values.serve.model.maxOngoingRequests }}
+  {{- if gt (int $plan.maxReplicas) (int $plan.minReplicas) }}
+  autoscaling_config:
+    min_replicas: {{ $plan.minReplicas }}
+    max_replicas: {{ $plan.maxReplicas }}
+    target_ongoing_requests: {{ $plan.targetOngoingRequests }}
+  {{- else }}
+  num_replicas: {{ max 1 (int $plan.minReplicas) }}
+  {{- end }}
+  ray_actor_options:
+    num_cpus: {{ $plan.numCpus }}
+    num_gpus: {{ $plan.numGpus }}
+    {{- with .Values.serve.model.resources }}
+    resources:
+      {{- toYaml . | nindent 6 }}
+    {{- end }}
 {{- end -}}
 
 {{/*

@@ -95,6 +95,7 @@ def finished(
     reason = incomplete_reason(result) if result is not None else None
     return {
         **echo,
+        "model": served.model,
         "status": "incomplete" if reason else "completed",
         "incomplete_details": {"reason": reason} if reason else None,
         "output": output,

@@ -20,8 +20,9 @@ from policies.decision import Decision
 from policies.request import RequestSpec
 from router.conversations.items import chat_messages, new_id, with_ids
 from router.conversations.store import ResponseStore
+from router.core.contract import Service
 from router.core.served import ServedResult
-from router.core.service import Event, RouterService
+from router.core.service import Event
 from router.errors import InvalidOption, NotFound, RouterError
 from router.http.auth import key_id, load_api_keys
 from router.http.errors import APIError, api_error
@@ -39,7 +40,7 @@ Save = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
 def install_responses_routes(
-    app: FastAPI, service: RouterService, store: ResponseStore | None, models: RequestModels
+    app: FastAPI, service: Service, store: ResponseStore | None, models: RequestModels
 ) -> None:
     """The Responses API on ``app``; ``store`` keeps responses (None: none are kept);
     ``models`` holds its request model bounded by the configured limits."""
@@ -76,7 +77,7 @@ def install_responses_routes(
 
 
 async def _create(
-    service: RouterService,
+    service: Service,
     store: ResponseStore | None,
     req: ResponsesRequest,
     request: Request,
@@ -100,13 +101,13 @@ async def _create(
         ),
     )
     keep = store is not None and req.store and service.config.responses.store
-    echo = request_echo(req, response_id, service.backend.name)
-    echo["store"] = keep
     save = _saver(store, tenant, req, spec) if keep and store is not None else None
     events = service.serve(spec, stream=req.stream)
     decision = await anext(events)
     assert isinstance(decision, Decision)
     headers = decision_headers(decision)
+    echo = request_echo(req, response_id, decision.model)
+    echo["store"] = keep
     if req.stream:
         thinking = spec.problem.think is not None
         stream = _stream(events, ResponseEvents(echo, thinking=thinking), save)
@@ -158,10 +159,10 @@ async def _context(
     return [ChatMessage(**m) for m in record.get("context") or []]
 
 
-def _checked(service: RouterService, spec: RequestSpec) -> RequestSpec:
+def _checked(service: Service, spec: RequestSpec) -> RequestSpec:
     """``spec`` validated, errors naming the Responses API's fields."""
     try:
-        return service.validate.check(spec)
+        return service.check(spec)
     except InvalidOption as err:
         field = err.field or ""
         head = field.split(".")[0]
