@@ -68,6 +68,13 @@ class Capabilities(BaseModel):
         default=True, description="Token counts from the real tokenizer or the server's usage."
     )
     max_concurrency: int = Field(default=16, ge=1, le=1024, description="Calls in flight.")
+    max_n: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="The most choices one call may ask for (llama.cpp refuses n past its "
+        "slots); more are split over calls. Empty: no bound.",
+    )
     parallel_slots: int = Field(
         default=16,
         ge=1,

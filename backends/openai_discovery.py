@@ -131,6 +131,8 @@ class Discovery:
     logprobs_slowdown: float | None = None
     #: requests the server decodes side by side (None: not known)
     parallel_slots: int | None = None
+    #: the most choices one call may ask for (llama.cpp: its slots; None: no bound known)
+    max_n: int | None = None
 
     def summary(self) -> str:
         """One log-friendly line: ``native_n=no chat_logprobs=yes ...``."""
@@ -183,6 +185,8 @@ def capabilities_from(
             values["free_logprobs"] = found.logprobs_slowdown <= FREE_LOGPROBS_SLOWDOWN
         if found.parallel_slots is not None:
             values["parallel_slots"] = min(found.parallel_slots, concurrency)
+        if found.max_n is not None:
+            values["max_n"] = found.max_n
     values.update(declared)
     values["max_concurrency"] = concurrency
     return Capabilities.model_validate(values)
@@ -220,7 +224,8 @@ async def discover(up: Upstream, *, skip: set[str], want_template: bool) -> Disc
         if "free_logprobs" not in skip and found.chat_logprobs:
             found.logprobs_slowdown = await logprobs_slowdown(up)
         if "parallel_slots" not in skip:
-            found.parallel_slots = await parallel_slots(up)
+            found.max_n = await props_slots(up)
+            found.parallel_slots = found.max_n or await measured_slots(up)
         return found
     except (Unreachable, httpx.TransportError):
         return Discovery(reachable=False)
@@ -321,14 +326,17 @@ async def logprobs_slowdown(up: Upstream) -> float | None:
     return round(min(b) / min(a), 2)
 
 
-async def parallel_slots(up: Upstream) -> int | None:
-    """Requests the server decodes side by side: llama.cpp's ``/props`` says
-    (``total_slots``); else two concurrent timed answers against one tell whether it
-    serialises them (1) or not (None: no bound known)."""
+async def props_slots(up: Upstream) -> int | None:
+    """llama.cpp's slots (``/props``' ``total_slots``): requests it decodes side by side,
+    and the most choices (``n``) one request may ask for. None from other servers."""
     props = await up.get_json(f"{up.root_url}/props")
     slots = props.get("total_slots") if props else None
-    if isinstance(slots, int) and slots >= 1:
-        return slots
+    return slots if isinstance(slots, int) and slots >= 1 else None
+
+
+async def measured_slots(up: Upstream) -> int | None:
+    """Whether the server serialises requests: two concurrent timed answers against one
+    (1 when they take twice as long; None: no bound known)."""
     alone = await _timed_chat(up, {})
     t0 = time.perf_counter()
     pair = await asyncio.gather(_timed_chat(up, {}), _timed_chat(up, {}))

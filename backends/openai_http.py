@@ -222,6 +222,9 @@ class OpenAIHTTPBackend(Backend):
             await self._discover()
             if request.n > 1 and not self.capabilities.native_n:
                 return await self._fan_out(request)
+            limit = self.capabilities.max_n
+            if limit is not None and request.n > limit:
+                return await self._fan_out(request, per_call=limit)
             return await self._call(request, n=request.n, seed=request.seed)
         finally:
             self.breaker.release(probe)
@@ -255,12 +258,16 @@ class OpenAIHTTPBackend(Backend):
             timings_ms={"upstream": elapsed_ms},
         )
 
-    async def _fan_out(self, request: GenerationRequest) -> GenerationResult:
-        """``request.n`` concurrent n=1 calls (``max_concurrency`` in flight), one seed
-        each, merged; prompt tokens counted once. Partial failure returns the survivors."""
-        seeds = fan_out_seeds(request.seed, request.n, request.temperature)
+    async def _fan_out(self, request: GenerationRequest, per_call: int = 1) -> GenerationResult:
+        """``request.n`` choices from concurrent calls of at most ``per_call`` each
+        (``max_concurrency`` in flight), each with its own seeds, merged; prompt tokens
+        counted once. Partial failure returns the survivors."""
+        sizes = [min(per_call, request.n - i) for i in range(0, request.n, per_call)]
+        # a server numbers a call's choices from its seed: calls start per_call apart
+        seeds = fan_out_seeds(request.seed, request.n, request.temperature)[::per_call]
         outcomes = await asyncio.gather(
-            *(self._call(request, n=1, seed=s) for s in seeds), return_exceptions=True
+            *(self._call(request, n=k, seed=s) for k, s in zip(sizes, seeds, strict=True)),
+            return_exceptions=True,
         )
         results = [r for r in outcomes if isinstance(r, GenerationResult)]
         errors = [e for e in outcomes if isinstance(e, BaseException)]

@@ -60,22 +60,46 @@ async def _ask(
     client: openai.AsyncOpenAI, model: str, text: str, **kw: Any
 ) -> tuple[str, str, int, float]:
     """(serving model, answer, completion tokens, wall seconds) of one chat request."""
+    served, answer, tokens, wall, _ = await _ask_id(client, model, text, **kw)
+    return served, answer, tokens, wall
+
+
+async def _ask_id(
+    client: openai.AsyncOpenAI, model: str, text: str, **kw: Any
+) -> tuple[str, str, int, float, str]:
+    """``_ask``'s answer and the response id."""
     t0 = time.perf_counter()
     r = await client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": text}], **kw
     )
     tokens = r.usage.completion_tokens if r.usage else 0
-    return r.model, r.choices[0].message.content or "", tokens, time.perf_counter() - t0
+    return r.model, r.choices[0].message.content or "", tokens, time.perf_counter() - t0, r.id
 
 
-async def _items(url: str, model: str, items: list[Item], concurrency: int) -> list[dict[str, Any]]:
-    """Every item to ``model`` at ``url`` with its bench seed; graded like ``acr bench``."""
+async def _items(
+    url: str, model: str, items: list[Item], concurrency: int, *, feedback: bool = False
+) -> list[dict[str, Any]]:
+    """Every item to ``model`` at ``url`` with its bench seed; graded like ``acr bench``.
+    ``feedback``: each grade goes back as ``POST /v1/feedback`` (what a client that knows
+    the right answers tells the router)."""
     client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, timeout=600)
     sem = asyncio.Semaphore(concurrency)
 
     async def one(item: Item) -> dict[str, Any]:
         async with sem:
-            served, text, tokens, wall = await _ask(client, model, item.text, seed=item_seed(item))
+            try:
+                served, text, tokens, wall, rid = await _ask_id(
+                    client, model, item.text, seed=item_seed(item)
+                )
+                if feedback:
+                    await client.post(
+                        "/feedback",
+                        body={"id": rid, "reward": float(grade(item, text))},
+                        cast_to=object,
+                    )
+            except openai.APIStatusError as err:  # counted as a miss, with its status
+                return {"item": item.id, "kind": item.kind, "model": "", "correct": False,
+                        "tokens": 0, "wall_s": None, "error": err.status_code}  # fmt: skip
         correct = grade(item, text)
         return {"item": item.id, "kind": item.kind, "model": served, "correct": correct,
                 "tokens": tokens, "wall_s": round(wall, 2)}  # fmt: skip
@@ -98,7 +122,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "items": len(mine),
             "accuracy": round(sum(r["correct"] for r in mine) / len(mine), 3),
             "mean_tokens": round(sum(r["tokens"] for r in mine) / len(mine), 1),
-            "models": sorted({r["model"] for r in mine}),
+            "models": {m: sum(r["model"] == m for r in mine) for m in {r["model"] for r in mine}},
+            "errors": sum("error" in r for r in mine),
         }
     return by
 
@@ -113,12 +138,25 @@ def mixed(
     per_count: Annotated[int, typer.Option(help="Arithmetic items per operand count.")] = 3,
     prompts: Annotated[int, typer.Option(help="Open prompts (at most 42).")] = 42,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 4,
+    warmup: Annotated[
+        int,
+        typer.Option(
+            help="Further arithmetic items per operand count (not measured) sent to the pool "
+            "after its cold pass, each grade sent back as feedback, so each model's online "
+            "statistics learn; then it is measured "
+            "again."
+        ),
+    ] = 7,
     out: Annotated[Path, typer.Option(help="Results JSON.")] = Path("runs/pool-mixed.json"),
 ) -> None:
-    """The bundled model alone, then the pool, on the same items; the pool on open prompts."""
+    """The bundled model alone, then the pool (cold; after a warm-up on other items), on
+    the same items; the pool on open prompts."""
     items = load_items("game24", rows=rows, path=game24) + load_items(
         "arithmetic", per_count=per_count
     )
+    measured = {i.text for i in items}
+    more = load_items("arithmetic", per_count=per_count + warmup) if warmup else []
+    warm_items = [i for i in more if i.text not in measured]
     result: dict[str, Any] = {}
     svc = _serve(load_config(env={}))
     try:
@@ -128,6 +166,10 @@ def mixed(
     svc = _serve(pool_config(llama_url))
     try:
         pooled = asyncio.run(_items(svc.url + "/v1", "auto", items, concurrency))
+        learned = asyncio.run(
+            _items(svc.url + "/v1", "auto", warm_items, concurrency, feedback=True)
+        )
+        warmed = asyncio.run(_items(svc.url + "/v1", "auto", items, concurrency))
         client = openai.AsyncOpenAI(base_url=svc.url + "/v1", api_key="x", timeout=600)
         answers = asyncio.run(_open(client, open_prompts(prompts)))
     finally:
@@ -135,6 +177,8 @@ def mixed(
     result = {
         "bundled_alone": _summary(alone),
         "pool": _summary(pooled),
+        "warmup": _summary(learned),
+        "pool_after_warmup": _summary(warmed),
         "open": {
             "prompts": len(answers),
             "served_by": {
@@ -142,7 +186,13 @@ def mixed(
             },
             "answered": sum(bool(a["text"].strip()) for a in answers),
         },
-        "rows": {"bundled_alone": alone, "pool": pooled, "open": answers},
+        "rows": {
+            "bundled_alone": alone,
+            "pool": pooled,
+            "warmup": learned,
+            "pool_after_warmup": warmed,
+            "open": answers,
+        },  # fmt: skip
     }
     _write(out, result)
 

@@ -3,8 +3,9 @@ posteriors and cost statistics, this replica's load entries and its latency meas
 
 Success evidence comes from three places, weighted by how much it can be trusted:
 
-- ``verifier``: the task's verifier scored the answer (an exact checker or a reward model);
-  one observation.
+- ``verifier``: the task's verifier scored the answer (an exact checker or a reward model),
+  or, for a run that did not score it (single pass), the task's exact checker does so when
+  the outcome is recorded; one observation.
 - ``agreement``: no verifier, but the run drew several samples with answers: the share that
   agree with the chosen answer is a proxy of success, worth ``policy.agreement_weight``
   observations (and marked as a proxy in the outcome record).
@@ -19,8 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from backends.verifiers.base import VerifierError
 from difficulty.model import RouterModel
-from policies.base import StrategyResult
+from policies.base import Problem, StrategyResult
 from policies.common import vote
 from policies.decision import Decision
 from policies.load import LoadTracker
@@ -49,14 +51,28 @@ class Signal:
 
 
 def outcome_signal(
-    result: StrategyResult | None, task: Task, agreement_weight: float
+    result: StrategyResult | None,
+    task: Task,
+    agreement_weight: float,
+    problem: Problem | None = None,
 ) -> Signal | None:
-    """What a finished run says about its own success: the verifier's score, else the
+    """What a finished run says about its own success: the verifier's score (a run that
+    did not score its answer, such as single pass, is scored now when the task has an
+    exact checker and its ``problem`` is given: a check costs no model call), else the
     agreement among its samples (a proxy), else nothing."""
     if result is None:
         return None
     if result.score is not None and task.verifier is not None:
         return Signal(result.score, "verifier")
+    if problem is not None and task.exact and task.verifier is not None:
+        try:
+            score = task.verifier.score(
+                problem.text, task.response_of(result.text, result.tool_calls), problem.reference
+            )
+        except VerifierError:
+            score = None
+        if score is not None:
+            return Signal(score, "verifier")
     share = agreement(result, task)
     if share is None or agreement_weight <= 0:
         return None

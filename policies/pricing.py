@@ -105,8 +105,9 @@ class ArmPricer:
         """``arm`` (run as ``cls`` with ``budget``) priced for ``est``: its training prior
         for the bin corrected by the online outcomes, for ``arm_stats``."""
         prior = self.model.bin_stat(arm.name, est.bin, est.kind)
-        # An unseen task: no arm is assumed better, and few outcomes move that.
-        k = OOD_PRIOR_STRENGTH if est.ood else self.policy.prior_strength
+        # An unseen task, or a backend no router model was fit for (no training trials):
+        # no arm is assumed better, and few outcomes move that.
+        k = OOD_PRIOR_STRENGTH if est.ood or not prior.trials else self.policy.prior_strength
         a0, b0 = beta_prior(_prior_rate(prior, est.probs[arm.name], est.ood), k)
         on = online.get(arm.name, OnlineStat())
         tok0 = prior.tokens_mean or budget.max_tokens * budget.samples

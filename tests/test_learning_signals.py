@@ -14,11 +14,13 @@ from policies.budget import Budget
 from policies.decision import Decision
 from policies.decision_cache import cache_key
 from policies.learning import Signal, agreement, learner_for, outcome_signal
+from policies.pricing import OOD_PRIOR_STRENGTH
 from policies.registry import default_arms
 from policies.request import RequestSpec
 from policies.settings import PolicySettings, StrategiesSettings
-from policies.store import RedisPolicyStore, stats_scope
+from policies.store import OnlineStat, RedisPolicyStore, stats_scope
 from tasks.answers import get_format
+from tasks.game24_checker import Game24Verifier
 from tasks.task import OPEN_TASK, Task
 from tests.test_online_policy import GreedyBackend, policy, settings
 
@@ -61,6 +63,45 @@ def test_a_verifier_score_beats_agreement_and_agreement_counts_as_a_weighted_pro
     assert outcome_signal(run_with(["4"] * 3, "4", score=0.0), checked, 0.5) == Signal(
         0.0, "verifier"
     )
+
+
+def test_a_single_pass_answer_is_graded_by_the_tasks_exact_checker_when_recorded() -> None:
+    task = Task("game24", Game24Verifier(), get_format("answer_line"))
+    problem = Problem(text="4 9 10 13", task=task)
+
+    def single(text: str) -> StrategyResult:
+        return StrategyResult(
+            strategy="single_pass",
+            text=text,
+            answer=None,
+            candidates=[Candidate(text=text, tokens=5)],
+            prompt_tokens=3,
+            visible_tokens=5,
+            hidden_tokens=0,
+            verifier_tokens=0,
+            wall_ms=10.0,
+            samples=1,
+            stop_reason="answered",
+        )
+
+    right, wrong = single("Answer: (13-9)*(10-4)"), single("Answer: 4*9-10-13")
+    assert right.score is None  # single pass scores nothing itself
+    assert outcome_signal(right, task, 0.5, problem) == Signal(1.0, "verifier")
+    assert outcome_signal(wrong, task, 0.5, problem) == Signal(0.0, "verifier")
+    assert outcome_signal(right, task, 0.5) is None  # without the problem: nothing to check
+    assert outcome_signal(single("Answer: 12"), MATH, 0.5, problem) is None  # no checker
+
+
+def test_a_backend_no_router_model_was_fit_for_learns_from_a_few_outcomes() -> None:
+    # An uninformed model's 0.5 has no training trials behind it: worth a few observations,
+    # not policy.prior_strength (20), so a pool stops choosing a model that keeps failing.
+    pol = policy(RouterModel.uninformed(ARMS), GreedyBackend(), settings(prior_strength=20.0))
+    est = pol.estimate(Problem(text="What is 52+69-70*3?"))
+    before = {a.name: a for a in pol.pricer.arm_stats(est, {})}["single_pass"]
+    failed = {"single_pass": OnlineStat(fail=8.0, n=8.0)}
+    after = {a.name: a for a in pol.pricer.arm_stats(est, failed)}["single_pass"]
+    assert before.alpha + before.beta == OOD_PRIOR_STRENGTH
+    assert after.alpha / (after.alpha + after.beta) <= 0.2
 
 
 def decision(arm: str = "self_consistency@8") -> Decision:

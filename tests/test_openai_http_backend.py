@@ -36,6 +36,7 @@ class FakeServer:
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.in_flight = self.max_in_flight = 0
         self.gate: asyncio.Event | None = None
+        self.slots: int | None = kw.get("slots")  # llama.cpp's /props total_slots
 
     async def __call__(self, req: httpx.Request) -> httpx.Response:
         if self.down:
@@ -55,7 +56,11 @@ class FakeServer:
     def answer(self, path: str, body: dict[str, Any]) -> httpx.Response:
         if path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "m"}]})
+        if path == "/props" and self.slots is not None:
+            return httpx.Response(200, json={"total_slots": self.slots})
         if path in ("/v1/chat/completions", "/v1/completions"):
+            if self.slots is not None and body.get("n", 1) > self.slots:
+                return httpx.Response(400, json={"error": {"message": "n past the slots"}})
             if body.get("seed") in self.fail:
                 return httpx.Response(self.fail[body["seed"]], json={"error": {"message": "x"}})
             return httpx.Response(200, json=self.completion(path, body))
@@ -218,6 +223,21 @@ async def test_fan_out_sends_n_single_calls_with_seed_plus_i_at_most_max_concurr
     assert server.max_in_flight == 2
     assert [c.text for c in res.completions] == [f"t{s}-0" for s in range(40, 45)]
     assert res.prompt_tokens == 9 and res.completion_tokens == 15
+
+
+async def test_more_choices_than_llama_cpp_slots_are_split_over_calls_a_slot_count_apart() -> None:
+    server = FakeServer(slots=3)
+    be = backend(server)
+    await be.start()
+    assert be.capabilities.max_n == 3 and be.capabilities.native_n
+    server.requests.clear()
+    res = await be.generate(GenerationRequest(messages=Q, n=8, temperature=0.8, seed=40))
+    bodies = server.calls("/v1/chat/completions")
+    assert sorted((b["seed"], b["n"]) for b in bodies) == [(40, 3), (43, 3), (46, 2)]
+    assert len(res.completions) == 8
+    server.requests.clear()
+    await be.generate(GenerationRequest(messages=Q, n=3, temperature=0.8, seed=1))
+    assert [b["n"] for b in server.calls("/v1/chat/completions")] == [3]
 
 
 async def test_fan_out_without_a_seed_draws_distinct_seeds_and_greedy_sends_none() -> None:

@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from backends.base import GenerationRequest
+from policies.base import StrategyError
 from router.config import AppConfig, BackendConfig, load_config
 from router.serving.runtime import Runtime, build_runtime
 from tests.fakes import FakeBackend
@@ -194,6 +195,41 @@ async def test_route_and_text_completions_go_through_the_pool_too(
     text = await client.post("/v1/completions", json={"prompt": [PUZZLE, OPEN], "max_tokens": 64})
     assert text.status_code == 200, text.text
     assert [c["text"] for c in text.json()["choices"]][1] == "large says hello"
+
+
+async def test_a_pool_route_is_the_ranked_decision_of_the_chosen_model(
+    two: tuple[httpx.AsyncClient, Runtime],
+) -> None:
+    client, _ = two
+    route = await client.post("/v1/route", json={"messages": [{"role": "user", "content": PUZZLE}]})
+    assert route.status_code == 200, route.text
+    router = route.json()["router"]
+    assert router["model"] == "small"
+    # the decision the ranking priced is the one returned: its arm and P are in the reason
+    assert f"({router['arm']} P=" in router["model_reason"]
+
+
+async def test_a_backend_whose_policy_refuses_what_the_request_forces_is_left_out(
+    two: tuple[httpx.AsyncClient, Runtime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, rt = two
+    small = next(m for m in rt.service.members if m.name == "small")  # type: ignore[attr-defined]
+
+    async def refuses(*args: Any, **kwargs: Any) -> Any:
+        raise StrategyError("strategy 'beam_search' cannot run on small")
+
+    monkeypatch.setattr(small.service.policy, "decide", refuses)
+    r = await chat(client, PUZZLE, max_tokens=64)
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "large"
+    monkeypatch.setattr(
+        next(m for m in rt.service.members if m.name == "large").service.policy,  # type: ignore[attr-defined]
+        "decide",
+        refuses,
+    )
+    refused = await chat(client, PUZZLE, max_tokens=64)
+    assert refused.status_code == 400, refused.text
+    assert "cannot run on small" in refused.json()["error"]["message"]
 
 
 def test_a_single_model_config_is_a_pool_of_one() -> None:

@@ -58,6 +58,8 @@ class Choice:
     spec: RequestSpec
     utility: float = 0.0
     note: str = ""
+    #: its policy's decision without a probe, when the pool ranked it (``/v1/route``'s own)
+    decision: Decision | None = None
 
 
 class PoolService:
@@ -109,7 +111,7 @@ class PoolService:
                 f"model {spec.model!r} does not exist; available: {', '.join(self.models())}",
                 "model",
             )
-        self._candidates(spec)
+        self._candidates(spec, first=True)
         return spec
 
     def check_batch(self, specs: Sequence[RequestSpec]) -> list[RequestSpec]:
@@ -123,9 +125,11 @@ class PoolService:
     async def route(self, spec: RequestSpec) -> Decision:
         """The decision the best backend would make, without generating."""
         choice = (await self.choices(spec))[0]
-        return await choice.member.service.route(
-            dataclasses.replace(choice.spec, model_reason=choice.note)
-        )
+        labelled = dataclasses.replace(choice.spec, model_reason=choice.note)
+        if choice.decision is not None:
+            # ranking made the very decision route would: same checked spec, no probe
+            return choice.member.service.labelled(choice.decision, labelled)
+        return await choice.member.service.route(labelled)
 
     async def answer(self, spec: RequestSpec) -> ServedResult:
         """``spec`` served to its end without streaming."""
@@ -194,16 +198,18 @@ class PoolService:
             return [dataclasses.replace(c, note=f"{c.member.name}: {why}") for c in up]
         return await self._ranked(up)
 
-    def _candidates(self, spec: RequestSpec) -> list[Choice]:
-        """The backends ``spec`` may go to that take it; the first refusal when none does."""
+    def _candidates(self, spec: RequestSpec, *, first: bool = False) -> list[Choice]:
+        """The backends ``spec`` may go to that take it (``first``: the first one found);
+        the first refusal when none does."""
         named = spec.model if spec.model in self.by_name else None
-        fits, refusal = self._fitting(spec, [self.by_name[named]] if named else self.members)
+        pool = [self.by_name[named]] if named else self.members
+        fits, refusal = self._fitting(spec, pool, first=first)
         if not fits:
             raise refusal or InvalidOption("no backend of the pool serves this request", "model")
         return fits
 
     def _fitting(
-        self, spec: RequestSpec, pool: list[Member]
+        self, spec: RequestSpec, pool: list[Member], *, first: bool = False
     ) -> tuple[list[Choice], RouterError | None]:
         """The backends whose fields, limits and task profiles take ``spec``."""
         out: list[Choice] = []
@@ -223,6 +229,8 @@ class PoolService:
                 )
                 continue
             out.append(Choice(m, checked))
+            if first:
+                break
         return out, refusal
 
     async def _ranked(self, choices: list[Choice]) -> list[Choice]:
@@ -234,16 +242,25 @@ class PoolService:
                     dataclasses.replace(c.spec, probe=False, serving=False)
                 )
                 for c in choices
-            )
+            ),
+            return_exceptions=True,
         )
         scored = []
+        refusal: BaseException | None = None
         for c, d in zip(choices, decisions, strict=True):
+            if isinstance(d, ValueError):  # what the request forces cannot run there
+                refusal = refusal or d
+                continue
+            if isinstance(d, BaseException):
+                raise d
             tokens = d.predicted_cost_tokens or float(d.budget.max_tokens)
             cost = c.member.config.price(self._prompt_tokens(c), tokens)
             utility = (d.predicted_success or 0.0) - self.cost_weight * cost
             scored.append((utility, c, d, cost))
         # equal utilities (one model on two servers): the one predicted faster under its
         # load serves, which spreads the load
+        if not scored:
+            raise InvalidOption(str(refusal), getattr(refusal, "field", None) or "acr")
         scored.sort(key=lambda s: (-round(s[0], 3), s[2].predicted_latency_ms or 0.0))
         best = scored[0]
         others = "; ".join(f"{c.member.name} {u:.3f}" for u, c, _, _ in scored[1:])
@@ -256,7 +273,7 @@ class PoolService:
                 if c is best[1]
                 else f"{c.member.name}: next best"
             )
-            out.append(dataclasses.replace(c, utility=utility, note=note))
+            out.append(dataclasses.replace(c, utility=utility, note=note, decision=d))
         return out
 
     @staticmethod

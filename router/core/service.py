@@ -200,6 +200,10 @@ class RouterService:
             decision = await self.policy.decide(spec)
         except (StrategyError, ValueError) as exc:
             raise InvalidOption(str(exc), getattr(exc, "field", None) or "acr") from exc
+        return self.labelled(decision, spec)
+
+    def labelled(self, decision: Decision, spec: RequestSpec) -> Decision:
+        """``decision`` naming this backend's model and why ``spec`` came to it."""
         return decision.model_copy(
             update={"model": self.backend.name, "model_reason": spec.model_reason}
         )

@@ -90,7 +90,7 @@ class OutcomeRecorder:
             # A request that failed or was abandoned has no result to learn from or log.
             outcome = Outcome(response_id=outcome.response_id, probe_hidden=outcome.probe_hidden)
         result = outcome.results[0] if outcome.results else None
-        signal = outcome_signal(result, spec.problem.task, self.agreement_weight)
+        signal = outcome_signal(result, spec.problem.task, self.agreement_weight, spec.problem)
         if self.learner is not None:
             try:
                 await self.learner.record(decision, result, None, signal=signal)
