@@ -66,9 +66,16 @@ async def _first_byte(client: openai.AsyncOpenAI, model: str, **kw: Any) -> floa
 
 
 async def open_prompts(
-    direct: openai.AsyncOpenAI, routed: openai.AsyncOpenAI, model: str, max_tokens: int, n: int
+    direct: openai.AsyncOpenAI,
+    routed: openai.AsyncOpenAI,
+    model: str,
+    max_tokens: int,
+    n: int,
+    router_model: str | None = None,
 ) -> dict[str, Any]:
-    """Open prompts through both, alternating order; sums, ratios and identical answers."""
+    """Open prompts through both, alternating order; sums, ratios and identical answers.
+    ``router_model`` is the name asked of the router (default ``model``; a pool's id)."""
+    names = {"direct": model, "router": router_model or model}
     prompts = [json.loads(line)["question"] for line in OPEN_PROMPTS.read_text().splitlines()]
     rows = []
     for i, q in enumerate(prompts[:n]):
@@ -80,10 +87,10 @@ async def open_prompts(
         pair = [("direct", direct), ("router", routed)]
         got: dict[str, Any] = {}
         for name, client in pair if i % 2 == 0 else pair[::-1]:
-            got[name] = await _chat(client, model, **kw)
+            got[name] = await _chat(client, names[name], **kw)
         ttfb: dict[str, float] = {}
         for name, client in pair if i % 2 else pair[::-1]:
-            ttfb[name] = await _first_byte(client, model, **kw)
+            ttfb[name] = await _first_byte(client, names[name], **kw)
         rows.append({"prompt": q, **got, "first_byte_s": ttfb})
     d_wall = sum(r["direct"]["wall_s"] for r in rows)
     r_wall = sum(r["router"]["wall_s"] for r in rows)
@@ -227,6 +234,9 @@ def main(
     direct: Annotated[str, typer.Option(help="The server's /v1 base URL.")],
     router: Annotated[str, typer.Option(help="The router's /v1 base URL (in front of it).")],
     model: Annotated[str, typer.Option(help="The model name both answer to.")] = "smollm2",
+    router_model: Annotated[
+        str | None, typer.Option(help="The name asked of the router instead (a pool's id).")
+    ] = None,
     gsm8k: Annotated[Path | None, typer.Option(help="GSM8K test JSONL (search rows).")] = None,
     questions: Annotated[int, typer.Option(help="GSM8K questions for the search rows.")] = 10,
     prompts: Annotated[int, typer.Option(help="Open prompts (at most 42).")] = 42,
@@ -241,8 +251,12 @@ def main(
     async def run() -> dict[str, Any]:
         d, r = _client(direct, 300), _client(router, 300)
         # Warm both (the router discovers the server at its first request).
-        await _chat(r, model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4)
-        result: dict[str, Any] = {"open": await open_prompts(d, r, model, max_tokens, prompts)}
+        await _chat(
+            r, router_model or model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
+        )
+        result: dict[str, Any] = {
+            "open": await open_prompts(d, r, model, max_tokens, prompts, router_model)
+        }
         if responses:
             result["responses"] = await responses_vs_chat(r, model, max_tokens, prompts)
         if gsm8k is not None:
