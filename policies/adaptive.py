@@ -58,6 +58,10 @@ class AdaptivePolicy(Policy):
     Collaborators are injected: ``backend`` (for the probe; None disables it), ``store``
     (``RedisPolicyStore`` shared by replicas, or ``InMemoryPolicyStore``), ``model`` (the
     router model; an uninformed one when None), ``rng`` (exploration) and ``clock``.
+    ``revision`` names the live config it decides under (every decision carries it, and
+    the decision cache keeps one namespace per revision); ``tracker`` is the load tracker
+    of the policy it replaces, so that a reload keeps counting requests in flight and what
+    it learned of the backend's speed.
     """
 
     def __init__(
@@ -72,8 +76,11 @@ class AdaptivePolicy(Policy):
         max_request_tokens: int | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        revision: str = "",
+        tracker: LoadTracker | None = None,
     ) -> None:
         self.settings = policy
+        self.revision = revision
         self.max_request_tokens = max_request_tokens
         self.strategies = strategies
         self.backend = backend
@@ -89,7 +96,7 @@ class AdaptivePolicy(Policy):
             )
         self.rng = rng or random.Random()
         self.clock = clock
-        self.tracker = LoadTracker(
+        self.tracker = tracker or LoadTracker(
             policy.capacity_tokens_per_s, clock, call_overhead_ms=policy.call_latency_ms
         )
         self.arms = list(self.model.card.arms)
@@ -98,7 +105,7 @@ class AdaptivePolicy(Policy):
         self.lambda_per_1k_tokens = cost_weight(policy.lambda_per_1k_tokens, self.model)
         self.estimator = Estimator(self.model, self.probe_tokens)
         self.pricer = ArmPricer(self.model, self.arms, strategies, policy)
-        self.cache = DecisionCache(self.store, policy.decision_cache_ttl_s)
+        self.cache = DecisionCache(self.store, policy.decision_cache_ttl_s, namespace=revision)
         # Warm the code paths now, not on the first request's clock.
         self.estimator.estimate("1 2 3 4", None, task=OPEN_TASK)
 
@@ -115,18 +122,24 @@ class AdaptivePolicy(Policy):
         reasoning: bool = False,
         max_request_tokens: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        revision: str = "",
+        previous: AdaptivePolicy | None = None,
     ) -> AdaptivePolicy:
         """The policy the service runs: the model at ``policy.classifier_path`` (else the
         bundled one), a ``RedisPolicyStore`` on ``redis_client`` (a ``redis.asyncio.Redis``;
         None keeps state in memory) under ``key_prefix``; ``max_request_tokens`` bounds what
-        ``n`` runs of a decision may generate."""
+        ``n`` runs of a decision may generate. ``previous`` is the policy a live reload
+        replaces: its load tracker is kept, and its store too while the version (and so
+        every key of the online state) is the same."""
         model = for_backend(
             model or load_model(policy.classifier_path),
             backend.name if backend is not None else "any",
         )
         version = cls.version_for(policy, model)
         store: PolicyStore
-        if redis_client is not None:
+        if previous is not None and previous.store.version == version:
+            store = previous.store
+        elif redis_client is not None:
             store = RedisPolicyStore(
                 redis_client, key_prefix=key_prefix, version=version, clock=clock
             )
@@ -141,6 +154,8 @@ class AdaptivePolicy(Policy):
             reasoning=reasoning,
             max_request_tokens=max_request_tokens,
             clock=clock,
+            revision=revision,
+            tracker=previous.tracker if previous is not None else None,
         )
 
     @staticmethod
@@ -261,6 +276,7 @@ class AdaptivePolicy(Policy):
             "arm": bounded.arm,
             "budget": bounded.budget,
             "probe": probe,
+            "config_revision": self.revision,
         }
         if bounded.cut is not None:
             update.update(downgraded=True, reason=f"{decision.reason}; {bounded.cut}")

@@ -56,6 +56,8 @@ class Decision(BaseModel):
     predicted_latency_ms: float | None = None
     predicted_cost_tokens: float | None = None
     policy_version: str = ""
+    #: the live config it was decided under (``router.live_config.revision``)
+    config_revision: str = ""
     difficulty_bin: int | None = None
     difficulty: float | None = None
     explored: bool = False

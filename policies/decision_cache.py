@@ -44,11 +44,17 @@ def cache_key(problem: Problem, tenant: str) -> str:
 
 
 class DecisionCache:
-    """Estimates by prompt hash in ``store`` for ``ttl_s`` seconds (0 turns it off)."""
+    """Estimates by prompt hash in ``store`` for ``ttl_s`` seconds (0 turns it off), under
+    ``namespace`` (the live config's revision): an entry made under another revision (its
+    probe length, router model or bounds) is never read."""
 
-    def __init__(self, store: PolicyStore, ttl_s: int) -> None:
+    def __init__(self, store: PolicyStore, ttl_s: int, namespace: str = "") -> None:
         self.store = store
         self.ttl_s = ttl_s
+        self.namespace = namespace
+
+    def _key(self, key: str) -> str:
+        return f"{self.namespace}:{key}" if self.namespace else key
 
     @property
     def enabled(self) -> bool:
@@ -63,7 +69,7 @@ class DecisionCache:
         """
         if not self.enabled:
             return None
-        cached = await self.store.cache_get(key)
+        cached = await self.store.cache_get(self._key(key))
         if cached is None:
             return None
         try:
@@ -75,4 +81,6 @@ class DecisionCache:
     async def put(self, key: str, est: DifficultyEstimate, arm: str) -> None:
         """Keep ``est`` (and the arm it led to) for ``ttl_s`` seconds."""
         if self.enabled:
-            await self.store.cache_put(key, {"estimate": est.model_dump(), "arm": arm}, self.ttl_s)
+            await self.store.cache_put(
+                self._key(key), {"estimate": est.model_dump(), "arm": arm}, self.ttl_s
+            )

@@ -323,7 +323,8 @@ class AppConfig(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
+def format_errors(exc: ValidationError, source: str) -> str:
+    """``exc`` as one line per bad field (``source`` names where the values came from)."""
     lines = [f"invalid configuration ({source}):"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "<root>"
@@ -339,20 +340,31 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     Returns the validated ``AppConfig``; raises ``ConfigError`` naming every bad field.
     ``env`` defaults to ``os.environ``; tests pass their own mapping.
     """
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
-        data = loaded
-        source = str(p)
+    return parse_config(*read_config_file(path), env=env)
+
+
+def read_config_file(path: str | Path | None) -> tuple[dict[str, Any], str]:
+    """The mapping in the YAML file ``path`` and its source name (``({}, "defaults")`` for
+    no file); raises ``ConfigError`` when the file is missing or not a YAML mapping."""
+    if path is None:
+        return {}, "defaults"
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    return loaded, str(p)
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str, env: Mapping[str, str] | None = None
+) -> AppConfig:
+    """``data`` (``source`` names it in errors) with ``ACR_*`` overrides, validated; raises
+    ``ConfigError`` naming every bad field."""
     environ = os.environ if env is None else env
     saved = None
     if env is not None:
@@ -364,7 +376,7 @@ def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = 
     try:
         return AppConfig(**data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from exc
+        raise ConfigError(format_errors(exc, source)) from exc
     finally:
         if saved is not None:
             for k in [k for k in os.environ if k.startswith(ENV_PREFIX)]:

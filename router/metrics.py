@@ -132,3 +132,21 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.config_revision = Gauge(
+            "acr_config_revision_info",
+            "1 for the live config revision (policy, strategies, limits) this replica decides "
+            "under.",
+            ["revision"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "acr_config_reloads_total",
+            "Live config reloads offered, by result (applied, unchanged, refused).",
+            ["result"],
+            registry=r,
+        )
+        self.config_refused = Gauge(
+            "acr_config_refused",
+            "1 while the last live config offered was refused (the previous one serves).",
+            registry=r,
+        )

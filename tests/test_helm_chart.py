@@ -195,8 +195,8 @@ def test_serve_config_passes_ray_serves_own_schema() -> None:
 
 
 @pytest.mark.parametrize("values", [None, POOL_VALUES, OPENAI_VALUES], ids=["one", "pool", "url"])
-def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployments(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any] | None
+def test_the_app_builds_from_the_rendered_args_with_the_overridden_deployments(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, Any] | None
 ) -> None:
     import os
 
@@ -206,13 +206,64 @@ def test_the_app_builds_from_the_rendered_configmap_with_the_overridden_deployme
 
     for name in [n for n in os.environ if n.startswith("ACR_")]:
         monkeypatch.delenv(name)
-    objs = render(values)
-    path = tmp_path / "config.yaml"
-    path.write_text(objs["ConfigMap"][0]["data"]["config.yaml"])
-    app = serve_config(objs)["applications"][0]
-    built = build_app(app_builder(app["args"] | {"config_path": str(path)}), name=app["name"])
+    app = serve_config(render(values))["applications"][0]
+    built = build_app(app_builder(app["args"]), name=app["name"])
     # Serve refuses a config that overrides a deployment the application does not define.
     assert {d.name for d in built.deployments} == {d["name"] for d in app["deployments"]}
+
+
+def test_the_args_and_the_ingress_user_config_together_are_the_configmaps_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from router.live_config import LIVE_SECTIONS, with_live
+
+    for name in [n for n in os.environ if n.startswith("ACR_")]:
+        monkeypatch.delenv(name)
+    values = {"router": {"policy": {"lambda_per_1k_tokens": 0.4}, "limits": {"max_n": 4}}}
+    objs = render(values)
+    app = serve_config(objs)["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "RouterIngress")
+    assert set(ingress["user_config"]) == {"policy", "limits"}
+    # the live sections travel only as the user_config: a change to them rebuilds nothing
+    assert not set(app["args"]["config"]) & set(LIVE_SECTIONS)
+    served = with_live(AppConfig(**app["args"]["config"]), ingress["user_config"], "chart")
+    assert served == AppConfig(**config_of(objs))
+    assert served.policy.lambda_per_1k_tokens == 0.4 and served.limits.max_n == 4
+
+
+def test_a_change_to_a_live_section_changes_only_the_ingress_user_config() -> None:
+    before = render()
+    after = render({"router": {"policy": {"lambda_per_1k_tokens": 0.9}}})
+    app_before, app_after = (serve_config(o)["applications"][0] for o in (before, after))
+    assert app_before["args"] == app_after["args"]
+    assert app_before["deployments"] != app_after["deployments"]
+    # ... and nothing of the Ray cluster, which KubeRay would otherwise rebuild
+    assert (
+        before["RayService"][0]["spec"]["rayClusterConfig"]
+        == (after["RayService"][0]["spec"]["rayClusterConfig"])
+    )
+
+
+def test_pods_wait_for_the_longest_request_and_the_spool_flush_before_they_are_killed() -> None:
+    from router.config import ServerConfig
+    from router.serving.app import FLUSH_GRACE_S
+
+    default_s = ServerConfig().max_request_timeout_ms / 1000
+    for values, deadline_s in [
+        (None, default_s),
+        ({"router": {"server": {"max_request_timeout_ms": 300_000}}}, 300),
+    ]:
+        cluster = render(values)["RayService"][0]["spec"]["rayClusterConfig"]
+        pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+            g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+        ]
+        for pod in pods:
+            env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+            drain_s = float(env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"])
+            assert drain_s >= deadline_s + FLUSH_GRACE_S
+            assert pod["terminationGracePeriodSeconds"] > drain_s
 
 
 def test_a_pool_gets_replicas_for_its_in_cluster_model_and_none_for_its_external_url() -> None:

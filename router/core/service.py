@@ -98,18 +98,19 @@ class RouterService:
         )
         self.validate = RequestValidator(config, backend, profiles or TaskProfiles())
         self.executor = Executor(backend, self.metrics, config.strategies, clock)
-        self._started = False
+        #: whether the backend got ready (``start``); a live reload's new service inherits it
+        self.started = False
         self._start_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Let the backend get ready (discover what it can do) once, before its first
         request; a failure is retried on the next request."""
-        if self._started:
+        if self.started:
             return
         async with self._start_lock:
-            if not self._started:
+            if not self.started:
                 await self.backend.start()
-                self._started = True
+                self.started = True
 
     async def readiness(self) -> dict[str, str]:
         """What keeps the service from serving now, by part (empty: ready)."""

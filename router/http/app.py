@@ -28,7 +28,7 @@ from router.http.errors import APIError, api_error, validation_error_to_api
 from router.http.openapi import install_openapi
 from router.http.request_models import request_models
 from router.http.responses_api.routes import install_responses_routes
-from router.http.routes import HealthCheck, install_routes
+from router.http.routes import ConfigStatus, HealthCheck, install_routes
 from router.metrics import endpoint_label
 
 log = logging.getLogger("acr.http")
@@ -47,10 +47,13 @@ def build_http_app(
     health: HealthCheck | None = None,
     lifespan: Callable[[], AbstractAsyncContextManager[None]] | None = None,
     responses_store: ResponseStore | None = None,
+    config_status: ConfigStatus | None = None,
 ) -> FastAPI:
     """The FastAPI app serving the OpenAI-compatible API over ``service``. ``lifespan``
     runs around the app's life (uvicorn and Ray Serve, at a replica's graceful shutdown
-    too, run it): the outcome log's start and final flush."""
+    too, run it): the outcome log's start and final flush; an ingress that reloads its
+    config runs it in ``LiveApp`` instead. ``config_status`` is what ``/readyz`` says of
+    the live config."""
     cfg = service.config
     app = FastAPI(
         title="Adaptive compute router",
@@ -73,7 +76,7 @@ def build_http_app(
     _install_guard(app, service)
     _install_error_handlers(app)
     models = request_models(cfg, service.models())
-    install_routes(app, service, health, models)
+    install_routes(app, service, health, models, config_status)
     install_responses_routes(app, service, responses_store, models)
     install_openapi(app, [models.chat, models.completion, models.route, models.responses])
     return app

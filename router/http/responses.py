@@ -27,6 +27,7 @@ def decision_object(decision: Decision) -> dict[str, Any]:
         "probe_ms": _round(decision.probe.wall_ms, 1) if decision.probe is not None else None,
         "predicted_cost_tokens": _round(decision.predicted_cost_tokens, 1),
         "policy_version": decision.policy_version,
+        "config_revision": decision.config_revision,
         "difficulty_bin": decision.difficulty_bin,
         "difficulty": _round(decision.difficulty),
         "explored": decision.explored,
@@ -49,6 +50,7 @@ def decision_headers(decision: Decision) -> dict[str, str]:
         "x-acr-reason": decision.reason.encode("ascii", "replace").decode()[:200],
         "x-acr-source": decision.source,
         "x-acr-policy-version": decision.policy_version,
+        "x-acr-config-revision": decision.config_revision,
         "x-acr-explored": "1" if decision.explored else "0",
         "x-acr-probe-tokens": str(decision.probe_tokens),
     }

@@ -33,6 +33,8 @@ from router.http.specs import chat_spec, completion_specs, route_spec
 from router.http.streaming import chat_events, completion_events
 
 HealthCheck = Callable[[], Awaitable[dict[str, Any]]]
+#: the live config's state (``Runtime.config_status``): its revision, the last refusal
+ConfigStatus = Callable[[], dict[str, Any]]
 
 #: a latency budget header value: ASCII digits, at most 7 of them (``str.isdigit`` would
 #: pass superscripts and other scripts' digits, and ``int()`` of 5,000 digits fails)
@@ -40,10 +42,14 @@ _BUDGET_DIGITS = re.compile(r"[0-9]{1,7}")
 
 
 def install_routes(
-    app: FastAPI, service: Service, health: HealthCheck | None, models: RequestModels
+    app: FastAPI,
+    service: Service,
+    health: HealthCheck | None,
+    models: RequestModels,
+    config_status: ConfigStatus | None = None,
 ) -> None:
     """The API's endpoints; each parses, calls the service and serialises."""
-    _install_info_routes(app, service, health)
+    _install_info_routes(app, service, health, config_status)
     _install_completion_routes(app, service, models)
     _install_decision_routes(app, service, models)
 
@@ -66,8 +72,11 @@ DOCUMENTED: dict[str, Any] = {
 }
 
 
-def _install_info_routes(app: FastAPI, service: Service, health: HealthCheck | None) -> None:
-    """Liveness, Prometheus metrics and the model list."""
+def _install_info_routes(
+    app: FastAPI, service: Service, health: HealthCheck | None, config_status: ConfigStatus | None
+) -> None:
+    """Liveness, readiness (with the live config's revision and its last refusal),
+    Prometheus metrics and the model list."""
     metrics = service.metrics
 
     @app.get("/healthz")
@@ -79,9 +88,13 @@ def _install_info_routes(app: FastAPI, service: Service, health: HealthCheck | N
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         problems = await service.readiness()
+        # A refused config does not make the replica unready: the running one still serves.
+        config = {"config": config_status()} if config_status is not None else {}
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse(
+                {"status": "not ready", "problems": problems, **config}, status_code=503
+            )
+        return JSONResponse({"status": "ready", **config})
 
     @app.get("/metrics")
     async def prometheus() -> Response:

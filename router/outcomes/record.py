@@ -170,6 +170,7 @@ def outcome_record(
         "reason": decision.reason,
         "budget": decision.budget.model_dump(),
         "policy_version": decision.policy_version,
+        "config_revision": decision.config_revision,
         "difficulty_bin": decision.difficulty_bin,
         "predicted_success": decision.predicted_success,
         "explored": decision.explored,

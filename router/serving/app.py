@@ -1,7 +1,11 @@
 """Ray Serve deployments and the application builder.
 
-``app_builder({"config_path": ...})`` is the import path the CLI, ``serve run`` and the Helm
-chart's ``serveConfigV2`` use (``router.serving.app:app_builder``). It binds:
+``app_builder`` (``router.serving.app:app_builder``) is the import path ``acr serve``,
+``serve deploy`` and the Helm chart's ``serveConfigV2`` use; its args are the config inline
+(``{"config": {...}}``, without the live sections) or a file (``{"config_path": ...}``).
+The live sections (``router.live_config``) reach the ingress as its deployment's
+``user_config``: Serve applies a change to them in place (``RouterIngress.reconfigure``),
+while a change to the args rebuilds the application as a rolling update. It binds:
 
 - ``ModelReplica``: the transformers model (a pool's: one deployment per transformers
   backend), one per replica (``num_cpus``/``num_gpus`` from
@@ -9,6 +13,11 @@ chart's ``serveConfigV2`` use (``router.serving.app:app_builder``). It binds:
   steps, ``model.batching: continuous``) or with ``@serve.batch`` (``static``);
 - ``RouterIngress``: the FastAPI ingress running the router's strategies, which call the
   model replicas through a ``DeploymentHandle`` wrapped as a ``Backend``.
+
+Both drain when Serve stops them (a scale-down, an update, a node drain): no new requests,
+the running ones finish within the longest request deadline, then the ingress flushes its
+outcome spool. A rollout starts each replacement before the replica it replaces stops
+(``max_surge_percent``), so a deployment of one replica keeps serving through it.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from ray.serve.handle import DeploymentHandle
 
 from backends.base import BackendError, ChatMessage, GenerationRequest
 from backends.bundled.paths import bundled_model_path
-from router.config import AppConfig, ModelConfig, load_config
+from router.config import AppConfig, ConfigError, ModelConfig, load_config, parse_config
 from router.serving.embedded_redis import EmbeddedRedis
 from router.serving.handle import invalid_request, result_to_dict, stream_to_dicts
 from router.serving.reward_replicas import RewardModelReplica
@@ -33,6 +42,11 @@ from router.serving.runtime import build_runtime
 log = logging.getLogger("acr.app")
 
 CONFIG_PATH_ENV = "ACR_CONFIG_PATH"
+#: what an ingress may take past the longest request deadline to flush its outcome spool
+FLUSH_GRACE_S = 10.0
+#: a rollout's extra replicas, in percent of the target: each replacement is up before the
+#: replica it replaces stops
+ROLLOUT_SURGE_PERCENT = 100
 
 
 @serve.deployment(name="ModelReplica", max_ongoing_requests=64)
@@ -133,19 +147,34 @@ class RouterIngress:
         self.config = AppConfig(**config)
         self.runtime = build_runtime(self.config, model, reward_handle=reward_model)
 
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the live sections in ``user_config`` (Serve calls this at start and on every
+        change to the deployment's ``user_config``); a section it leaves out is the one
+        in the application's args (its default there). Never raises: a refused config is
+        logged and shown on ``/readyz`` and the running one keeps serving (raising would
+        make Serve replace this replica)."""
+        self.runtime.reconfigure(user_config, "serve user_config")
+
     def __serve_build_asgi_app__(self) -> Any:
         return self.runtime.http_app
 
 
 def app_builder(args: dict[str, Any] | None = None) -> serve.Application:
-    """Build the Serve application from ``args["config_path"]`` (or ``$ACR_CONFIG_PATH``).
+    """Build the Serve application from ``args["config"]`` (the config inline), else
+    ``args["config_path"]`` (or ``$ACR_CONFIG_PATH``), else the defaults.
 
     When no Redis URL is configured, an embedded redis-server is started in this process
-    and lives as long as it does (``acr serve`` and ``serve run`` keep it alive).
+    and lives as long as it does (``serve run`` keeps it alive).
     """
     args = args or {}
-    path = args.get("config_path") or os.environ.get(CONFIG_PATH_ENV) or None
-    config = load_config(path)
+    if unknown := sorted(set(args) - {"config", "config_path"}):
+        raise ConfigError(f"app_builder args: unknown {unknown}; valid: config, config_path")
+    if "config" in args:
+        if "config_path" in args:
+            raise ConfigError("app_builder args: give config or config_path, not both")
+        config = parse_config(args["config"] or {}, "the application's args")
+    else:
+        config = load_config(args.get("config_path") or os.environ.get(CONFIG_PATH_ENV) or None)
     if not config.redis.url:
         embedded = EmbeddedRedis(
             port=config.redis.embedded_port, maxmemory_mb=config.redis.embedded_maxmemory_mb
@@ -166,24 +195,36 @@ def bind_app(config: AppConfig) -> serve.Application:
     handles: Any = None
     if config.backends:
         handles = {
-            b.name: _replicas(b, f"ModelReplica-{b.name}")
+            b.name: _replicas(b, f"ModelReplica-{b.name}", config)
             for b in config.backends
             if b.kind == "transformers"
         }
     elif config.model.kind == "transformers":
-        handles = _replicas(config.model, "ModelReplica")
+        handles = _replicas(config.model, "ModelReplica", config)
     local = any(b.kind == "transformers" for b in config.pool_backends())
     ingress: Any = RouterIngress
-    return ingress.options(ray_actor_options={"num_cpus": 0.5 if local else 1.0}).bind(
-        handles, config.model_dump(mode="json"), _reward_app(config)
-    )
+    return ingress.options(
+        ray_actor_options={"num_cpus": 0.5 if local else 1.0},
+        graceful_shutdown_timeout_s=drain_timeout_s(config) + FLUSH_GRACE_S,
+        graceful_shutdown_wait_loop_s=0.5,
+        max_surge_percent=ROLLOUT_SURGE_PERCENT,
+    ).bind(handles, config.model_dump(mode="json"), _reward_app(config))
 
 
-def _replicas(m: ModelConfig, name: str) -> Any:
+def drain_timeout_s(config: AppConfig) -> float:
+    """How long a stopping replica waits for its running requests: the longest request
+    deadline a client may ask for."""
+    return config.server.max_request_timeout_ms / 1000
+
+
+def _replicas(m: ModelConfig, name: str, config: AppConfig) -> Any:
     """The ``ModelReplica`` deployment of the transformers model ``m``, bound."""
     opts: dict[str, Any] = {
         "name": name,
         "ray_actor_options": {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
+        "graceful_shutdown_timeout_s": drain_timeout_s(config),
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "max_surge_percent": ROLLOUT_SURGE_PERCENT,
     }
     if m.autoscaling.max_replicas > m.autoscaling.min_replicas:
         opts["autoscaling_config"] = m.autoscaling.model_dump()

@@ -12,14 +12,14 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import ray
 from ray import serve
 from rich.console import Console
 
-from router.config import AppConfig, ConfigError, load_config
-from router.serving.app import bind_app
+from router.config import AppConfig, ConfigError, load_config, parse_config, read_config_file
+from router.live_config import base_sections, split
+from router.serving.deploy import DeployFailed, deploy, serve_config, wait_running
 from router.serving.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger("acr.serve")
@@ -30,7 +30,10 @@ APP_NAME = "acr"
 class LocalService:
     """Ray + Serve + (embedded) Redis + the router app, started by ``start()``.
 
-    ``url`` is the HTTP base (``http://host:port``); ``stop()`` tears everything down.
+    The app is deployed as a declarative Serve config (``router.serving.deploy``), as in a
+    cluster, so that ``reload`` applies a file's live sections in place and rebuilds the
+    application (a rolling update) only when another section changed. ``url`` is the HTTP
+    base (``http://host:port``); ``stop()`` tears everything down.
     """
 
     def __init__(self, config: AppConfig, *, num_cpus: int | None = None) -> None:
@@ -45,7 +48,7 @@ class LocalService:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
         return f"http://{shown}:{self.config.server.port}"
 
-    def start(self) -> LocalService:
+    def start(self, timeout_s: float = 600.0) -> LocalService:
         """Start every part; returns self once the app is serving."""
         if not self.config.redis.url:
             self.redis = EmbeddedRedis(
@@ -65,8 +68,39 @@ class LocalService:
         serve.start(
             http_options={"host": self.config.server.host, "port": self.config.server.port},
         )
-        serve.run(bind_app(self.config), name=APP_NAME, route_prefix="/", blocking=False)
+        since = time.time()
+        deploy(serve_config(self.config, name=APP_NAME))
+        wait_running(APP_NAME, timeout_s, since)
         return self
+
+    def reload(self, path: Path | None) -> str:
+        """Read ``path`` again and deploy it: its live sections as the ingress's
+        ``user_config`` (the ingress validates and applies them in place, or refuses them
+        and keeps serving), the rest as the application's args (unchanged args rebuild
+        nothing). Returns what was done, for the log; a file that cannot be read or whose
+        other sections are invalid is not deployed (``ConfigError``)."""
+        raw, source = read_config_file(path)
+        base_raw, live_raw = split(raw)
+        base = parse_config(base_raw, source)
+        self._keep_serving_as_now(base)
+        changed = sorted(
+            k for k, v in base_sections(base).items() if base_sections(self.config).get(k) != v
+        )
+        since = time.time()
+        deploy(serve_config(base, name=APP_NAME, live=live_raw))
+        if changed:
+            log.warning("%s: %s changed: rebuilding the application", source, ", ".join(changed))
+            wait_running(APP_NAME, since=since)
+        self.config = base
+        return f"deployed {source}" + (f" (rebuilt: {', '.join(changed)})" if changed else "")
+
+    def _keep_serving_as_now(self, config: AppConfig) -> None:
+        """What a reload cannot change in place stays as started: the HTTP address (Serve's
+        proxy binds it once) and an embedded Redis."""
+        config.server.host = self.config.server.host
+        config.server.port = self.config.server.port
+        if self.redis is not None:
+            config.redis.url = self.redis.url
 
     def stop(self) -> None:
         """Shut down Serve, Ray and the embedded Redis (if this object started it).
@@ -86,7 +120,8 @@ class LocalService:
 def serve_forever(
     config_path: Path | None, *, host: str | None = None, port: int | None = None
 ) -> int:
-    """Start the service, print how to reach it, block until Ctrl-C; returns an exit code."""
+    """Start the service, print how to reach it, block until Ctrl-C or SIGTERM (SIGHUP
+    reloads ``config_path``); returns an exit code."""
     console = Console(stderr=True)
     try:
         config = load_config(config_path)
@@ -108,19 +143,34 @@ def serve_forever(
         f"{svc.url}/v1/chat/completions -H 'content-type: application/json' \\\n"
         '    -d \'{"model": "' + config.model.name + '", "messages": '
         '[{"role": "user", "content": "4 9 10 13"}]}\'\n'
-        "press Ctrl-C to stop"
+        + ("send SIGHUP to reload the config file; " if config_path is not None else "")
+        + "press Ctrl-C to stop"
     )
     stop = threading.Event()
-
-    def _handler(*_: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, _handler)
-    signal.signal(signal.SIGTERM, _handler)
+    hup = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
     try:
         while not stop.is_set():
+            if hup.is_set():
+                hup.clear()
+                _reload(svc, config_path, console)
             time.sleep(0.2)
     finally:
-        console.print("shutting down...")
+        console.print("shutting down: draining requests in flight...")
         svc.stop()
     return 0
+
+
+def _reload(svc: LocalService, path: Path | None, console: Console) -> None:
+    """SIGHUP: deploy ``path`` again; a file that cannot be deployed is logged and the
+    running config stays."""
+    if path is None:
+        log.warning("SIGHUP: no config file to reload (started on the defaults)")
+        return
+    try:
+        console.print(f"SIGHUP: {svc.reload(path)}")
+    except (ConfigError, ValueError, DeployFailed, TimeoutError) as exc:
+        log.error("SIGHUP: config %s refused; the running one stays: %s", path, exc)
+        console.print(f"[red]SIGHUP: {path} refused; the running config stays:\n{exc}[/red]")

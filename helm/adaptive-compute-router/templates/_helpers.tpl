@@ -154,6 +154,10 @@ key: {{ .Values.redis.auth.passwordKey }}
   value: /etc/acr/config.yaml
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
+# On SIGTERM (a pod deletion, a node drain) Ray drains the node first: Serve stops routing
+# to its replicas, which finish their requests and flush the outcome spool.
+- name: RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S
+  value: {{ include "acr.drainSeconds" . | quote }}
 {{- with include "acr.redisPasswordRef" . | fromYaml }}
 - name: ACR_REDIS_PASSWORD
   valueFrom:
@@ -161,6 +165,20 @@ key: {{ .Values.redis.auth.passwordKey }}
       name: {{ .name }}
       key: {{ .key }}
 {{- end }}
+{{- end -}}
+
+{{/* How long a stopping replica may take: the longest request deadline
+(router.server.max_request_timeout_ms, 120 s by default) and 10 s to flush the outcome
+spool, as router.serving.app gives Serve. */}}
+{{- define "acr.drainSeconds" -}}
+{{- $server := get (.Values.router | default dict) "server" | default dict -}}
+{{- $ms := get $server "max_request_timeout_ms" | default 120000 -}}
+{{- add (div (add (int $ms) 999) 1000) 10 -}}
+{{- end -}}
+
+{{/* The pod's termination grace: the drain, and 20 s for Ray to stop its processes. */}}
+{{- define "acr.terminationGraceSeconds" -}}
+{{- add (include "acr.drainSeconds" . | int) 20 -}}
 {{- end -}}
 
 {{/* Where the router spools outcomes until Redis has them: an emptyDir, so a restarted
@@ -271,13 +289,20 @@ applications:
   - name: {{ .Values.serve.appName }}
     import_path: router.serving.app:app_builder
     route_prefix: /
+    {{- /* The live sections (router.live_config) are the ingress's user_config: a change to
+         them alone is applied in place by every running ingress replica; the rest is the
+         application's args, whose change rebuilds the application as a rolling update. */}}
+    {{- $cfg := include "acr.routerConfig" . | fromYaml }}
     args:
-      config_path: /etc/acr/config.yaml
+      config:
+        {{- omit $cfg "policy" "strategies" "limits" | toYaml | nindent 8 }}
     deployments:
       - name: RouterIngress
         num_replicas: {{ .Values.serve.ingress.replicas }}
         ray_actor_options:
           num_cpus: {{ .Values.serve.ingress.numCpus }}
+        user_config:
+          {{- pick $cfg "policy" "strategies" "limits" | toYaml | nindent 10 }}
       {{- $backends := get (.Values.router | default dict) "backends" | default list }}
       {{- range $backends }}
       {{- if eq (get . "kind" | default "transformers") "transformers" }}
