@@ -271,7 +271,7 @@ def test_a_model_rollout_under_load_fails_nothing(deployed: Deployed) -> None:
 
 def test_every_answered_request_has_its_outcome_in_the_stream(deployed: Deployed) -> None:
     answers = deployed.load.stop()
-    assert answers[-1].ended - answers[0].started >= 60, "the load ran under 60 s"
+    assert max(a.ended for a in answers) - min(a.started for a in answers) >= 60
     ids = {a.response_id for a in answers if a.ok}
     client = redis.Redis.from_url(deployed.redis_url, decode_responses=True)
     seen: set[str] = set()

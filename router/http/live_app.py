@@ -5,16 +5,28 @@ limits, its routes the new service) and ``swap``s it in: requests already inside
 app finish there, under the old policy; the next request enters the new one. The lifespan
 (the outcome log's start and final flush) belongs to the ingress, not to any one revision,
 so ``LiveApp`` runs it itself.
+
+It also counts the requests inside (a streamed answer until its last byte) and ``drain``s:
+from then on every request but ``/healthz`` is refused with a 503 (``retry-after``) in
+OpenAI's envelope, and ``drain`` returns once the requests inside have finished.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from router.http.errors import APIError
+
+#: what a draining ingress still answers: liveness (the process is alive while it drains)
+_WHILE_DRAINING = ("/healthz",)
 
 
 class LiveApp:
@@ -29,6 +41,11 @@ class LiveApp:
         self._lifespan: Starlette = Starlette(
             lifespan=(lambda _: lifespan()) if lifespan is not None else None
         )
+        #: HTTP requests inside now
+        self.in_flight = 0
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def swap(self, app: ASGIApp) -> None:
         """Serve the next request with ``app``."""
@@ -40,8 +57,38 @@ class LiveApp:
             raise AttributeError(name)
         return getattr(self.current, name)
 
+    async def drain(self, timeout_s: float) -> int:
+        """Refuse new requests from now on and wait up to ``timeout_s`` for those inside to
+        finish; returns how many are still inside (0: drained)."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+        return self.in_flight
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        await self.current(scope, receive, send)
+        if self.draining and scope.get("path") not in _WHILE_DRAINING:
+            err = APIError(
+                503,
+                "the server is shutting down; retry (another replica, or this one restarted)",
+                type="server_error",
+                code="shutting_down",
+                headers={"retry-after": "1"},
+            )
+            response = JSONResponse(err.envelope(), status_code=503, headers=err.headers)
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.current(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()

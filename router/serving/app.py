@@ -155,6 +155,13 @@ class RouterIngress:
         make Serve replace this replica)."""
         self.runtime.reconfigure(user_config, "serve user_config")
 
+    async def drain(self) -> int:
+        """Refuse new requests (503) and wait for those inside, up to the longest request
+        deadline; returns how many were still running then. ``acr serve`` calls it on
+        SIGTERM before it deletes the application, so that the running requests finish
+        while the model replicas they call are still up."""
+        return int(await self.runtime.http_app.drain(drain_timeout_s(self.config)))
+
     def __serve_build_asgi_app__(self) -> Any:
         return self.runtime.http_app
 

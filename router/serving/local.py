@@ -19,7 +19,7 @@ from rich.console import Console
 
 from router.config import AppConfig, ConfigError, load_config, parse_config, read_config_file
 from router.live_config import base_sections, split
-from router.serving.deploy import DeployFailed, deploy, serve_config, wait_running
+from router.serving.deploy import INGRESS, DeployFailed, deploy, serve_config, wait_running
 from router.serving.embedded_redis import EmbeddedRedis
 
 log = logging.getLogger("acr.serve")
@@ -102,11 +102,30 @@ class LocalService:
         if self.redis is not None:
             config.redis.url = self.redis.url
 
-    def stop(self) -> None:
-        """Shut down Serve, Ray and the embedded Redis (if this object started it).
+    def drain(self) -> None:
+        """Let the ingress refuse new requests and finish those it has (their model
+        replicas still up); logs what it left running past the longest request deadline."""
+        status = serve.status().applications.get(APP_NAME)
+        if status is None or status.status != "RUNNING":
+            return
+        handle = serve.get_deployment_handle(INGRESS, APP_NAME)
+        timeout_s = self.config.server.max_request_timeout_ms / 1000 + 30
+        left = handle.drain.remote().result(timeout_s=timeout_s)
+        if left:
+            log.warning("%d requests still running after the drain deadline", left)
 
-        Serve first: the ingress flushes its outcome spool at its graceful shutdown, while
-        the embedded Redis still runs."""
+    def stop(self) -> None:
+        """Drain, then shut down Serve, Ray and the embedded Redis (if this object started
+        it).
+
+        The ingress drains first (``drain``); then the application is deleted, which Serve
+        does gracefully: the ingress flushes its outcome spool while the embedded Redis
+        still runs."""
+        try:
+            self.drain()
+            serve.delete(APP_NAME, _blocking=True)
+        except Exception:  # noqa: BLE001 - a failed drain must not keep the rest running
+            log.exception("draining the application failed; shutting down")
         try:
             serve.shutdown()
         finally:
