@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from helm_python import HelmError
 import redis
 import yaml
+from helm_python import HelmError
 
 from router.config import AppConfig
 from router.live_config import revision, with_live
