@@ -59,6 +59,18 @@ class Load:
         with self._lock:
             return [a for a in self.answers if a.started >= t]
 
+    def first_decision_under(self, rev: str, since: float, timeout_s: float) -> float | None:
+        """Seconds from ``since`` to the first request decided under the config revision
+        ``rev`` (its start, or ``since`` for one that waited in a queue meanwhile); None
+        when none comes within ``timeout_s``."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            hits = [a.started for a in self.since(since - 120) if a.revision == rev]
+            if hits:
+                return max(0.0, min(hits) - since)
+            time.sleep(0.05)
+        return None
+
     def failed(self) -> list[Answer]:
         """Every request that did not get a 2xx answer."""
         with self._lock:

@@ -77,6 +77,8 @@ class Deployed:
         self.url = f"http://127.0.0.1:{port}"
         self.load = Load(f"{self.url}/v1")
         self.deploys = 0
+        #: how long each `serve deploy` command took (a Python start, then the REST call)
+        self.cli_s: list[float] = []
 
     def config(self, **router: Any) -> dict[str, Any]:
         return chart_config(self.redis_url, self.spool, self.port, **router)
@@ -84,7 +86,9 @@ class Deployed:
     def deploy(self, config: dict[str, Any]) -> float:
         """``serve deploy`` ``config``; returns when Serve had it (the command returned)."""
         self.deploys += 1
+        t = time.time()
         self.cluster.deploy(config, name=f"serve-{self.deploys}.yaml")
+        self.cli_s.append(time.time() - t)
         return time.time()
 
     def readyz(self) -> dict[str, Any]:
@@ -109,18 +113,6 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     finally:
         cluster.stop()
         server.cleanup()
-
-
-def first_decision_under(load: Load, rev: str, since: float, timeout_s: float) -> float | None:
-    """Seconds from ``since`` to the first request decided under ``rev`` (its start, or
-    ``since`` for one that was waiting in the proxy's queue), None within ``timeout_s``."""
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        hits = [a.started for a in load.since(since - 120) if a.revision == rev]
-        if hits:
-            return max(0.0, min(hits) - since)
-        time.sleep(0.1)
-    return None
 
 
 def settle(load: Load, seconds: float = SETTLE_S) -> None:
@@ -152,7 +144,7 @@ def test_three_policy_changes_under_load_fail_nothing_and_restart_no_model_repli
         while deployed.readyz()["config"]["revision"] != rev and time.time() < t + 30:
             time.sleep(0.05)
         applied.append(time.time() - t)
-        took = first_decision_under(load, rev, t, 30)
+        took = load.first_decision_under(rev, t, 30)
         assert took is not None, f"no decision under lambda {lam} ({rev}) in 30 s"
         follow.append(took)
         answered = [a for a in load.since(t + took) if a.ok]
@@ -160,8 +152,10 @@ def test_three_policy_changes_under_load_fail_nothing_and_restart_no_model_repli
         weighed = [a.reason for a in answered if a.revision == rev and "/1k tok" in a.reason]
         assert all(f"{lam}/1k tok" in r for r in weighed), weighed[:3]
         settle(load, 4)
+    cli = [round(s, 2) for s in deployed.cli_s[-3:]]
     print(
-        f"\nserve deploy returned -> ingress applied: {[round(s, 2) for s in applied]} s; "
+        f"\nserve deploy took {cli} s; returned -> ingress applied: "
+        f"{[round(s, 2) for s in applied]} s; "
         f"-> first decision under it: {[round(s, 2) for s in follow]} s"
     )
     assert max(follow) <= FOLLOW_S, follow
@@ -281,5 +275,10 @@ def test_every_answered_request_has_its_outcome_in_the_stream(deployed: Deployed
         seen = {f.get("id", "") for _, f in entries}
         time.sleep(1)
     missing = ids - seen
-    print(f"\n{len(answers)} requests, {len(ids)} answered, {len(missing)} outcomes missing")
+    spans = sorted(a.ended - a.started for a in answers if a.ok)
+    print(
+        f"\n{len(answers)} requests over {answers[-1].ended - answers[0].started:.0f} s, "
+        f"{len(ids)} answered, {len(missing)} outcomes missing; latency p50 "
+        f"{spans[len(spans) // 2]:.2f} s, max {spans[-1]:.2f} s"
+    )
     assert not missing, sorted(missing)[:5]

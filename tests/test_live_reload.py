@@ -131,16 +131,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         server.cleanup()
 
 
-def first_decision_under(load: Load, rev: str, since: float, timeout_s: float) -> float | None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        hits = [a.started for a in load.since(since - 120) if a.revision == rev]
-        if hits:
-            return max(0.0, min(hits) - since)
-        time.sleep(0.05)
-    return None
-
-
 def test_sighup_applies_three_policy_changes_under_load_without_restarting_a_replica(
     served: Served,
 ) -> None:
@@ -151,7 +141,7 @@ def test_sighup_applies_three_policy_changes_under_load_without_restarting_a_rep
     for lam in (0.3, 0.6, 0.9):
         rev = served.write(policy={"lambda_per_1k_tokens": lam})
         t = served.hup()
-        took = first_decision_under(served.load, rev, t, 30)
+        took = served.load.first_decision_under(rev, t, 30)
         assert took is not None, f"no decision under lambda {lam} ({rev}) within 30 s"
         follow.append(took)
         assert served.readyz()["config"]["revision"] == rev
