@@ -36,6 +36,8 @@ class RayCluster:
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        #: worker nodes (``add_worker``), each its own ``ray start --block`` process
+        self.workers: list[subprocess.Popen[bytes]] = []
 
     @property
     def dashboard(self) -> str:
@@ -79,6 +81,29 @@ class RayCluster:
             time.sleep(1)
         raise TimeoutError("the Ray dashboard did not come up")
 
+    def add_worker(self, num_cpus: int, drain_timeout_s: float) -> subprocess.Popen[bytes]:
+        """Start a worker node (``ray start --block``, as a KubeRay worker pod runs it) that
+        drains for up to ``drain_timeout_s`` when it gets SIGTERM; returns its process."""
+        env = {**ENV, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": str(drain_timeout_s)}
+        log = (self.log_dir / f"ray-worker-{len(self.workers)}.log").open("wb")
+        proc = subprocess.Popen(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                f"--address=127.0.0.1:{self.gcs_port}",
+                f"--num-cpus={num_cpus}",
+                "--num-gpus=0",
+                "--disable-usage-stats",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        self.workers.append(proc)
+        return proc
+
     def deploy(self, config: dict[str, Any], name: str = "serve.yaml") -> None:
         """``serve deploy`` ``config`` (a Serve deploy config) through the dashboard."""
         path = self.log_dir / name
@@ -114,7 +139,10 @@ class RayCluster:
         raise TimeoutError(f"{app} not RUNNING: {last.get('status')} {last.get('message')}")
 
     def stop(self) -> None:
-        """Stop the head and every process of this cluster."""
+        """Stop the head, the workers and every process of this cluster."""
+        for worker in self.workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
