@@ -39,7 +39,11 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (overrides config).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (overrides config).")] = None,
 ) -> None:
-    """Start a local Ray instance, Redis (embedded unless configured) and the service."""
+    """Start a local Ray instance, Redis (embedded unless configured) and the service.
+
+    SIGHUP rereads --config: its policy, strategies and limits apply in place, a change to
+    any other section rebuilds the application (rolling). SIGTERM or Ctrl-C drains: new
+    requests get a 503, those running finish, then it exits."""
     from router.serving.local import serve_forever
 
     raise typer.Exit(serve_forever(config, host=host, port=port))
