@@ -27,8 +27,7 @@ LIVE_SECTIONS: tuple[str, ...] = ("policy", "strategies", "limits")
 
 def revision(config: AppConfig) -> str:
     """The revision of ``config``'s live sections: 12 hex digits of their SHA-256."""
-    live = {name: getattr(config, name).model_dump(mode="json") for name in LIVE_SECTIONS}
-    raw = json.dumps(live, sort_keys=True, separators=(",", ":"))
+    raw = json.dumps(live_sections(config), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 

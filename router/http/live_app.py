@@ -14,7 +14,6 @@ OpenAI's envelope, and ``drain`` returns once the requests inside have finished.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -61,13 +60,10 @@ class LiveApp:
         """Refuse new requests from now on and wait up to ``timeout_s`` for those inside to
         finish; returns how many are still inside (0: drained)."""
         self.draining = True
-        deadline = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < deadline:
-            self._idle.clear()
-            try:
-                await asyncio.wait_for(self._idle.wait(), deadline - time.monotonic())
-            except TimeoutError:
-                break
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            pass
         return self.in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -86,6 +82,7 @@ class LiveApp:
             await response(scope, receive, send)
             return
         self.in_flight += 1
+        self._idle.clear()
         try:
             await self.current(scope, receive, send)
         finally:

@@ -212,9 +212,7 @@ def bind_app(config: AppConfig) -> serve.Application:
     ingress: Any = RouterIngress
     return ingress.options(
         ray_actor_options={"num_cpus": 0.5 if local else 1.0},
-        graceful_shutdown_timeout_s=drain_timeout_s(config) + FLUSH_GRACE_S,
-        graceful_shutdown_wait_loop_s=0.5,
-        max_surge_percent=ROLLOUT_SURGE_PERCENT,
+        **_stop_options(drain_timeout_s(config) + FLUSH_GRACE_S),
     ).bind(handles, config.model_dump(mode="json"), _reward_app(config))
 
 
@@ -224,14 +222,22 @@ def drain_timeout_s(config: AppConfig) -> float:
     return config.server.max_request_timeout_ms / 1000
 
 
+def _stop_options(timeout_s: float) -> dict[str, Any]:
+    """How Serve stops and replaces a deployment's replicas: each waits up to
+    ``timeout_s`` for its running requests, and a rollout starts each replacement first."""
+    return {
+        "graceful_shutdown_timeout_s": timeout_s,
+        "graceful_shutdown_wait_loop_s": 0.5,
+        "max_surge_percent": ROLLOUT_SURGE_PERCENT,
+    }
+
+
 def _replicas(m: ModelConfig, name: str, config: AppConfig) -> Any:
     """The ``ModelReplica`` deployment of the transformers model ``m``, bound."""
     opts: dict[str, Any] = {
         "name": name,
         "ray_actor_options": {"num_cpus": m.num_cpus, "num_gpus": m.num_gpus},
-        "graceful_shutdown_timeout_s": drain_timeout_s(config),
-        "graceful_shutdown_wait_loop_s": 0.5,
-        "max_surge_percent": ROLLOUT_SURGE_PERCENT,
+        **_stop_options(drain_timeout_s(config)),
     }
     if m.autoscaling.max_replicas > m.autoscaling.min_replicas:
         opts["autoscaling_config"] = m.autoscaling.model_dump()

@@ -83,9 +83,8 @@ class LocalService:
         base_raw, live_raw = split(raw)
         base = parse_config(base_raw, source)
         self._keep_serving_as_now(base)
-        changed = sorted(
-            k for k, v in base_sections(base).items() if base_sections(self.config).get(k) != v
-        )
+        running = base_sections(self.config)
+        changed = sorted(k for k, v in base_sections(base).items() if running.get(k) != v)
         since = time.time()
         deploy(serve_config(base, name=APP_NAME, live=live_raw))
         if changed:
